@@ -1,0 +1,1 @@
+"""The only package that talks to the Docker engine (docker SDK imported lazily here)."""
