@@ -1,0 +1,56 @@
+"""What every inference backend module provides: image, command line, probe, GPU needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A mount on the target engine: a named volume or a path on the engine's host."""
+
+    source: str
+    target: str
+    kind: str = "volume"  # "volume" | "bind"
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How one model's container is started; pure data, hashed into the config label."""
+
+    command: list[str]
+    mounts: list[Mount] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    shm_size: str | None = None
+
+
+class Backend(Protocol):
+    name: str
+    image_key: str  # key in stack.yaml `images:` when the model runs on CPU
+    gpu_image_key: str  # ... and when it has GPUs
+    port: int  # port the server listens on inside the container
+    health_path: str  # answers 200 once the model is loaded
+    api_base_path: str  # OpenAI-compatible prefix, e.g. /v1
+    supports_embeddings: bool
+    needs_gpu: bool
+    source_kinds: tuple[str, ...]  # accepted `source:` schemes
+
+    def launch(self, model: ModelSpec) -> Launch: ...
+
+    def served_name(self, model: ModelSpec) -> str: ...
+
+
+def model_mount(model: ModelSpec, target: str = "/models") -> tuple[list[Mount], str]:
+    """Mount a volume:/host: source read-only; return the mounts and the in-container path."""
+    src = model.parsed_source
+    if src.kind == "volume":
+        return [Mount(src.location, target)], f"{target}/{src.path}".rstrip("/")
+    if src.kind == "host":
+        parent, _, name = src.path.rpartition("/")
+        return [Mount(parent or "/", target, kind="bind")], f"{target}/{name}"
+    return [], src.path

@@ -1,0 +1,39 @@
+"""llama.cpp's llama-server: GGUF files, CPU or CUDA, chat and embeddings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Launch, model_mount
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
+
+class LlamaCpp:
+    name = "llamacpp"
+    image_key = "llamacpp"
+    gpu_image_key = "llamacpp-cuda"
+    port = 8000
+    health_path = "/health"  # 503 while loading, 200 when ready
+    api_base_path = "/v1"
+    supports_embeddings = True
+    needs_gpu = False
+    source_kinds = ("volume", "host")
+
+    def served_name(self, model: ModelSpec) -> str:
+        return model.name
+
+    def launch(self, model: ModelSpec) -> Launch:
+        mounts, path = model_mount(model)
+        cmd = ["--host", "0.0.0.0", "--port", str(self.port), "-m", path,
+               "--alias", model.name, "--ctx-size", str(model.context)]
+        if model.task == "embedding":
+            # Embeddings need their own server: pooled vectors instead of generation.
+            cmd += ["--embeddings", "--pooling", "mean"]
+        if model.gpus != "cpu":
+            cmd += ["--n-gpu-layers", "999"]
+        return Launch(command=cmd + list(model.args), mounts=mounts)
+
+
+BACKEND = LlamaCpp()

@@ -1,0 +1,43 @@
+"""vLLM's OpenAI server: Hugging Face repos or local weights, GPUs only, tensor parallel."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Launch, model_mount
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
+
+class Vllm:
+    name = "vllm"
+    image_key = "vllm"
+    gpu_image_key = "vllm"
+    port = 8000
+    health_path = "/health"
+    api_base_path = "/v1"
+    supports_embeddings = True
+    needs_gpu = True
+    source_kinds = ("hf", "volume", "host")
+
+    def served_name(self, model: ModelSpec) -> str:
+        return model.name
+
+    def launch(self, model: ModelSpec) -> Launch:
+        mounts, path = model_mount(model)
+        gpus = 0 if model.gpus == "cpu" else len(model.gpus)
+        cmd = ["--model", path, "--served-model-name", model.name,
+               "--host", "0.0.0.0", "--port", str(self.port),
+               "--max-model-len", str(model.context),
+               "--tensor-parallel-size", str(max(gpus, 1)),
+               "--gpu-memory-utilization", f"{model.gpu_memory_utilization:g}"]
+        if model.task == "embedding":
+            cmd += ["--task", "embed"]
+        env = {"HF_HOME": "/root/.cache/huggingface"} if model.parsed_source.kind == "hf" else {}
+        # Tensor parallel workers talk through /dev/shm; Docker's 64 MB default is too small.
+        shm = "8g" if gpus > 1 else "2g"
+        return Launch(command=cmd + list(model.args), mounts=mounts, env=env, shm_size=shm)
+
+
+BACKEND = Vllm()

@@ -1,0 +1,82 @@
+"""Error types with user-facing messages and hints. Only the CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class LlmstackError(Exception):
+    """Base of every error a user can act on. `exit_code` follows the documented contract."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, object]:
+        return {"error": type(self).__name__, "message": self.message, "hint": self.hint}
+
+
+class UserError(LlmstackError):
+    """Bad input or a state the user must fix (exit 1)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation finding: where, what, and how to fix it."""
+
+    path: str
+    message: str
+    value: object = None
+    line: int | None = None
+    hint: str = ""
+
+    def render(self, file: str) -> str:
+        where = f"{file}:{self.line}" if self.line else file
+        text = f"{where}: {self.path}: {self.message}"
+        if self.value is not None:
+            text += f" (got {self.value!r})"
+        if self.hint:
+            text += f"\n    fix: {self.hint}"
+        return text
+
+
+@dataclass
+class SpecError(UserError):
+    """stack.yaml is invalid; carries every problem found, not only the first."""
+
+    file: str
+    problems: list[Problem] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        count = len(self.problems)
+        lines = [f"{self.file} is invalid ({count} problem{'s' if count != 1 else ''}):"]
+        lines += ["  " + p.render(self.file).replace("\n", "\n  ") for p in self.problems]
+        super().__init__("\n".join(lines), "edit the file and run `llmstack validate` again")
+
+    def to_dict(self) -> dict[str, object]:
+        data = super().to_dict()
+        data["problems"] = [
+            {"path": p.path, "line": p.line, "message": p.message, "value": repr(p.value)
+             if p.value is not None else None, "hint": p.hint}
+            for p in self.problems
+        ]
+        return data
+
+
+class SecretsError(UserError):
+    """`.env`, keys or certificates are missing, unsafe or corrupt."""
+
+
+class EngineError(LlmstackError):
+    """The Docker engine is unreachable or refused an operation (exit 2)."""
+
+    exit_code = 2
+
+
+class DeployError(LlmstackError):
+    """A service failed to start or to become ready (exit 2)."""
+
+    exit_code = 2

@@ -1,0 +1,36 @@
+"""Names of the Docker objects of a project: one place, so plan and engine agree."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+LABEL_PROJECT = "llmstack.project"
+LABEL_SERVICE = "llmstack.service"
+LABEL_HASH = "llmstack.config-hash"
+LABEL_ROLE = "llmstack.role"  # model | litellm | health | nginx
+
+LITELLM, HEALTH, NGINX = "litellm", "health", "nginx"
+LITELLM_PORT, HEALTH_PORT = 4000, 8090
+# Ports nginx listens on inside its container; stack.yaml's ports are published onto them.
+NGINX_PORTS = {"local": 8080, "lan": 8081, "https": 8443}
+
+
+def model_service(model_name: str) -> str:
+    """A DNS- and container-safe service name for a model; a hash keeps lossy slugs unique."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:40] or "model"
+    if slug != model_name:
+        slug += "-" + hashlib.sha256(model_name.encode()).hexdigest()[:6]
+    return f"model-{slug}"
+
+
+def container(project: str, service: str) -> str:
+    return f"{project}-{service}"
+
+
+def network(project: str) -> str:
+    return f"{project}-net"
+
+
+def config_volume(project: str, service: str) -> str:
+    return f"{project}-{service}-config"

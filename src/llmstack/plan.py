@@ -1,0 +1,186 @@
+"""Desired containers from the spec, compared with what runs -> the actions of `up`. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from . import names
+from .backends import BACKENDS, Mount
+from .render import Rendered
+from .spec import Resources, StackSpec
+
+# Images llmstack builds itself run as this uid with a read-only root filesystem.
+OWN_IMAGE_PREFIX = "llmstack/"
+OWN_UID = "10001:10001"
+CONFIG_ROOT = "/etc/llmstack"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything needed to create one container. Secrets appear only in `env` values and
+    `secret_files`; the config hash covers their digests, never prints them."""
+
+    service: str
+    role: str
+    image: str
+    command: list[str]
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: list[Mount] = field(default_factory=list)
+    ports: dict[str, tuple[str, int]] = field(default_factory=dict)
+    config: dict[str, bytes] = field(default_factory=dict)  # files for its config volume
+    gpus: list[str] = field(default_factory=list)
+    shm_size: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    user: str | None = None
+    read_only: bool = False
+    probe: tuple[int, str] | None = None  # (port, path) answered 200 when ready
+    depends_on: tuple[str, ...] = ()
+    secret_env: tuple[str, ...] = ()
+
+    @property
+    def config_mount(self) -> str:
+        return f"{CONFIG_ROOT}/{self.service}"
+
+    def config_hash(self) -> str:
+        """Stable digest of every setting; secret values enter only as their own digests."""
+        data = asdict(self)
+        data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
+                       for k, v in sorted(self.env.items())}
+        data["config"] = {k: _digest(v) for k, v in sorted(self.config.items())}
+        data["resources"] = self.resources.model_dump()
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return _digest(blob)[:16]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _hardening(image: str) -> dict[str, object]:
+    own = image.startswith(OWN_IMAGE_PREFIX)
+    return {"user": OWN_UID if own else None, "read_only": own}
+
+
+def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[ServiceSpec]:
+    """The containers of the stack in start order: health, models, litellm, nginx."""
+    cfg = CONFIG_ROOT
+    health_image = spec.images.litellm  # any image with python3; LiteLLM's is already here
+    services = [ServiceSpec(
+        service=names.HEALTH, role=names.HEALTH, image=health_image,
+        entrypoint=["python3"],
+        command=[f"{cfg}/{names.HEALTH}/healthd.py", f"{cfg}/{names.HEALTH}/health.json"],
+        config=rendered.services[names.HEALTH],
+        resources=Resources(memory="128m", pids=64), **_hardening(health_image),  # type: ignore[arg-type]
+        probe=(names.HEALTH_PORT, "/live"),
+    )]
+    model_services = []
+    for model in spec.models:
+        backend = BACKENDS[model.backend]
+        launch = backend.launch(model)
+        image = spec.image_for(model)
+        service = names.model_service(model.name)
+        model_services.append(service)
+        services.append(ServiceSpec(
+            service=service, role="model", image=image, command=launch.command,
+            env=dict(launch.env), mounts=launch.mounts, gpus=model.gpu_ids,
+            shm_size=launch.shm_size, resources=model.resources,
+            probe=(backend.port, backend.health_path), **_hardening(image),  # type: ignore[arg-type]
+        ))
+    litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                   "HOME": "/tmp", "LITELLM_LOG": "ERROR"}
+    services.append(ServiceSpec(
+        service=names.LITELLM, role=names.LITELLM, image=spec.images.litellm,
+        command=["--config", f"{cfg}/{names.LITELLM}/litellm.yaml", "--host", "0.0.0.0",
+                 "--port", str(names.LITELLM_PORT), "--num_workers", "1"],
+        env=litellm_env, secret_env=("LITELLM_MASTER_KEY",),
+        config=rendered.services[names.LITELLM], resources=spec.resources.litellm,
+        probe=(names.LITELLM_PORT, "/health/readiness"),
+        depends_on=tuple(model_services), **_hardening(spec.images.litellm),  # type: ignore[arg-type]
+    ))
+    ports = {f"{names.NGINX_PORTS[n]}/tcp": (lst.bind, lst.port)
+             for n, lst in spec.listeners if lst.enabled}
+    # Probe nginx on a plain listener inside the network; TLS-only stacks fall back to none.
+    plain = [n for n in ("local", "lan") if getattr(spec.listeners, n).enabled]
+    nginx_probe = (names.NGINX_PORTS[plain[0]], "/health") if plain else None
+    services.append(ServiceSpec(
+        service=names.NGINX, role=names.NGINX, image=spec.images.nginx,
+        entrypoint=["nginx"],
+        command=["-c", f"{cfg}/{names.NGINX}/nginx.conf", "-g", "daemon off;"],
+        ports=ports, config=rendered.services[names.NGINX], resources=spec.resources.nginx,
+        probe=nginx_probe,
+        depends_on=(names.LITELLM, names.HEALTH), **_hardening(spec.images.nginx),  # type: ignore[arg-type]
+    ))
+    return services
+
+
+# --- Comparing with what runs -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Actual:
+    """One existing container of the project, as the engine reports it."""
+
+    service: str
+    container_id: str
+    config_hash: str
+    image_id: str
+    status: str  # running | exited | created | restarting | paused | dead
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # create | recreate | remove | keep | reload
+    service: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"action": self.kind, "service": self.service, "reason": self.reason}
+
+
+def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, str | None],
+         secrets_current: bool = True) -> list[Action]:
+    """What `up` must do so that what runs equals what is wanted.
+
+    `image_ids` maps each wanted image tag to its id on the engine (None when missing);
+    `secrets_current` says whether nginx's secret files match the desired ones.
+    """
+    by_service = {a.service: a for a in actual}
+    actions: list[Action] = []
+    changed: set[str] = set()
+    for svc in wanted:
+        have = by_service.get(svc.service)
+        if have is None:
+            actions.append(Action("create", svc.service, "not created yet"))
+            changed.add(svc.service)
+            continue
+        reason = ""
+        if have.config_hash != svc.config_hash():
+            reason = "configuration changed"
+        elif image_ids.get(svc.image) and have.image_id != image_ids[svc.image]:
+            reason = f"image {svc.image} was rebuilt or updated"
+        elif have.status != "running":
+            reason = f"container is {have.status}"
+        if reason:
+            actions.append(Action("recreate", svc.service, reason))
+            changed.add(svc.service)
+        elif svc.role == names.NGINX and (changed & set(svc.depends_on)):
+            # nginx resolves upstream names at load: a recreated upstream needs a reload.
+            actions.append(Action("reload", svc.service,
+                                  "upstream recreated: " + ", ".join(sorted(changed &
+                                                                            set(svc.depends_on)))))
+        elif svc.role == names.NGINX and not secrets_current:
+            actions.append(Action("reload", svc.service, "keys or certificate changed"))
+        else:
+            actions.append(Action("keep", svc.service, "up to date"))
+    wanted_names = {s.service for s in wanted}
+    for have in actual:
+        if have.service not in wanted_names:
+            actions.append(Action("remove", have.service, "no longer in stack.yaml"))
+    return actions
+
+
+def is_noop(actions: list[Action]) -> bool:
+    return all(a.kind == "keep" for a in actions)

@@ -1,0 +1,135 @@
+"""stack.yaml -> the files the services read. Pure and deterministic: same input, same bytes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+
+from . import names
+from .backends import BACKENDS
+from .resources import data_dir
+from .secrets import Keys
+from .spec import StackSpec
+
+SECRETS_DIR = "/etc/llmstack/nginx/secrets"
+NGINX_CONF_DIR = "/etc/llmstack/nginx"
+WORKER_SHUTDOWN_TIMEOUT = 30  # seconds old nginx workers get to finish after a reload
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Rendered files by service: {service: {file name: bytes}}. No secrets inside."""
+
+    services: dict[str, dict[str, bytes]]
+
+    def files(self) -> dict[str, bytes]:
+        """What `config/` holds on disk, for users to read and diff."""
+        out: dict[str, bytes] = {}
+        for service in (names.NGINX, names.LITELLM, names.HEALTH):
+            for name, data in self.services.get(service, {}).items():
+                if name.endswith(".py"):
+                    continue  # program code shipped with the config, not config
+                out[name] = data
+        return out
+
+
+def _litellm_entries(spec: StackSpec) -> list[dict[str, str]]:
+    entries = []
+    for model in spec.models:
+        backend = BACKENDS[model.backend]
+        host = names.container(spec.project, names.model_service(model.name))
+        base = f"http://{host}:{backend.port}{backend.api_base_path}"
+        for public in model.public_names:
+            entries.append({
+                "public": public,
+                "model": f"openai/{backend.served_name(model)}",
+                "api_base": base,
+                "mode": "embedding" if model.task == "embedding" else "chat",
+            })
+    return entries
+
+
+def health_checks(spec: StackSpec) -> dict[str, str]:
+    checks = {names.LITELLM: f"http://{names.container(spec.project, names.LITELLM)}:"
+                             f"{names.LITELLM_PORT}/health/readiness"}
+    for model in spec.models:
+        backend = BACKENDS[model.backend]
+        host = names.container(spec.project, names.model_service(model.name))
+        checks[f"model:{model.name}"] = f"http://{host}:{backend.port}{backend.health_path}"
+    return checks
+
+
+def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
+    env = _env()
+    lst = spec.listeners
+    plain = [names.NGINX_PORTS[n] for n in ("local", "lan") if getattr(lst, n).enabled]
+    nginx = env.get_template("nginx.conf.j2").render(
+        source=source,
+        secrets_dir=SECRETS_DIR,
+        worker_shutdown_timeout=WORKER_SHUTDOWN_TIMEOUT,
+        max_body_size=spec.max_body_size,
+        timeouts=spec.timeouts,
+        rate=spec.rate_limit,
+        litellm_host=names.container(spec.project, names.LITELLM),
+        litellm_port=names.LITELLM_PORT,
+        health_host=names.container(spec.project, names.HEALTH),
+        health_port=names.HEALTH_PORT,
+        listeners=lst,
+        listen_plain=plain,
+        listen_tls=names.NGINX_PORTS["https"] if lst.https.enabled else None,
+        domain=spec.domain,
+    )
+    litellm = env.get_template("litellm.yaml.j2").render(
+        source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read)
+    health = {"port": names.HEALTH_PORT, "timeout": 2.0, "checks": health_checks(spec)}
+    healthd = resources.files("llmstack").joinpath("healthd.py").read_bytes()
+    return Rendered({
+        names.NGINX: {"nginx.conf": nginx.encode()},
+        names.LITELLM: {"litellm.yaml": litellm.encode()},
+        names.HEALTH: {"health.json": (json.dumps(health, indent=2, sort_keys=True) + "\n")
+                       .encode(), "healthd.py": healthd},
+    })
+
+
+def digits_before(limit: int) -> str:
+    """A regex matching the decimal integers of len(str(limit)) digits that are < limit.
+
+    nginx has no clock comparison, but $msec is fixed-width for centuries, so "before the
+    expiry" is a lexicographic comparison, which a regex can express.
+    """
+    text = str(limit)
+    alternatives = []
+    for i, ch in enumerate(text):
+        digit = int(ch)
+        if digit == 0:
+            continue
+        rest = len(text) - i - 1
+        cls = "0" if digit == 1 else f"[0-{digit - 1}]"
+        alternatives.append(text[:i] + cls + (f"[0-9]{{{rest}}}" if rest else ""))
+    return "(?:" + "|".join(alternatives) + ")" if alternatives else "(?!)"
+
+
+def render_nginx_keys(keys: Keys, now: float) -> bytes:
+    """The nginx secrets file: accepted client keys, grace expiry, the internal key."""
+    slots = [("current", keys.master)]
+    previous_before = ""
+    if keys.previous and keys.previous in keys.accepted(now):
+        slots.append(("previous", keys.previous))
+        # No expiry means the old key stays until `rotate-key --finish`.
+        expires = keys.previous_expires if keys.previous_expires is not None else 10**10 - 1
+        previous_before = digits_before(expires)
+    text = _env().get_template("nginx-keys.conf.j2").render(
+        keys=slots, previous_before=previous_before, internal_key=keys.internal)
+    return text.encode()

@@ -1,0 +1,461 @@
+"""stack.yaml: the pydantic models, every validation rule and its message."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from .backends import BACKENDS
+from .errors import Problem, SpecError
+from .yamlsrc import load
+
+SCHEMA_VERSION = 1
+
+# Names end up in container names, DNS names and config files: keep them to a safe alphabet
+# so that nothing a user writes can become an nginx directive or a shell word.
+ProjectName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
+SIZE_RE = re.compile(r"^[0-9]{1,6}[kmg]?$")
+ARG_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,512}$")
+
+DEFAULT_IMAGES: dict[str, str] = {
+    "nginx": "llmstack/nginx:1.22",
+    "litellm": "llmstack/litellm:1.108.7",
+    "llamacpp": "llmstack/llamacpp:forky",
+    "llamacpp-cuda": "ghcr.io/ggml-org/llama.cpp:server-cuda",
+    "vllm": "vllm/vllm-openai:v0.11.0",
+    "ollama": "ollama/ollama:0.12.6",
+    "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listener(Strict):
+    port: int = Field(ge=1, le=65535)
+    bind: str = "127.0.0.1"
+    enabled: bool = True
+
+    @field_validator("bind")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+
+
+class Listeners(Strict):
+    local: Listener = Listener(port=4000, bind="127.0.0.1")
+    lan: Listener = Listener(port=8080, bind="0.0.0.0")
+    https: Listener = Listener(port=443, bind="0.0.0.0")
+
+
+class RateLimits(Strict):
+    requests_per_second: int = Field(default=10, ge=1, le=100_000)
+    burst: int = Field(default=20, ge=0, le=100_000)
+    max_concurrent: int = Field(default=100, ge=1, le=100_000)
+
+
+class Timeouts(Strict):
+    """Seconds. `read` is the longest silence allowed between two chunks of a response."""
+
+    connect: int = Field(default=10, ge=1, le=3600)
+    read: int = Field(default=600, ge=1, le=86_400)
+    send: int = Field(default=600, ge=1, le=86_400)
+    client_body: int = Field(default=60, ge=1, le=3600)
+
+
+class Resources(Strict):
+    memory: Annotated[str, StringConstraints(pattern=SIZE_RE.pattern)] | None = None
+    cpus: float | None = Field(default=None, gt=0, le=1024)
+    pids: int | None = Field(default=None, ge=16, le=1_000_000)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a model's weights come from, parsed from `source:`."""
+
+    kind: str  # volume | host | hf | ollama
+    location: str  # volume name; empty for others
+    path: str  # file in the volume, absolute host path, repo id or ollama tag
+
+
+SOURCE_HELP = (
+    "use volume:NAME/FILE (a Docker volume on the target), host:/ABS/PATH (a path on the "
+    "target host), hf:ORG/REPO (Hugging Face, vllm/tgi) or ollama:TAG"
+)
+
+
+def parse_source(value: str) -> Source:
+    kind, sep, rest = value.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"has no scheme; {SOURCE_HELP}")
+    if not re.fullmatch(r"[A-Za-z0-9._/:@+-]{1,512}", rest) or ".." in rest.split("/"):
+        raise ValueError("contains characters that are not allowed (or '..')")
+    if kind == "volume":
+        name, _, path = rest.partition("/")
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+            raise ValueError("volume name must match [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+        return Source("volume", name, path)
+    if kind == "host":
+        if not rest.startswith("/"):
+            raise ValueError("host: paths must be absolute (a path on the target host)")
+        return Source("host", "", rest)
+    if kind in ("hf", "ollama"):
+        return Source(kind, "", rest)
+    raise ValueError(f"unknown scheme {kind!r}; {SOURCE_HELP}")
+
+
+class ModelSpec(Strict):
+    name: ModelName
+    aliases: list[ModelName] = Field(default_factory=list, max_length=32)
+    backend: str = "llamacpp"
+    source: str
+    task: Literal["chat", "embedding"] = "chat"
+    gpus: Literal["cpu"] | list[int | str] = "cpu"
+    gpu_share: bool = False
+    context: int = Field(default=4096, ge=128, le=10_000_000)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    args: list[Annotated[str, StringConstraints(pattern=ARG_RE.pattern)]] = Field(
+        default_factory=list, max_length=256)
+    image: Annotated[str, StringConstraints(pattern=IMAGE_RE.pattern)] | None = None
+    resources: Resources = Resources()
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        parse_source(value)
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: Literal["cpu"] | list[int | str]) -> Literal["cpu"] | list[int | str]:
+        if value == "cpu":
+            return value
+        if not value:
+            raise ValueError("is an empty list; write `cpu` or list GPU indices/UUIDs")
+        for gpu in value:
+            if isinstance(gpu, int) and not 0 <= gpu < 1024:
+                raise ValueError(f"GPU index {gpu} is out of range")
+            if isinstance(gpu, str) and not re.fullmatch(r"(GPU|MIG)-[0-9A-Za-z/-]{4,80}", gpu):
+                raise ValueError(f"{gpu!r} is neither a GPU index nor a GPU-/MIG- UUID")
+        return value
+
+    @property
+    def parsed_source(self) -> Source:
+        return parse_source(self.source)
+
+    @property
+    def public_names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+    @property
+    def gpu_ids(self) -> list[str]:
+        return [] if self.gpus == "cpu" else [str(g) for g in self.gpus]
+
+
+class ServiceResources(Strict):
+    nginx: Resources = Resources(memory="256m", pids=256)
+    litellm: Resources = Resources(memory="2g", pids=512)
+
+
+class Images(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    nginx: str = DEFAULT_IMAGES["nginx"]
+    litellm: str = DEFAULT_IMAGES["litellm"]
+    llamacpp: str = DEFAULT_IMAGES["llamacpp"]
+    llamacpp_cuda: str = Field(default=DEFAULT_IMAGES["llamacpp-cuda"], alias="llamacpp-cuda")
+    vllm: str = DEFAULT_IMAGES["vllm"]
+    ollama: str = DEFAULT_IMAGES["ollama"]
+    tgi: str = DEFAULT_IMAGES["tgi"]
+
+    @field_validator("*")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not IMAGE_RE.fullmatch(value):
+            raise ValueError("is not a valid image reference (e.g. nginx:1.27 or repo/name:tag)")
+        return value
+
+    def for_key(self, key: str) -> str:
+        return str(getattr(self, key.replace("-", "_")))
+
+
+class StackSpec(Strict):
+    version: int = SCHEMA_VERSION
+    project: ProjectName = "llmstack"
+    domain: str = "localhost"
+    listeners: Listeners = Listeners()
+    rate_limit: RateLimits = RateLimits()
+    timeouts: Timeouts = Timeouts()
+    max_body_size: Annotated[str, StringConstraints(pattern=SIZE_RE.pattern)] = "10m"
+    models: list[ModelSpec] = Field(min_length=1, max_length=64)
+    images: Images = Images()
+    resources: ServiceResources = ServiceResources()
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+        if not HOSTNAME_RE.fullmatch(value):
+            raise ValueError("must be a DNS name (letters, digits, '-' and '.') or an IP address")
+        return value.lower()
+
+    def image_for(self, model: ModelSpec) -> str:
+        if model.image:
+            return model.image
+        backend = BACKENDS[model.backend]
+        return self.images.for_key(backend.gpu_image_key if model.gpu_ids else backend.image_key)
+
+
+# --- Messages -------------------------------------------------------------------------------
+
+_FRIENDLY = {
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping of keys to values",
+    "dict_type": "must be a mapping of keys to values",
+    "missing": "is required",
+}
+
+
+def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
+    """The keys that are allowed at a location, for 'did you mean'."""
+    model: Any = StackSpec
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [ann, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                     None)
+        if model is None:
+            for c in args:  # list[ModelSpec]
+                inner = getattr(c, "__args__", ())
+                model = next((i for i in inner if isinstance(i, type)
+                              and issubclass(i, BaseModel)), model)
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _path_str(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(document)"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+    # pydantic adds union branch names such as 'list[union[int,str]]' or 'literal['cpu']'.
+    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and "function-" not in p))
+
+
+def _problems_from_pydantic(exc: ValidationError, lines: dict[tuple[str | int, ...], int],
+                            data: Any) -> list[Problem]:
+    problems: dict[tuple[str, str], Problem] = {}
+    for err in exc.errors():
+        loc = _clean_loc(err["loc"])
+        kind = err["type"]
+        value = err.get("input")
+        hint = ""
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            allowed = _fields_at(loc[:-1])
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            msg = "is not a known key"
+            hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
+            value = None
+        elif kind == "missing":
+            msg, value = "is required", None
+            hint = _missing_hint(loc)
+        elif kind in ("literal_error",):
+            expected = err.get("ctx", {}).get("expected", "")
+            msg = f"must be one of {expected}"
+            if isinstance(value, str):
+                opts = re.findall(r"'([^']+)'", expected)
+                close = difflib.get_close_matches(value, opts, n=1, cutoff=0.5)
+                hint = f"did you mean {close[0]!r}?" if close else ""
+        elif kind == "string_pattern_mismatch":
+            msg = "contains characters that are not allowed"
+            hint = _pattern_hint(loc)
+        elif kind == "value_error":
+            msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        else:
+            msg = _FRIENDLY.get(kind, err["msg"].lower())
+        if kind.startswith(("greater", "less")) or kind in ("too_short", "too_long"):
+            msg = err["msg"][0].lower() + err["msg"][1:]
+        path = _path_str(loc)
+        line = lines.get(loc) or lines.get(loc[:-1])
+        if isinstance(value, dict | list):
+            value = None
+        # A union (gpus: cpu | list) reports one error per branch: keep the first per path.
+        problems.setdefault((path, kind if kind != "literal_error" else "x"),
+                            Problem(path, msg, value, line, hint))
+    # Drop duplicate union reports on one path (the literal branch and the list branch).
+    seen: dict[str, Problem] = {}
+    for (path, _), problem in problems.items():
+        if path in seen and path.endswith("gpus"):
+            continue
+        seen.setdefault(path + problem.message, problem)
+    return list(seen.values())
+
+
+def _missing_hint(loc: tuple[str | int, ...]) -> str:
+    if loc == ("models",):
+        return "add a `models:` list with at least one model (see `llmstack init`)"
+    if loc and loc[-1] == "source":
+        return SOURCE_HELP
+    return "add it"
+
+
+def _pattern_hint(loc: tuple[str | int, ...]) -> str:
+    last = next((p for p in reversed(loc) if isinstance(p, str)), "")
+    return {
+        "project": "use 1-31 lowercase letters, digits and '-', starting with a letter or digit",
+        "name": "use letters, digits and . _ : - (at most 64), starting with a letter or digit",
+        "aliases": "use letters, digits and . _ : - (at most 64), starting with a letter or digit",
+        "memory": "write a size such as 512m or 4g",
+        "max_body_size": "write a size such as 512k, 10m or 1g",
+        "args": "one argument per list item, no control characters",
+        "image": "write an image reference such as repo/name:tag",
+    }.get(last, "")
+
+
+# --- Cross-field rules ----------------------------------------------------------------------
+
+
+def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> list[Problem]:
+    """Rules that span several fields; each problem names the field to change."""
+    problems: list[Problem] = []
+
+    def add(loc: tuple[str | int, ...], message: str, value: object, hint: str) -> None:
+        problems.append(Problem(_path_str(loc), message, value, lines.get(loc), hint))
+
+    if spec.version > SCHEMA_VERSION:
+        add(("version",), f"is newer than this llmstack understands (max {SCHEMA_VERSION})",
+            spec.version, "upgrade llmstack (pip install -U llmstack)")
+    elif spec.version < 1:
+        add(("version",), "must be 1 or more", spec.version, f"write version: {SCHEMA_VERSION}")
+
+    seen: dict[str, tuple[str | int, ...]] = {}
+    gpu_owner: dict[str, int] = {}
+    for i, model in enumerate(spec.models):
+        for j, name in enumerate(model.public_names):
+            loc: tuple[str | int, ...] = ("models", i, "name") if j == 0 else \
+                ("models", i, "aliases", j - 1)
+            if name in seen:
+                add(loc, f"duplicate model name (also at {_path_str(seen[name])})", name,
+                    "give every model and alias a unique name")
+            else:
+                seen[name] = loc
+        if len(set(model.gpu_ids)) != len(model.gpu_ids):
+            add(("models", i, "gpus"), "lists a GPU twice", model.gpus, "list each GPU once")
+        for gpu in dict.fromkeys(model.gpu_ids):
+            other = gpu_owner.get(gpu)
+            if other is not None and not (model.gpu_share and spec.models[other].gpu_share):
+                add(("models", i, "gpus"),
+                    f"GPU {gpu} is already given to model {spec.models[other].name!r}",
+                    model.gpus, "give each model its own GPUs, or set gpu_share: true on both "
+                    "models to share one on purpose")
+            else:
+                gpu_owner.setdefault(gpu, i)
+
+        backend = BACKENDS.get(model.backend)
+        if backend is None:
+            close = difflib.get_close_matches(model.backend, list(BACKENDS), n=1, cutoff=0.5)
+            add(("models", i, "backend"), "is not a known backend", model.backend,
+                f"did you mean {close[0]!r}?" if close else f"use one of: {', '.join(BACKENDS)}")
+            continue
+        if model.task == "embedding" and not backend.supports_embeddings:
+            capable = [b for b, be in BACKENDS.items() if be.supports_embeddings]
+            add(("models", i, "task"), f"backend {model.backend!r} cannot serve embeddings",
+                model.task, f"use one of: {', '.join(capable)}")
+        kind = model.parsed_source.kind
+        if kind not in backend.source_kinds:
+            add(("models", i, "source"), f"backend {model.backend!r} cannot load a {kind}: source",
+                model.source, f"use one of: {', '.join(k + ':' for k in backend.source_kinds)}")
+        if backend.needs_gpu and not model.gpu_ids:
+            add(("models", i, "gpus"), f"backend {model.backend!r} needs at least one GPU",
+                model.gpus, "list the GPUs it gets, e.g. gpus: [0], or use backend: llamacpp")
+    active = [(n, lst) for n, lst in spec.listeners if lst.enabled]
+    for a, (name_a, la) in enumerate(active):
+        for name_b, lb in active[a + 1:]:
+            overlap = la.bind == lb.bind or "0.0.0.0" in (la.bind, lb.bind) or \
+                "::" in (la.bind, lb.bind)
+            if la.port == lb.port and overlap:
+                add(("listeners", name_b, "port"),
+                    f"clashes with listeners.{name_a} ({la.bind}:{la.port})", lb.port,
+                    "give each listener its own port")
+    if not active:
+        add(("listeners",), "every listener is disabled", None, "enable at least one listener")
+    return problems
+
+
+def parse(text: str, file: str = "stack.yaml") -> StackSpec:
+    """Validate a stack.yaml document; raise SpecError with every problem found."""
+    data, lines = load(text, file)
+    if data is None:
+        raise SpecError(file, [Problem("(document)", "is empty",
+                                       hint="run `llmstack init` to write a starter stack.yaml")])
+    if not isinstance(data, dict):
+        raise SpecError(file, [Problem("(document)", "must be a mapping of keys to values",
+                                       type(data).__name__, 1, "start from `llmstack init`")])
+    try:
+        spec = StackSpec.model_validate(data)
+    except ValidationError as exc:
+        found = _problems_from_pydantic(exc, lines, data)
+        raise SpecError(file, sorted(found, key=lambda p: p.line or 0)) from None
+    except RecursionError:
+        raise SpecError(file, [Problem("(document)", "is nested too deeply")]) from None
+    problems = check_rules(spec, lines)
+    if problems:
+        raise SpecError(file, sorted(problems, key=lambda p: p.line or 0))
+    return spec
+
+
+def load_file(path: Path) -> StackSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), [Problem("(file)", "does not exist",
+                                            hint="run `llmstack init` to create one")]) from None
+    except UnicodeDecodeError:
+        raise SpecError(str(path), [Problem("(file)", "is not UTF-8 text")]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [Problem("(file)", f"cannot be read: {exc.strerror}")]) from None
+    return parse(text, str(path))
