@@ -7,9 +7,7 @@ with the package (``images/<name>/``). ``engine.images`` does the building.
 
 from __future__ import annotations
 
-import importlib.resources
 from dataclasses import dataclass
-from pathlib import Path
 
 LITELLM_VERSION = "1.108.7"
 # Releases known to be compromised: never build or accept them.
@@ -101,6 +99,7 @@ def key_of(name: str) -> str:
     raise KeyError(f"unknown image {name!r} (known: {known})")
 
 
+
 def resolve(names: list[str] | None = None) -> list[ImageSpec]:
     """Specs for ``names`` (keys or tags; all if None) plus their dependencies, in build order."""
     wanted: set[str] = set()
@@ -115,12 +114,3 @@ def resolve(names: list[str] | None = None) -> list[ImageSpec]:
     for name in CATALOG if names is None else names:
         add(key_of(name))
     return [spec for key, spec in CATALOG.items() if key in wanted]
-
-
-def data_dir(name: str) -> Path:
-    """Folder of shipped data (``images``, ``templates``): wheel package data or the checkout."""
-    packaged = importlib.resources.files("llmstack") / "_data" / name
-    if packaged.is_dir():
-        # Installed wheels unpack to the filesystem, so this Traversable is a real path.
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[2] / name

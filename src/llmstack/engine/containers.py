@@ -143,10 +143,7 @@ class Project:
                                           mounts=[_mount(volume, "/v", "volume", True)],
                                           labels={names.LABEL_PROJECT + ".tmp": self.project})
         try:
-            c.get_archive("/v/" + path.lstrip("/"))
-            return True
-        except self.errors.NotFound:
-            return False
+            return path_stat(c, "/v/" + path.lstrip("/")) is not None
         finally:
             c.remove(force=True)
 
@@ -214,7 +211,7 @@ class Project:
                               "volume", True)] if svc.config else [],
             "restart_policy": {"Name": "unless-stopped"},
             "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges:true"],
+            "security_opt": ["no-new-privileges=true"],
             "read_only": svc.read_only,
             "tmpfs": {"/tmp": "rw,nosuid,nodev,size=256m"},
             "detach": True,
@@ -301,6 +298,23 @@ def _mount(source: str, target: str, kind: str, read_only: bool) -> Any:
     from docker.types import Mount
 
     return Mount(target=target, source=source, type=kind, read_only=read_only)
+
+
+def path_stat(container: Container, path: str) -> dict[str, Any] | None:
+    """Stat of a path in a container without transferring it (HEAD /containers/{id}/archive).
+
+    get_archive would stream the whole file, and an unread archive stream keeps the
+    container locked in the engine, which hangs the next archive call.
+    """
+    from docker.utils import decode_json_header
+
+    api = container.client.api
+    res = api.head(api._url("/containers/{0}/archive", container.id), params={"path": path})
+    if res.status_code == 404:
+        return None
+    api._raise_for_status(res)
+    header = res.headers.get("X-Docker-Container-Path-Stat")
+    return decode_json_header(header) if header else None
 
 
 def port_free_here(bind: str, port: int) -> bool:

@@ -23,7 +23,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from urllib.parse import urlsplit
 
 import docker
@@ -32,7 +32,11 @@ import docker.utils
 from docker.models.containers import Container
 
 from llmstack import images as catalog
+from llmstack.errors import EngineError
 from llmstack.images import BaseImage, BuiltImage
+from llmstack.resources import data_dir
+
+from .containers import path_stat
 
 Progress = Callable[[str], None]
 
@@ -41,13 +45,8 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TAIL_LINES = 30
 
 
-class ImageBuildError(Exception):
+class ImageBuildError(EngineError):
     """An image could not be built or the model volume not filled; says what and what to do."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message if not hint else f"{message}\nhint: {hint}")
-        self.message = message
-        self.hint = hint
 
 
 def cache_dir() -> Path:
@@ -264,7 +263,7 @@ def _deb822(stanza: str) -> dict[str, str]:
 def _build_context(
     client: docker.DockerClient, spec: BuiltImage, *, nocache: bool, progress: Progress
 ) -> None:
-    source = catalog.data_dir("images") / spec.context
+    source = data_dir("images") / spec.context
     if not (source / "Dockerfile").is_file():
         raise ImageBuildError(
             f"build context for {spec.tag} not found at {source}", "reinstall llmstack"
@@ -462,7 +461,7 @@ def _scratch_container(client: docker.DockerClient, image: str, volume: str) -> 
 
 def _volume_has_model(container: Container) -> bool:
     model = f"{catalog.DEMO_MODEL_MOUNT}/{catalog.DEMO_MODEL_FILE}"
-    if (_path_stat(container, model) or {}).get("size") != catalog.DEMO_MODEL_SIZE:
+    if (path_stat(container, model) or {}).get("size") != catalog.DEMO_MODEL_SIZE:
         return False
     try:
         stream, _ = container.get_archive(model + ".sha256")
@@ -473,21 +472,6 @@ def _volume_has_model(container: Container) -> bool:
         member = tar.extractfile(catalog.DEMO_MODEL_FILE + ".sha256")
         recorded = member.read().decode().split()[0] if member else ""
     return recorded == catalog.DEMO_MODEL_SHA256
-
-
-def _path_stat(container: Container, path: str) -> dict[str, Any] | None:
-    """Stat of a path in a container without transferring it (HEAD /containers/{id}/archive).
-
-    get_archive would stream the whole 98 MB file, and an unread archive stream keeps the
-    container locked in the engine, which hangs the next archive call.
-    """
-    api = container.client.api
-    res = api.head(api._url("/containers/{0}/archive", container.id), params={"path": path})
-    if res.status_code == 404:
-        return None
-    api._raise_for_status(res)
-    header = res.headers.get("X-Docker-Container-Path-Stat")
-    return docker.utils.decode_json_header(header) if header else None
 
 
 def _model_wheel(progress: Progress) -> Path:
