@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, integration tests on the real Docker engine included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export TESTCONTAINERS_RYUK_DISABLED=true
+.venv/bin/ruff check src tests benchmarks
+exec .venv/bin/python -m pytest "$@"
