@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -280,16 +281,30 @@ def _path_str(loc: tuple[str | int, ...]) -> str:
     return out or "(document)"
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
-    # pydantic adds union branch names such as 'list[union[int,str]]' or 'literal['cpu']'.
-    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and "function-" not in p))
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
+    """Keep the parts of a pydantic error location that exist in the document; drop the tags
+    pydantic adds for union branches (such as 'list[union[int,str]]' or "literal['cpu']")."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if (isinstance(node, dict) and part in node) or in_list:
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part != "" and \
+                not part.startswith(("list[", "literal[", "function-", "union[", "int", "str",
+                                     "float", "bool", "dict[")):
+            node = None  # a missing field: still part of the path
+        else:
+            continue
+        out.append(part)
+    return tuple(out)
 
 
 def _problems_from_pydantic(exc: ValidationError, lines: dict[tuple[str | int, ...], int],
                             data: Any) -> list[Problem]:
     problems: dict[tuple[str, str], Problem] = {}
     for err in exc.errors():
-        loc = _clean_loc(err["loc"])
+        loc = _clean_loc(err["loc"], data)
         kind = err["type"]
         value = err.get("input")
         hint = ""
@@ -328,8 +343,12 @@ def _problems_from_pydantic(exc: ValidationError, lines: dict[tuple[str | int, .
                             Problem(path, msg, value, line, hint))
     # Drop duplicate union reports on one path (the literal branch and the list branch).
     seen: dict[str, Problem] = {}
-    for (path, _), problem in problems.items():
-        if path in seen and path.endswith("gpus"):
+    for (path, kind), problem in problems.items():
+        if path.endswith("gpus") and kind in ("x", "list_type"):
+            # One message for both branches of `cpu | [GPU, ...]`.
+            problem = replace(problem, message="must be `cpu` or a list of GPU indices/UUIDs",
+                              hint=problem.hint or "e.g. gpus: cpu, or gpus: [0, 1]")
+            seen.setdefault(path + problem.message, problem)
             continue
         seen.setdefault(path + problem.message, problem)
     return list(seen.values())
@@ -426,6 +445,33 @@ def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> lis
     return problems
 
 
+def _rules_despite(exc: ValidationError, data: dict[str, Any],
+                   lines: dict[tuple[str | int, ...], int]) -> list[Problem]:
+    """Cross-field problems of a document that also has schema errors, so that one run reports
+    both kinds: the rules run on a copy without the bad values (defaults take their place),
+    and only problems outside the sections that had schema errors are kept."""
+    errors = exc.errors()
+    locs = [_clean_loc(e["loc"], data) for e in errors]
+    if any(e["type"] == "missing" for e in errors) or \
+            any(not loc or (loc[0] == "models" and len(loc) < 3) for loc in locs):
+        return []  # nothing sound to check the rules on
+    trimmed = copy.deepcopy(data)
+    order = sorted(set(locs), reverse=True,  # later list items first: indices stay valid
+                   key=lambda loc: [(0, p, "") if isinstance(p, int) else (1, 0, p) for p in loc])
+    try:
+        for loc in order:
+            parent: Any = trimmed
+            for part in loc[:-1]:
+                parent = parent[part]
+            del parent[loc[-1]]
+        spec = StackSpec.model_validate(trimmed)
+    except (KeyError, IndexError, TypeError, ValidationError):
+        return []
+    tainted = {_path_str(loc[:2] if loc[0] == "models" else loc[:1]) for loc in locs}
+    return [p for p in check_rules(spec, lines)
+            if not any(p.path == t or p.path.startswith((t + ".", t + "[")) for t in tainted)]
+
+
 def parse(text: str, file: str = "stack.yaml") -> StackSpec:
     """Validate a stack.yaml document; raise SpecError with every problem found."""
     data, lines = load(text, file)
@@ -439,6 +485,7 @@ def parse(text: str, file: str = "stack.yaml") -> StackSpec:
         spec = StackSpec.model_validate(data)
     except ValidationError as exc:
         found = _problems_from_pydantic(exc, lines, data)
+        found += _rules_despite(exc, data, lines)
         raise SpecError(file, sorted(found, key=lambda p: p.line or 0)) from None
     except RecursionError:
         raise SpecError(file, [Problem("(document)", "is nested too deeply")]) from None

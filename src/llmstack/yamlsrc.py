@@ -38,6 +38,9 @@ def load(text: str, file: str) -> tuple[Any, dict[Path, int]]:
     """Parse `text`; return the data and a map from field path to 1-based line number."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise SpecError(file, [Problem("(document)", "is nested too deeply",
+                                       hint="flatten the document")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
