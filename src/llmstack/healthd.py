@@ -60,7 +60,7 @@ class Checker:
             return code, payload
 
 
-def serve(config_path: str) -> None:
+def serve(config_path: str, bind: str = "0.0.0.0") -> None:
     with open(config_path, encoding="utf-8") as handle:
         config = json.load(handle)
     checker = Checker(config["checks"], float(config.get("timeout", 2.0)))

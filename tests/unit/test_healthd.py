@@ -1,0 +1,80 @@
+"""The stack's /health service against real local HTTP servers (no Docker)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from llmstack import healthd
+from tests.helpers import free_port, wait_for
+
+
+def _server(code: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[str, str]]:
+    ok, loading = _server(200), _server(503)
+    yield (f"http://127.0.0.1:{ok.server_port}/health",
+           f"http://127.0.0.1:{loading.server_port}/health")
+    ok.shutdown()
+    loading.shutdown()
+
+
+def test_all_ready_is_200(backends: tuple[str, str]) -> None:
+    code, body = healthd.Checker({"a": backends[0], "b": backends[0]}, 1.0).report()
+    data = json.loads(body)
+    assert code == 200 and data["status"] == "ok" and data["not_ready"] == []
+
+
+def test_names_what_is_not_ready(backends: tuple[str, str]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/health"
+    checks = {"litellm": backends[0], "model:loading": backends[1], "model:dead": dead}
+    code, body = healthd.Checker(checks, 1.0).report()
+    data = json.loads(body)
+    assert code == 503
+    assert sorted(data["not_ready"]) == ["model:dead", "model:loading"]
+    assert data["services"]["model:loading"]["detail"] == "HTTP 503 (loading)"
+    assert data["services"]["model:dead"]["detail"].startswith("unreachable")
+
+
+def test_served_over_http(backends: tuple[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "health.json"
+    config.write_text(json.dumps({"port": port, "checks": {"litellm": backends[1]}}))
+    healthd_host = threading.Thread(target=healthd.serve, args=(str(config), "127.0.0.1"),
+                                    daemon=True)
+    healthd_host.start()
+
+    def get(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    assert wait_for(lambda: get("/live")[0] == 200, timeout=10, what="healthd up")
+    code, body = get("/health")
+    assert code == 503 and json.loads(body)["not_ready"] == ["litellm"]
+    assert get("/nope")[0] == 404
