@@ -1,0 +1,481 @@
+"""`llmstack doctor`: preflight of the target host and the project, one finding per check.
+
+`gather` reads the facts through the engine (engine/host.py); `evaluate_*` turn facts into
+findings without I/O, so they are unit-tested from fake engine answers. A finding that fails
+names who must act: scope "config" (stack.yaml, .env, certs/: exit 1) or "host" (the engine,
+its GPUs, disk or images: exit 2). Exit 2 wins when both kinds fail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import gpu as gpumod
+from . import names, tls
+from .errors import LlmstackError
+
+if TYPE_CHECKING:
+    from .engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
+    from .project import Loaded
+    from .spec import StackSpec
+
+GIB = 1024**3
+MIN_API = (1, 40)  # device requests (GPUs) need Engine 19.03 / API 1.40
+SKEW_WARN_S = 60.0
+# Certificates are valid from 5 minutes before they were made (tls.py): a host clock further
+# behind than that sees a "not yet valid" certificate.
+SKEW_FAIL_S = 300.0
+DISK_WARN_BYTES = 10 * GIB
+DISK_RESERVE_BYTES = 2 * GIB
+ENV_GPU_IMAGE = "LLMSTACK_GPU_PROBE_IMAGE"
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+    scope: str = "host"  # who acts when it fails: config | host
+
+    def to_dict(self) -> dict[str, str]:
+        return {"check": self.check, "status": self.status, "detail": self.detail,
+                "fix": self.fix, "scope": self.scope}
+
+
+@dataclass
+class Facts:
+    """What the engine answered; None where a probe could not run."""
+
+    target: str
+    engine: EngineFacts | None = None
+    engine_error: str = ""
+    engine_hint: str = ""
+    gpu: GpuProbe | None = None
+    snapshot: HostSnapshot | None = None
+    published: list[dict[str, Any]] = field(default_factory=list)
+    images: dict[str, bool] = field(default_factory=dict)
+    sources: dict[str, SourceStat] = field(default_factory=dict)  # by model name
+    services: dict[str, str] = field(default_factory=dict)  # this project's {service: state}
+
+
+@dataclass
+class Report:
+    target: str
+    findings: list[Finding]
+    engine: dict[str, Any] | None = None
+    gpus: list[dict[str, Any]] | None = None
+    gpu_budget: dict[str, Any] | None = None
+    budget_lines: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        fails = [f for f in self.findings if f.status == "fail"]
+        if any(f.scope == "host" for f in fails):
+            return 2
+        return 1 if fails else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.exit_code == 0, "exit_code": self.exit_code, "target": self.target,
+                "engine": self.engine, "gpus": self.gpus, "gpu_budget": self.gpu_budget,
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+# --- Local files (this machine) -----------------------------------------------------------------
+
+
+def local_findings(root: Path, spec: StackSpec | None, now: dt.datetime | None = None
+                   ) -> list[Finding]:
+    """.env permissions and the certificate: files on the deploying machine."""
+    from . import secrets
+
+    out: list[Finding] = []
+    env = root / ".env"
+    try:
+        secrets.load_keys(env)
+        out.append(Finding("env", "ok", f"{env}: keys present, mode 0600", scope="config"))
+    except LlmstackError as exc:
+        out.append(Finding("env", "fail", exc.message, exc.hint, scope="config"))
+    try:
+        cert = tls.inspect(root / "certs", now)
+        detail = (f"valid until {cert.not_after:%Y-%m-%d} ({cert.days_left} days), names: "
+                  + ", ".join(cert.names))
+        if cert.days_left < 0:
+            out.append(Finding("certificate", "fail", "expired: " + detail,
+                               "llmstack init --force (backs up the old one), then llmstack up",
+                               scope="config"))
+        elif cert.expiring:
+            out.append(Finding("certificate", "warn", "expires soon: " + detail,
+                               "llmstack init --force, then llmstack up", scope="config"))
+        elif spec is not None and spec.domain not in cert.names:
+            out.append(Finding("certificate", "fail", f"does not name domain {spec.domain}: "
+                               + detail, "llmstack init --force --domain " + spec.domain,
+                               scope="config"))
+        else:
+            out.append(Finding("certificate", "ok", detail, scope="config"))
+    except LlmstackError as exc:
+        out.append(Finding("certificate", "fail", exc.message, exc.hint, scope="config"))
+    return out
+
+
+# --- Engine facts -> findings (pure) --------------------------------------------------------------
+
+
+def evaluate_engine(facts: Facts) -> list[Finding]:
+    if facts.engine is None:
+        return [Finding("engine", "fail", facts.engine_error or "engine not reachable",
+                        facts.engine_hint or "start Docker or fix --host / DOCKER_HOST")]
+    e = facts.engine
+    detail = (f"Docker Engine {e.version} (API {e.api_version}) on {e.operating_system} "
+              f"{e.arch}, {e.ncpu} CPUs, {e.mem_bytes / GIB:.1f} GiB memory, data root "
+              f"{e.root_dir}")
+    out = []
+    try:
+        api = tuple(int(p) for p in e.api_version.split(".")[:2])
+    except ValueError:
+        api = (0, 0)
+    if api < MIN_API:
+        out.append(Finding("engine", "warn", detail + "; too old for GPU device requests",
+                           "upgrade to Docker Engine 19.03 or later"))
+    else:
+        out.append(Finding("engine", "ok", detail))
+    if e.skew_s is None:
+        out.append(Finding("clock", "warn", "the engine did not report its time",
+                           "check `date` on the host"))
+    else:
+        skew = e.skew_s
+        detail = f"engine clock is {abs(skew):.1f}s {'ahead of' if skew >= 0 else 'behind'} " \
+                 "this machine"
+        fix = "enable NTP on both machines (timedatectl set-ntp true)"
+        if abs(skew) >= SKEW_FAIL_S:
+            out.append(Finding("clock", "fail", detail + "; certificates made here may be "
+                               "'not yet valid' there and logs will not line up", fix))
+        elif abs(skew) >= SKEW_WARN_S:
+            out.append(Finding("clock", "warn", detail, fix))
+        else:
+            out.append(Finding("clock", "ok", detail))
+    return out
+
+
+def evaluate_gpus(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
+                                                                   gpumod.GpuReport | None]:
+    probe = facts.gpu
+    needed = spec is not None and gpumod.needs_gpus(spec)
+    if probe is None:
+        return [], None
+    bad = "fail" if needed else "warn"
+    if spec is None:
+        why = "no stack.yaml"
+    elif needed:
+        why = "stack.yaml gives GPUs to " + ", ".join(m.name for m in spec.models if m.gpu_ids)
+    else:
+        why = "no model in stack.yaml needs a GPU"
+    if probe.status == "no-runtime":
+        return [Finding("gpu-runtime", bad, f"no GPU runtime on the engine ({why}): "
+                        f"{probe.detail}", "install the NVIDIA driver and the NVIDIA container "
+                        "toolkit on the host (nvidia-ctk runtime configure --runtime=docker), "
+                        "then restart Docker")], None
+    if probe.status == "no-image":
+        return [Finding("gpu-runtime", bad, f"GPUs not checked ({why}): {probe.detail}",
+                        f"pull a CUDA/glibc image on the host or set {ENV_GPU_IMAGE}")], None
+    if probe.status == "error":
+        return [Finding("gpu-runtime", bad, f"GPU runtime present but nvidia-smi failed "
+                        f"({why}): {probe.detail}", "check the driver on the host: nvidia-smi; "
+                        "reboot after a driver update")], None
+    gpus = probe.gpus
+    out = [Finding("gpu-runtime", "ok" if gpus else bad,
+                   f"{len(gpus)} GPU(s) visible to containers (nvidia-smi in {probe.image})",
+                   "" if gpus else "check nvidia-smi on the host")]
+    if gpus:
+        out.append(Finding("gpus", "ok", "; ".join(
+            f"{g.index}: {g.name} {g.uuid}, {_gib(g.memory_free_mib)} free of "
+            f"{_gib(g.memory_total_mib)}" for g in gpus)))
+    if not needed or spec is None:
+        return out, None
+    sizes = {name: s.size for name, s in facts.sources.items()
+             if s.exists and not s.is_dir and s.size}
+    running = {m.name for m in spec.models
+               if facts.services.get(names.model_service(m.name)) == "running"}
+    report = gpumod.check(spec, gpus, sizes, running)
+    for f in report.findings:
+        out.append(Finding(f.check, f.status, f.detail, f.fix, f.scope))
+    if not any(f.status != "ok" for f in report.findings):
+        out.append(Finding("gpu-memory", "ok", "every GPU model fits: " + "; ".join(
+            f"GPU {b.gpu.index} {_gib(b.free_after_mib)} left" for b in report.budgets
+            if b.claims), scope="config"))
+    return out, report
+
+
+def _gib(mib: float | None) -> str:
+    return "?" if mib is None else f"{mib / 1024:.1f} GiB"
+
+
+def parse_df(text: str) -> tuple[int, int] | None:
+    """(total, available) bytes from `df -Pk` output (the last data line)."""
+    lines = [ln.split() for ln in text.strip().splitlines() if ln.strip()]
+    for cells in reversed(lines):
+        if len(cells) >= 6 and cells[1].isdigit() and cells[3].isdigit():
+            return int(cells[1]) * 1024, int(cells[3]) * 1024
+    return None
+
+
+def parse_proc_net(text: str) -> set[tuple[str, int]]:
+    """(address, port) of every LISTEN socket in /proc/net/tcp and tcp6 content."""
+    out: set[tuple[str, int]] = set()
+    for line in text.splitlines():
+        cells = line.split()
+        if len(cells) < 4 or cells[3] != "0A" or ":" not in cells[1]:
+            continue
+        addr_hex, port_hex = cells[1].rsplit(":", 1)
+        try:
+            raw = bytes.fromhex(addr_hex)
+            port = int(port_hex, 16)
+        except ValueError:
+            continue
+        # The kernel prints each 32-bit word in host (little-endian) order.
+        words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+        if len(words) not in (4, 16):
+            continue
+        addr = ipaddress.ip_address(words)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        out.add((str(addr), port))
+    return out
+
+
+def _overlaps(a: str, b: str) -> bool:
+    wild = ("0.0.0.0", "::")
+    return a == b or a in wild or b in wild
+
+
+def evaluate_ports(spec: StackSpec, facts: Facts) -> list[Finding]:
+    out = []
+    listening = parse_proc_net(facts.snapshot.net) if facts.snapshot else None
+    ours = {p["port"] for p in facts.published if p.get("project") == spec.project}
+    for lname, lst in spec.listeners:
+        if not lst.enabled:
+            continue
+        where = f"listeners.{lname} {lst.bind}:{lst.port}"
+        fix = f"free port {lst.port} on the host or change listeners.{lname}.port in stack.yaml"
+        if lst.port in ours:
+            out.append(Finding("ports", "ok", f"{where}: published by this stack's nginx",
+                               scope="config"))
+            continue
+        other = next((p for p in facts.published if p["port"] == lst.port
+                      and _overlaps(p.get("ip") or "0.0.0.0", lst.bind)), None)
+        if other:
+            out.append(Finding("ports", "fail", f"{where}: already published by container "
+                               f"{other['container']}", fix, scope="config"))
+        elif listening is None:
+            out.append(Finding("ports", "warn", f"{where}: not checked (no image to look at "
+                               "the host's sockets)", "run `llmstack images build`",
+                               scope="config"))
+        elif any(port == lst.port and _overlaps(addr, lst.bind) for addr, port in listening):
+            out.append(Finding("ports", "fail", f"{where}: a process on the host listens "
+                               "there", fix, scope="config"))
+        else:
+            out.append(Finding("ports", "ok", f"{where}: free", scope="config"))
+    return out
+
+
+def evaluate_disk(spec: StackSpec | None, facts: Facts) -> list[Finding]:
+    if facts.snapshot is None:
+        return [Finding("disk", "warn", "not checked: no image on the engine to run df in",
+                        "run `llmstack images build` (or pull the stack's images)")]
+    parsed = parse_df(facts.snapshot.df)
+    if parsed is None:
+        return [Finding("disk", "warn", "df printed nothing readable: "
+                        + " ".join(facts.snapshot.df.split())[:200], "check df on the host")]
+    total, free = parsed
+    root = facts.engine.root_dir if facts.engine else "the data root"
+    downloads = 0.0
+    for m in spec.models if spec else []:
+        running = facts.services.get(names.model_service(m.name)) == "running"
+        if m.parsed_source.kind in ("hf", "ollama") and not running:
+            est = gpumod.estimate(m)
+            downloads += (est.weights_mib or 0) * 1024 * 1024
+    detail = f"{free / GIB:.1f} GiB free of {total / GIB:.1f} GiB on {root}"
+    if downloads:
+        detail += f"; model downloads need ~{downloads / GIB:.1f} GiB"
+    fix = "free space on the host (docker image prune, old models) or grow the disk"
+    if free < downloads + DISK_RESERVE_BYTES:
+        return [Finding("disk", "fail", detail, fix)]
+    if free < downloads + DISK_WARN_BYTES:
+        return [Finding("disk", "warn", detail, fix)]
+    return [Finding("disk", "ok", detail)]
+
+
+def evaluate_images(facts: Facts) -> list[Finding]:
+    from .plan import OWN_IMAGE_PREFIX
+
+    missing = [t for t, ok in facts.images.items() if not ok]
+    if not missing:
+        return [Finding("images", "ok", "present: " + ", ".join(facts.images))]
+    own = [t for t in missing if t.startswith(OWN_IMAGE_PREFIX)]
+    fixes = (["llmstack images build"] if own else []) + \
+        [f"docker pull {t}" for t in missing if t not in own]
+    return [Finding("images", "fail", "missing on the engine: " + ", ".join(missing),
+                    "; ".join(fixes))]
+
+
+def evaluate_models(spec: StackSpec, facts: Facts) -> list[Finding]:
+    out = []
+    for m in spec.models:
+        src = m.parsed_source
+        check = f"model:{m.name}"
+        if src.kind in ("hf", "ollama"):
+            out.append(Finding(check, "ok", f"{m.source}: downloaded on the host when the "
+                               "model starts (needs network there)", scope="config"))
+            continue
+        stat = facts.sources.get(m.name)
+        where = f"volume {src.location!r}" if src.kind == "volume" else "the host"
+        if stat is None:
+            out.append(Finding(check, "warn", f"{m.source}: not checked (no image to look "
+                               "with)", "run `llmstack images build`", scope="config"))
+        elif not stat.exists:
+            fix = ("run `llmstack images build` (fills llmstack-models with the demo model)"
+                   if src.location == "llmstack-models" else
+                   f"copy the weights into {where} or fix source: in stack.yaml")
+            out.append(Finding(check, "fail", f"{m.source}: {src.path or '(volume)'} not found "
+                               f"in {where}", fix, scope="config"))
+        else:
+            size = f"{stat.size / 1024**2:.0f} MiB" if stat.size and not stat.is_dir else \
+                "a folder"
+            out.append(Finding(check, "ok", f"{m.source}: present ({size})", scope="config"))
+    return out
+
+
+def evaluate(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
+                                                            gpumod.GpuReport | None]:
+    findings = evaluate_engine(facts)
+    if facts.engine is None:
+        return findings, None
+    gpu_findings, report = evaluate_gpus(spec, facts)
+    findings += gpu_findings
+    findings += evaluate_disk(spec, facts)
+    if spec is not None:
+        findings += evaluate_ports(spec, facts)
+        findings += evaluate_images(facts)
+        findings += evaluate_models(spec, facts)
+    return findings, report
+
+
+# --- Gathering (I/O through the engine) -------------------------------------------------------
+
+
+def stack_images(spec: StackSpec) -> list[str]:
+    images = [spec.images.nginx, spec.images.litellm]
+    images += [spec.image_for(m) for m in spec.models]
+    return list(dict.fromkeys(images))
+
+
+def probe_images(spec: StackSpec | None, gpu_image: str | None = None) -> list[str]:
+    """Images to run nvidia-smi in, best first: the one asked for, GPU models' images (CUDA
+    images), then any image of the stack (the toolkit mounts nvidia-smi into any glibc image)."""
+    from .spec import DEFAULT_IMAGES
+
+    out = [i for i in (gpu_image, os.environ.get(ENV_GPU_IMAGE)) if i]
+    if spec is not None:
+        out += [spec.image_for(m) for m in spec.models if m.gpu_ids]
+        out += [spec.images.llamacpp_cuda, spec.images.llamacpp, spec.images.nginx,
+                spec.images.litellm]
+    out += [DEFAULT_IMAGES["llamacpp"], DEFAULT_IMAGES["nginx"], DEFAULT_IMAGES["litellm"]]
+    return list(dict.fromkeys(out))
+
+
+def gather(client: Any, target: str, spec: StackSpec | None, gpu_image: str | None = None
+           ) -> Facts:
+    from .engine import host
+
+    project = spec.project if spec else "llmstack"
+    facts = Facts(target=target)
+    facts.engine = host.engine_facts(client)
+    facts.gpu = host.query_gpus(client, probe_images(spec, gpu_image), project)
+    # Any image present can run df and cat; the stack's own are the likely ones.
+    helpers = list(dict.fromkeys([*(stack_images(spec) if spec else []), *probe_images(spec)]))
+    facts.snapshot = host.host_snapshot(client, helpers, project)
+    facts.published = host.published_ports(client)
+    if spec is None:
+        return facts
+    facts.images = host.present_images(client, stack_images(spec))
+    facts.services = host.running_services(client, project)
+    helper = facts.snapshot.image if facts.snapshot else None
+    for m in spec.models:
+        src = m.parsed_source
+        if src.kind in ("volume", "host") and helper:
+            facts.sources[m.name] = host.stat_source(client, helper, src.kind, src.location,
+                                                     src.path, project)
+    return facts
+
+
+def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
+        host_arg: str | None, gpu_image: str | None = None) -> Report:
+    """Every check; never raises for a problem it can report as a finding."""
+    from .engine.client import connect, describe_target
+
+    spec = loaded.spec if loaded else None
+    findings: list[Finding] = []
+    if spec_error is not None:
+        findings.append(Finding("stack", "fail", spec_error.message, spec_error.hint,
+                                scope="config"))
+    elif spec is None:
+        findings.append(Finding("stack", "warn", f"no stack.yaml in {root}: checked the host "
+                                "only", "llmstack init", scope="config"))
+    else:
+        findings.append(Finding("stack", "ok", f"{loaded.paths.stack if loaded else ''}: "
+                                f"valid, project {spec.project}, {len(spec.models)} models",
+                                scope="config"))
+    if spec is not None:
+        findings += local_findings(root, spec)
+    target = describe_target(host_arg)
+    try:
+        client = connect(host_arg)
+    except LlmstackError as exc:
+        facts = Facts(target=target, engine_error=exc.message, engine_hint=exc.hint)
+        findings += evaluate(spec, facts)[0]
+        return Report(target, findings)
+    try:
+        facts = gather(client, target, spec, gpu_image)
+    finally:
+        client.close()
+    engine_findings, report = evaluate(spec, facts)
+    findings += engine_findings
+    gpus = [g.to_dict() for g in facts.gpu.gpus] if facts.gpu else None
+    return Report(target, findings, engine=facts.engine.to_dict() if facts.engine else None,
+                  gpus=gpus, gpu_budget=report.to_dict() if report else None,
+                  budget_lines=gpumod.budget_lines(report) if report else [])
+
+
+def gpu_plan(client: Any, spec: StackSpec, gpu_image: str | None = None
+             ) -> tuple[list[Finding], gpumod.GpuReport | None]:
+    """The GPU part of doctor for `plan` and `up`: the host's GPUs against stack.yaml (only
+    when a model has GPUs; ([], None) otherwise)."""
+    from .engine import host
+
+    if not gpumod.needs_gpus(spec):
+        return [], None
+    facts = Facts(target="")
+    facts.gpu = host.query_gpus(client, probe_images(spec, gpu_image), spec.project)
+    facts.services = host.running_services(client, spec.project)
+    present = host.present_images(client, stack_images(spec))
+    helper = next((t for t, ok in present.items() if ok), None)
+    for m in spec.models:
+        src = m.parsed_source
+        if m.gpu_ids and src.kind in ("volume", "host") and helper:
+            facts.sources[m.name] = host.stat_source(client, helper, src.kind, src.location,
+                                                     src.path, spec.project)
+    return evaluate_gpus(spec, facts)
+
+
+def finding_lines(findings: list[Finding]) -> list[str]:
+    lines = []
+    for f in findings:
+        lines.append(f"  {f.status:<5} {f.check:<16} {f.detail}")
+        if f.fix and f.status != "ok":
+            lines.append(f"  {'':<5} {'':<16} fix: {f.fix}")
+    return lines

@@ -1,0 +1,258 @@
+"""What the target host is like, read through the engine API only (works the same over ssh://).
+
+Every probe is a short-lived container removed afterwards: nvidia-smi with a device request
+for all GPUs (discovery only; models get exact device ids), `df` of the engine's data root
+(a container's root file system lives there), and the host's listening sockets from
+/proc/net/tcp of a host-network container. Nothing here decides ok/fail: see doctor.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import gpu as gpumod
+from .. import names
+from .containers import path_stat
+
+if TYPE_CHECKING:
+    import docker
+
+PROBE_TIMEOUT = 60  # seconds a probe container may run
+# Go's os.ModeDir bit in the archive stat header.
+MODE_DIR = 1 << 31
+_NO_RUNTIME = ("could not select device driver", "unknown or invalid runtime name",
+               "unknown runtime specified")
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    version: str
+    api_version: str
+    os: str
+    arch: str
+    kernel: str
+    operating_system: str
+    root_dir: str
+    runtimes: list[str]
+    default_runtime: str
+    system_time: dt.datetime | None
+    skew_s: float | None  # engine clock minus this machine's clock, latency-corrected
+    name: str
+    ncpu: int
+    mem_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "api_version": self.api_version, "os": self.os,
+                "arch": self.arch, "kernel": self.kernel,
+                "operating_system": self.operating_system, "root_dir": self.root_dir,
+                "runtimes": self.runtimes, "default_runtime": self.default_runtime,
+                "system_time": self.system_time.isoformat() if self.system_time else None,
+                "clock_skew_s": None if self.skew_s is None else round(self.skew_s, 2),
+                "name": self.name, "ncpu": self.ncpu, "mem_bytes": self.mem_bytes}
+
+
+def parse_engine_time(value: str) -> dt.datetime | None:
+    """Docker's SystemTime (RFC 3339 with nanoseconds) as an aware datetime."""
+    if not value:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    main, _, rest = text.partition(".")
+    if rest:  # keep at most microseconds; the offset follows the fraction
+        digits = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+        offset = rest[len(digits):]
+        text = f"{main}.{digits[:6].ljust(6, '0')}{offset}"
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def engine_facts(client: docker.DockerClient) -> EngineFacts:
+    version = client.version()
+    before = time.time()
+    info = client.info()
+    after = time.time()
+    system_time = parse_engine_time(str(info.get("SystemTime", "")))
+    skew = None
+    if system_time is not None:
+        skew = system_time.timestamp() - (before + after) / 2
+    return EngineFacts(
+        version=str(version.get("Version", "?")), api_version=str(version.get("ApiVersion", "?")),
+        os=str(version.get("Os", "?")), arch=str(version.get("Arch", "?")),
+        kernel=str(version.get("KernelVersion", "?")),
+        operating_system=str(info.get("OperatingSystem", "?")),
+        root_dir=str(info.get("DockerRootDir", "")),
+        runtimes=sorted((info.get("Runtimes") or {}).keys()),
+        default_runtime=str(info.get("DefaultRuntime", "")), system_time=system_time,
+        skew_s=skew, name=str(info.get("Name", "")), ncpu=int(info.get("NCPU") or 0),
+        mem_bytes=int(info.get("MemTotal") or 0))
+
+
+def present_images(client: docker.DockerClient, tags: list[str]) -> dict[str, bool]:
+    from docker.errors import ImageNotFound
+
+    out: dict[str, bool] = {}
+    for tag in dict.fromkeys(tags):
+        try:
+            client.images.get(tag)
+            out[tag] = True
+        except ImageNotFound:
+            out[tag] = False
+    return out
+
+
+def _run(client: docker.DockerClient, image: str, command: list[str], entrypoint: list[str],
+         project: str, **extra: Any) -> tuple[int, str]:
+    """Run a throwaway container to completion: (exit code, stdout+stderr). Engine errors
+    (e.g. no GPU driver at start) propagate as docker.errors.APIError."""
+    labels = {names.LABEL_PROJECT + ".tmp": project, "llmstack.probe": "1"}
+    container = client.containers.create(
+        image, command=command, entrypoint=entrypoint, labels=labels, detach=True,
+        cap_drop=["ALL"], security_opt=["no-new-privileges=true"], user="0:0", **extra)
+    try:
+        container.start()
+        result = container.wait(timeout=PROBE_TIMEOUT)
+        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        return int(result.get("StatusCode", 1)), output
+    finally:
+        container.remove(force=True)
+
+
+@dataclass(frozen=True)
+class GpuProbe:
+    """status: ok | no-runtime (the engine cannot give containers GPUs) | no-image (nothing
+    to run nvidia-smi in) | error (runtime present, nvidia-smi failed)."""
+
+    status: str
+    gpus: list[gpumod.Gpu] = field(default_factory=list)
+    image: str | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "image": self.image, "detail": self.detail,
+                "gpus": [g.to_dict() for g in self.gpus]}
+
+
+def query_gpus(client: docker.DockerClient, candidates: list[str], project: str = "llmstack"
+               ) -> GpuProbe:
+    """The host's GPUs from nvidia-smi run in the first present image of `candidates`.
+
+    The NVIDIA container toolkit mounts nvidia-smi into any glibc image, so the stack's own
+    images do; no pull is needed."""
+    from docker.errors import APIError, DockerException
+    from docker.types import DeviceRequest
+
+    present = present_images(client, candidates)
+    image = next((t for t in candidates if present.get(t)), None)
+    if image is None:
+        return GpuProbe("no-image", detail="none of these images is on the engine: "
+                        + ", ".join(dict.fromkeys(candidates)))
+    try:
+        # Discovery only: every GPU (count=-1), no network, no capabilities, removed at once.
+        code, out = _run(client, image, gpumod.NVIDIA_SMI_QUERY, ["nvidia-smi"], project,
+                         device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])],
+                         environment={"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
+                         network_mode="none")
+    except APIError as exc:
+        text = str(exc.explanation or exc)
+        if any(marker in text for marker in _NO_RUNTIME):
+            return GpuProbe("no-runtime", image=image, detail=text.strip())
+        return GpuProbe("error", image=image, detail=text.strip()[:400])
+    except DockerException as exc:
+        return GpuProbe("error", image=image, detail=str(exc)[:400])
+    if code != 0:
+        return GpuProbe("error", image=image,
+                        detail=f"nvidia-smi exited {code}: {' '.join(out.split())[:300]}")
+    try:
+        return GpuProbe("ok", gpumod.parse_nvidia_smi(out), image=image)
+    except gpumod.GpuQueryError as exc:
+        return GpuProbe("error", image=image, detail=str(exc))
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """Raw `df -Pk /` of a container (the engine's data root) and /proc/net/tcp{,6} of the
+    host's network namespace."""
+
+    image: str
+    df: str
+    net: str
+
+
+def host_snapshot(client: docker.DockerClient, candidates: list[str],
+                  project: str = "llmstack") -> HostSnapshot | None:
+    present = present_images(client, candidates)
+    image = next((t for t in candidates if present.get(t)), None)
+    if image is None:
+        return None
+    script = "df -Pk /; echo @@; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true"
+    _, out = _run(client, image, ["-c", script], ["/bin/sh"], project, network_mode="host")
+    df, _, net = out.partition("@@")
+    return HostSnapshot(image, df, net)
+
+
+def published_ports(client: docker.DockerClient) -> list[dict[str, Any]]:
+    """Every published port of running containers: {port, ip, container, project} (one
+    list call, cheap over ssh)."""
+    out = []
+    for c in client.api.containers():
+        labels = c.get("Labels") or {}
+        name = (c.get("Names") or ["?"])[0].lstrip("/")
+        for p in c.get("Ports") or []:
+            if p.get("PublicPort"):
+                out.append({"port": int(p["PublicPort"]), "ip": p.get("IP", ""),
+                            "container": name, "project": labels.get(names.LABEL_PROJECT)})
+    return out
+
+
+@dataclass(frozen=True)
+class SourceStat:
+    exists: bool
+    size: int | None = None
+    is_dir: bool = False
+
+
+def stat_source(client: docker.DockerClient, image: str, kind: str, location: str, path: str,
+                project: str = "llmstack") -> SourceStat:
+    """Whether a model's volume:/host: source exists on the target, and its size."""
+    from docker.errors import APIError, NotFound
+    from docker.types import Mount
+
+    if kind == "volume":
+        try:
+            client.volumes.get(location)
+        except NotFound:
+            return SourceStat(False)
+        mount, inside = Mount("/v", location, type="volume", read_only=True), \
+            "/v/" + path.lstrip("/")
+    else:
+        parent, _, leaf = path.rpartition("/")
+        mount, inside = Mount("/v", parent or "/", type="bind", read_only=True), "/v/" + leaf
+    try:
+        c = client.containers.create(image, command=["true"], entrypoint=[], mounts=[mount],
+                                     labels={names.LABEL_PROJECT + ".tmp": project})
+    except APIError:  # a bind source missing on the host is refused at create
+        return SourceStat(False)
+    try:
+        stat = path_stat(c, inside)
+    finally:
+        c.remove(force=True)
+    if stat is None:
+        return SourceStat(False)
+    mode = int(stat.get("mode", 0))
+    return SourceStat(True, int(stat.get("size", 0)), bool(mode & MODE_DIR))
+
+
+def running_services(client: docker.DockerClient, project: str) -> dict[str, str]:
+    """{service: state} of the project's containers (one list call)."""
+    out = {}
+    for c in client.api.containers(all=True,
+                                   filters={"label": f"{names.LABEL_PROJECT}={project}"}):
+        service = (c.get("Labels") or {}).get(names.LABEL_SERVICE)
+        if service:
+            out[service] = str(c.get("State", ""))
+    return out
