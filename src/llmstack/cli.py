@@ -16,6 +16,7 @@ from .errors import LlmstackError
 EPILOG = """Exit codes: 0 ok; 1 invalid input or configuration (the message names the file,
 field and fix); 2 engine or runtime failure (daemon down, a service not ready).
 
+\b
 Examples:
   llmstack init --domain api.example.com   # stack.yaml, .env (0600), certs/
   llmstack validate                        # check stack.yaml, all problems at once
@@ -29,14 +30,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EPILOG,
 images_app = typer.Typer(help="Build the images the default stack needs (no registry needed).",
                          no_args_is_help=True)
 app.add_typer(images_app, name="images")
+export_app = typer.Typer(help="Export the stack for other deployment tools.",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 DirOpt = Annotated[Path, typer.Option("--dir", "-C", help="Project folder (holds stack.yaml, "
                                       ".env, certs/, config/).", show_default=False)]
 FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Stack file (default "
                                               "DIR/stack.yaml).", show_default=False)]
 HostOpt = Annotated[str | None, typer.Option("--host", "-H", help="Docker engine, e.g. "
-                                             "ssh://user@gpu-1 (default: DOCKER_HOST or the "
-                                             "local socket).", show_default=False)]
+                                             "ssh://user@gpu-1 (default: DOCKER_HOST, then "
+                                             "the Docker context, then the local socket).",
+                                             show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
@@ -145,16 +150,34 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[ass
              host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
     from .deploy import plan_only
+    from .doctor import finding_lines, gpu_plan
+    from .gpu import budget_lines
 
     loaded = _load(directory, file)
     project, _ = _engine(host, loaded.spec.project)
     actions = plan_only(loaded, project)
+    # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
+    gpu_findings, budget = gpu_plan(project.client, loaded.spec)
+    fails = [f for f in gpu_findings if f.status == "fail"]
+    code = (2 if any(f.scope == "host" for f in fails) else 1) if fails else 0
     if json_out:
         from .ui import emit_json
-        emit_json({"actions": [a.to_dict() for a in actions]})
-        return
+        out: dict[str, Any] = {"actions": [a.to_dict() for a in actions]}
+        if gpu_findings:
+            out["gpu"] = {**(budget.to_dict() if budget else {}),
+                          "findings": [f.to_dict() for f in gpu_findings]}
+        emit_json(out)
+        raise typer.Exit(code)
     for a in actions:
         typer.echo(f"{a.kind:<9} {a.service:<28} {a.reason}")
+    if gpu_findings:
+        typer.echo("\nGPU budget (nvidia-smi on the engine's host; estimates: llmstack/gpu.py):")
+        for line in (budget_lines(budget) if budget else []) + finding_lines(gpu_findings):
+            typer.echo(line)
+    if fails:
+        typer.echo(f"error: {len(fails)} GPU problem(s) above; `up` would refuse this stack",
+                   err=True)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -282,6 +305,132 @@ def down(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignm
                + f" of {loaded.spec.project}; .env, certs/ and models are kept.")
 
 
+@app.command()
+def doctor(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+           host: HostOpt = None, json_out: JsonOpt = False,
+           gpu_image: Annotated[str | None, typer.Option(
+               "--gpu-image", help="Image to run nvidia-smi in (default: the stack's GPU "
+               "images, then any of its images; env LLMSTACK_GPU_PROBE_IMAGE).",
+               show_default=False)] = None) -> None:
+    """Preflight of the target host and the project: engine and version, clock skew, GPU
+    runtime, GPUs, free memory and the per-GPU budget, disk on the engine's data root, ports,
+    images, model files, .env mode, certificate. Each finding: ok/warn/fail with a fix.
+    Exit 0 when nothing blocks; 1 when stack.yaml/.env/certs must change; 2 when the
+    engine or host must (2 wins). Works without stack.yaml (host checks only)."""
+    from . import doctor as doc
+
+    root = _cwd(directory)
+    loaded, error = None, None
+    if (file or root / "stack.yaml").exists():
+        try:
+            loaded = _load(directory, file)
+        except LlmstackError as exc:
+            error = exc
+    report = doc.run(root, loaded, error, host, gpu_image)
+    if json_out:
+        from .ui import emit_json
+        emit_json(report.to_dict())
+        raise typer.Exit(report.exit_code)
+    typer.echo(f"engine: {report.target}")
+    for line in doc.finding_lines(report.findings):
+        typer.echo(line)
+    if report.budget_lines:
+        typer.echo("GPU budget:")
+        for line in report.budget_lines:
+            typer.echo("  " + line)
+    fails = sum(f.status == "fail" for f in report.findings)
+    warns = sum(f.status == "warn" for f in report.findings)
+    typer.echo(f"{fails} blocker(s), {warns} warning(s): exit {report.exit_code}")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def verify(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+           host: HostOpt = None, json_out: JsonOpt = False,
+           address: Annotated[str | None, typer.Option(
+               "--address", help="Host name or IP to reach the stack at (default: the "
+               "engine's host: 127.0.0.1 for a local engine, HOST of ssh://user@HOST).",
+               show_default=False)] = None,
+           timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 60.0,
+           ) -> None:
+    """End-to-end check of the live stack through its real edge, as a client: TLS against
+    certs/ca.crt, GET /health, /v1/models lists the stack's models, a streaming chat (time to
+    first token), embeddings (dimension), a wrong key refused with 401, the rate limit
+    answering 429. It connects to the engine's host (127.0.0.1 for a local engine, HOST of
+    ssh://user@HOST) unless --address says otherwise. Exit 0 only when every check passes,
+    2 otherwise."""
+    from . import verify as ver
+    from .engine.client import describe_target, engine_address
+
+    loaded = _load(directory, file)
+    target = address or engine_address(host)
+    result = ver.run(loaded, target, describe_target(host), timeout)
+    if json_out:
+        from .ui import emit_json
+        emit_json(result.to_dict())
+        raise typer.Exit(result.exit_code)
+    typer.echo(f"verify {loaded.spec.project} at {result.endpoint or target}")
+    for c in result.checks:
+        typer.echo(f"  {c.status:<4} {c.check:<12} {c.detail}")
+        if c.status == "fail" and c.fix:
+            typer.echo(f"  {'':<4} {'':<12} fix: {c.fix}")
+    failed = [c.check for c in result.checks if c.status == "fail"]
+    typer.echo("verify passed" if not failed else f"verify FAILED: {', '.join(failed)}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("rotate-key")
+def rotate_key(
+    directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+    host: HostOpt = None,
+    grace: Annotated[str, typer.Option(help="How long the old key keeps working: 0 (default: "
+                                       "refused as soon as the command returns, for a leaked "
+                                       "key), or e.g. 30s, 10m, 2h, 1d. The window closes by "
+                                       "itself; no command needs to run at its end.")] = "0",
+    finish_: Annotated[bool, typer.Option("--finish", help="End the current grace window "
+                                          "now: the old key is refused.")] = False,
+    show: Annotated[bool, typer.Option("--show", help="Also print the new key.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """New client key (LITELLM_MASTER_KEY in .env) on the running stack, without restarting
+    anything: nginx reloads gracefully, in-flight requests and streams finish. The old .env is
+    backed up (0600). A failed rotation leaves the old key working and .env unchanged."""
+    import time
+
+    from . import rotate
+
+    started = time.monotonic()
+    seconds = rotate.parse_grace(grace)
+    loaded = _load(directory, file)
+    project, _ = _engine(host, loaded.spec.project)
+
+    def progress(message: str) -> None:
+        typer.echo(f"rotate-key: {message}", err=True)
+
+    if finish_:
+        done = rotate.finish(loaded, project, progress, started)
+        if json_out:
+            from .ui import emit_json
+            emit_json(done.to_dict())
+        elif done.was_in_progress:
+            typer.echo(f"Grace window ended: only LITELLM_MASTER_KEY in {done.key_file} works.")
+        else:
+            typer.echo("No grace window was open: nothing to finish.")
+        return
+    result = rotate.rotate(loaded, project, seconds, progress, started)
+    if json_out:
+        from .ui import emit_json
+        emit_json(result.to_dict(show=show))
+        return
+    data = result.to_dict()
+    typer.echo(f"New key: LITELLM_MASTER_KEY in {result.key_file} (old .env backed up to "
+               f"{result.backup_file}); live after {result.cutover_ms} ms.")
+    if show:
+        typer.echo(result.key)
+    typer.echo(f"Old key: accepted until {data['grace_ends']} (end it early: llmstack rotate-key"
+               " --finish)." if result.grace_seconds else "Old key: refused from now on.")
+
+
 @images_app.command("build")
 def images_build(
     host: HostOpt = None,
@@ -304,23 +453,66 @@ def images_build(
     typer.echo("built: " + (", ".join(built) if built else "nothing (all images present)"))
 
 
+@export_app.command("compose")
+def export_compose(
+    directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default "
+                                             "DIR/compose).", show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write docker-compose.yml (+ the config files it mounts) equivalent to `llmstack up`.
+    Secrets go to litellm.env and config/nginx/secrets/ (0600), never into the YAML."""
+    from .errors import UserError
+    from .export import COMPOSE_FILE, from_project, write
+    from .plan import OWN_UID
+
+    loaded = _load(directory, file)
+    target = (out or loaded.paths.root / "compose").resolve()
+    if target == loaded.paths.root.resolve():
+        raise UserError("--out must not be the project folder (compose's .env would replace "
+                        "llmstack's .env)", "use e.g. --out compose")
+    exported = from_project(loaded)
+    not_owned = write(exported, target)
+    if json_out:
+        from .ui import emit_json
+        emit_json({"compose_file": str(target / COMPOSE_FILE), "files": sorted(exported.files),
+                   "not_owned": not_owned})
+        return
+    typer.echo(f"wrote {target / COMPOSE_FILE} and {len(exported.files) - 1} files it uses")
+    if not_owned:
+        typer.echo("warning: not root, so nginx's secret files could not be given to its "
+                   f"user; run: sudo chown -R {OWN_UID} {target}/config/nginx/secrets",
+                   err=True)
+    typer.echo(f"Run it: cd {target} && docker-compose up -d")
+
+
 def main() -> None:
     """Entry point: the one place that turns errors into messages and exit codes."""
-    import click
-
     json_mode = "--json" in sys.argv
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # Without standalone mode click returns a raised typer.Exit(code) instead of exiting;
+        # typer turns Ctrl-C into 130 the same way.
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LlmstackError as exc:
         _fail(exc.message, exc.hint, exc.exit_code, json_mode, exc.to_dict())
-    except click.exceptions.Exit as exc:
+    # typer vendors its own click: catch typer's classes, not the `click` package's.
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _fail("interrupted", "run the command again; `llmstack up` converges from any state",
               130, json_mode)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(1)
+    except typer.TyperException as exc:  # usage errors: bad option, unknown command
+        show = getattr(exc, "show", None)
+        if show:
+            show()
+        else:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+        # Plain `llmstack` shows the help; anything else is a user error (exit 1).
+        sys.exit(0 if type(exc).__name__ == "NoArgsIsHelpError" else 1)
     except KeyboardInterrupt:
         _fail("interrupted", "run the command again; `llmstack up` converges from any state",
               130, json_mode)

@@ -65,10 +65,19 @@ def preflight(loaded: Loaded, project: Project, wanted: list[plan.ServiceSpec],
     missing = [tag for tag, image_id in ids.items() if image_id is None]
     if missing:
         problems.append("images missing on the engine: " + ", ".join(missing))
-        own = [t for t in missing if t.startswith(plan.OWN_IMAGE_PREFIX)]
-        other = [t for t in missing if t not in own]
+        from .images import CATALOG, BuiltImage
+
+        buildable = [i.tag for i in CATALOG.values() if isinstance(i, BuiltImage)]
+        own = [t for t in missing if t in buildable]
+        # llmstack/... tags that `images build` does not make exist in no registry either.
+        unknown_own = [t for t in missing if t.startswith(plan.OWN_IMAGE_PREFIX)
+                       and t not in buildable]
+        other = [t for t in missing if t not in own and t not in unknown_own]
         if own:
             hints.append("build them with `llmstack images build`")
+        if unknown_own:
+            hints.append("`llmstack images build` makes only " + ", ".join(buildable)
+                         + ": name one of those under `images:` in stack.yaml")
         if other:
             hints.append("pull them on the engine: " + "; ".join(f"docker pull {t}"
                                                                    for t in other))
@@ -96,9 +105,16 @@ def preflight(loaded: Loaded, project: Project, wanted: list[plan.ServiceSpec],
                 problems.append(f"port {bind}:{port} is already in use on this host")
         if any("port" in p for p in problems):
             hints.append("free the port or change listeners in stack.yaml")
+    # GPUs named in stack.yaml against the host's real ones (nvidia-smi via the engine).
+    from .doctor import gpu_plan
+
+    gpu_fails = [f for f in gpu_plan(project.client, loaded.spec)[0] if f.status == "fail"]
+    problems += [f.detail for f in gpu_fails]
+    hints += [f.fix for f in gpu_fails]
     if problems:
-        raise UserError("preflight failed:\n  - " + "\n  - ".join(problems),
-                        "; ".join(dict.fromkeys(hints)))
+        error = DeployError if any(f.scope == "host" for f in gpu_fails) else UserError
+        raise error("preflight failed:\n  - " + "\n  - ".join(problems),
+                    "; ".join(dict.fromkeys(hints)))
 
 
 def _wait_ready(project: Project, services: list[plan.ServiceSpec], report: Reporter,
@@ -197,10 +213,40 @@ def reload_nginx(project: Project, nginx: plan.ServiceSpec,
     if code != 0:
         raise DeployError(f"nginx rejected its new configuration: {out.strip()}",
                           "the running nginx keeps the old one; fix and run `llmstack up`")
+    before = _serving_workers(project)
     code, out = project.exec(names.NGINX, ["nginx", "-s", "reload", "-c",
                                            f"{nginx.config_mount}/nginx.conf"])
     if code != 0:
         raise DeployError(f"nginx reload failed: {out.strip()}", "`llmstack logs nginx`")
+    if not before:
+        return  # no shell in a custom nginx image: cannot watch the workers
+    # `nginx -s reload` only signals the master. Until new workers run, old ones accept
+    # connections with the old upstream addresses (a recreated LiteLLM has a new IP): 504s.
+    deadline = time.monotonic() + RELOAD_DEADLINE
+    while True:
+        serving = _serving_workers(project)
+        if serving and not serving & before:
+            return
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"nginx did not switch to its new configuration within {RELOAD_DEADLINE:.0f}s:"
+                "\n" + project.tail_logs(names.NGINX, 10),
+                "the old configuration keeps serving; `llmstack logs nginx`, then "
+                "`llmstack up` again")
+        time.sleep(0.1)
+
+
+RELOAD_DEADLINE = 30.0
+# PIDs of nginx workers that accept connections (not those finishing after a reload).
+_WORKERS_SH = (
+    "for p in /proc/[0-9]*; do t=$(tr '\\0' ' ' < \"$p/cmdline\" 2>/dev/null); "
+    "case \"$t\" in *'shutting down'*) ;; 'nginx: worker process'*) echo \"${p#/proc/}\";; "
+    "esac; done")
+
+
+def _serving_workers(project: Project) -> set[str]:
+    code, out = project.exec(names.NGINX, ["sh", "-c", _WORKERS_SH])
+    return set(out.split()) if code == 0 else set()
 
 
 def plan_only(loaded: Loaded, project: Project) -> list[plan.Action]:

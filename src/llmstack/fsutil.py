@@ -42,6 +42,8 @@ def backup(path: Path) -> Path:
     while target.exists():
         target = path.with_name(f"{path.name}.bak-{stamp}-{n}")
         n += 1
-    shutil.copy2(path, target)
-    os.chmod(target, path.stat().st_mode & 0o777)
+    # Created with the original's mode from the start: a copy of a key is never readable
+    # by others, not even for the moment a copy-then-chmod would leave open.
+    write_atomic(target, path.read_bytes(), mode=path.stat().st_mode & 0o777)
+    shutil.copystat(path, target)
     return target

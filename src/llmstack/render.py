@@ -16,7 +16,11 @@ from .spec import StackSpec
 
 SECRETS_DIR = "/etc/llmstack/nginx/secrets"
 NGINX_CONF_DIR = "/etc/llmstack/nginx"
-WORKER_SHUTDOWN_TIMEOUT = 30  # seconds old nginx workers get to finish after a reload
+# Seconds old nginx workers get to finish in-flight requests after a reload (key rotation,
+# `up`). Long enough for long LLM streams on slow hardware: 30 s cut streams measured on
+# CPU. Old workers take no new request (keep-alive ends with the request in flight), so
+# this never extends an old key's life; it only bounds how long old workers may linger.
+WORKER_SHUTDOWN_TIMEOUT = 600
 
 
 def _env() -> jinja2.Environment:
@@ -93,7 +97,10 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
     )
     litellm = env.get_template("litellm.yaml.j2").render(
         source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read)
-    health = {"port": names.HEALTH_PORT, "timeout": 2.0, "checks": health_checks(spec)}
+    # JSON has no comments: the generated-file note is a key the health service ignores.
+    health = {"_generated": f"by llmstack from {source} -- do not edit: change stack.yaml and "
+                            "run `llmstack up`",
+              "port": names.HEALTH_PORT, "timeout": 2.0, "checks": health_checks(spec)}
     healthd = resources.files("llmstack").joinpath("healthd.py").read_bytes()
     return Rendered({
         names.NGINX: {"nginx.conf": nginx.encode()},

@@ -241,11 +241,14 @@ class Project:
         container.start()
         return str(container.id)
 
-    def exec(self, service: str, cmd: list[str]) -> tuple[int, str]:
+    def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
+             ) -> tuple[int, str]:
+        """Run `cmd` in the service's container. Pass secrets in `environment`, never in
+        `cmd`: arguments show up in `ps` and in the engine's exec records."""
         c = self.container(service)
         if c is None or c.status != "running":
             raise EngineError(f"{service} is not running", "run `llmstack up`")
-        result = c.exec_run(cmd, demux=False)
+        result = c.exec_run(cmd, demux=False, environment=environment)
         return int(result.exit_code or 0), (result.output or b"").decode(errors="replace")
 
     def probe(self, url: str, timeout: float = 2.0) -> str:

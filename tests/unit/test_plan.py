@@ -1,0 +1,233 @@
+"""The plan: desired containers vs what runs -> create / keep / recreate / remove / reload.
+
+Pure: no engine. `Actual` rows are what the engine would report for each container.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import yaml
+
+from llmstack import initialize, names, plan, render, secrets, spec
+from llmstack.plan import Action, Actual, ServiceSpec
+
+INTERNAL = secrets.new_key()
+STARTER = yaml.safe_load(initialize.starter())
+CHAT, EMBED = names.model_service("deepseek-coder"), names.model_service("smollm2-embed")
+
+
+def wanted(change: Any = None, internal: str = INTERNAL) -> list[ServiceSpec]:
+    data = copy.deepcopy(STARTER)
+    if change:
+        change(data)
+    stack = spec.parse(yaml.safe_dump(data, sort_keys=False))
+    return plan.desired(stack, render.render(stack), internal)
+
+
+def running(services: list[ServiceSpec], **status: str) -> list[Actual]:
+    """What the engine reports after a successful `up` of `services`."""
+    return [Actual(s.service, f"id-{s.service}", s.config_hash(), image_id(s.image),
+                   status.get(s.service, "running")) for s in services]
+
+
+def image_id(tag: str) -> str:
+    return "sha256:" + tag.replace("/", "_")
+
+
+def ids_for(services: list[ServiceSpec]) -> dict[str, str | None]:
+    return {s.image: image_id(s.image) for s in services}
+
+
+def kinds(actions: list[Action]) -> dict[str, str]:
+    return {a.service: a.kind for a in actions}
+
+
+def reason(actions: list[Action], service: str) -> str:
+    return next(a.reason for a in actions if a.service == service)
+
+
+# --- desired state ------------------------------------------------------------------------------
+
+
+def test_desired_services_in_dependency_order() -> None:
+    services = wanted()
+    assert [s.service for s in services] == [names.HEALTH, CHAT, EMBED, names.LITELLM,
+                                             names.NGINX]
+    litellm = services[3]
+    assert set(litellm.depends_on) == {CHAT, EMBED}
+    assert services[-1].depends_on == (names.LITELLM, names.HEALTH)
+
+
+def test_only_nginx_publishes_ports_on_the_listener_addresses() -> None:
+    by_name = {s.service: s for s in wanted()}
+    assert by_name[names.NGINX].ports == {
+        f"{names.NGINX_PORTS['local']}/tcp": ("127.0.0.1", 4000),
+        f"{names.NGINX_PORTS['lan']}/tcp": ("127.0.0.1", 8080),
+        f"{names.NGINX_PORTS['https']}/tcp": ("127.0.0.1", 443),
+    }
+    assert all(not s.ports for n, s in by_name.items() if n != names.NGINX)
+
+
+def test_embedding_model_gets_embedding_flags_and_probes() -> None:
+    by_name = {s.service: s for s in wanted()}
+    assert "--embeddings" in by_name[EMBED].command
+    assert "--embeddings" not in by_name[CHAT].command
+    assert by_name[CHAT].probe == (8000, "/health")
+    assert by_name[names.LITELLM].probe == (names.LITELLM_PORT, "/health/readiness")
+    assert by_name[names.NGINX].probe == (names.NGINX_PORTS["local"], "/health")
+    mount = by_name[CHAT].mounts[0]
+    assert (mount.source, mount.target, mount.read_only) == ("llmstack-models", "/models", True)
+
+
+def test_master_key_reaches_litellm_only_through_its_environment() -> None:
+    services = wanted()
+    litellm = next(s for s in services if s.service == names.LITELLM)
+    assert litellm.env["LITELLM_MASTER_KEY"] == INTERNAL
+    for s in services:
+        assert INTERNAL not in s.config_hash()
+        for data in s.config.values():
+            assert INTERNAL.encode() not in data
+        if s.service != names.LITELLM:
+            assert INTERNAL not in s.env.values()
+
+
+def test_config_hash_is_stable() -> None:
+    first = [s.config_hash() for s in wanted()]
+    assert first == [s.config_hash() for s in wanted()]
+    assert len(set(first)) == len(first)
+
+
+def test_changing_one_models_args_changes_only_that_models_hash() -> None:
+    before = {s.service: s.config_hash() for s in wanted()}
+    after = {s.service: s.config_hash() for s in wanted(
+        lambda d: d["models"][0].update(args=["--threads", "1"]))}
+    assert {n for n in before if before[n] != after[n]} == {CHAT}
+
+
+def test_new_internal_key_changes_only_litellms_hash() -> None:
+    before = {s.service: s.config_hash() for s in wanted()}
+    after = {s.service: s.config_hash() for s in wanted(internal=secrets.new_key())}
+    assert {n for n in before if before[n] != after[n]} == {names.LITELLM}
+
+
+def test_changing_aliases_changes_only_litellms_config() -> None:
+    before = {s.service: s.config_hash() for s in wanted()}
+    after = {s.service: s.config_hash() for s in wanted(
+        lambda d: d["models"][0].update(aliases=["qwen-coder"]))}
+    assert {n for n in before if before[n] != after[n]} == {names.LITELLM}
+
+
+def test_renaming_a_model_replaces_its_container() -> None:
+    old = wanted()
+    new = wanted(lambda d: d["models"][0].update(name="coder"))
+    actions = plan.diff(new, running(old), ids_for(new))
+    renamed = names.model_service("coder")
+    assert kinds(actions)[renamed] == "create"
+    assert Action("remove", CHAT, "no longer in stack.yaml") in actions
+    assert kinds(actions)[names.LITELLM] == "recreate"
+    assert kinds(actions)[names.HEALTH] == "recreate"  # it probes every model by name
+
+
+# --- diff ---------------------------------------------------------------------------------------
+
+
+def test_nothing_running_creates_everything_in_order() -> None:
+    services = wanted()
+    actions = plan.diff(services, [], ids_for(services))
+    assert [(a.kind, a.service) for a in actions] == [("create", s.service) for s in services]
+    assert all(a.reason == "not created yet" for a in actions)
+    assert not plan.is_noop(actions)
+
+
+def test_everything_up_to_date_is_a_noop() -> None:
+    services = wanted()
+    actions = plan.diff(services, running(services), ids_for(services))
+    assert set(kinds(actions).values()) == {"keep"}
+    assert plan.is_noop(actions)
+    assert actions[0].to_dict() == {"action": "keep", "service": names.HEALTH,
+                                    "reason": "up to date"}
+
+
+def test_changed_model_args_recreate_only_that_model() -> None:
+    old = wanted()
+    new = wanted(lambda d: d["models"][0].update(args=["--threads", "1"]))
+    actions = plan.diff(new, running(old), ids_for(new))
+    assert kinds(actions) == {names.HEALTH: "keep", CHAT: "recreate", EMBED: "keep",
+                              names.LITELLM: "keep", names.NGINX: "keep"}
+    assert reason(actions, CHAT) == "configuration changed"
+
+
+def test_rebuilt_image_recreates_its_containers() -> None:
+    services = wanted()
+    ids = ids_for(services)
+    ids["llmstack/llamacpp:forky"] = "sha256:rebuilt"
+    actions = plan.diff(services, running(services), ids)
+    assert {n for n, k in kinds(actions).items() if k == "recreate"} == {CHAT, EMBED}
+    assert reason(actions, CHAT) == "image llmstack/llamacpp:forky was rebuilt or updated"
+
+
+def test_missing_image_is_not_a_reason_to_recreate() -> None:
+    services = wanted()
+    ids: dict[str, str | None] = dict.fromkeys(ids_for(services))
+    assert plan.is_noop(plan.diff(services, running(services), ids))
+
+
+def test_exited_container_is_recreated() -> None:
+    services = wanted()
+    actions = plan.diff(services, running(services, **{CHAT: "exited"}), ids_for(services))
+    assert kinds(actions)[CHAT] == "recreate"
+    assert reason(actions, CHAT) == "container is exited"
+    assert [k for n, k in kinds(actions).items() if n != CHAT] == ["keep"] * 4
+
+
+def test_orphan_container_is_removed() -> None:
+    old = wanted()
+    new = wanted(lambda d: d.update(models=d["models"][:1]))
+    actions = plan.diff(new, running(old), ids_for(new))
+    assert actions[-1] == Action("remove", EMBED, "no longer in stack.yaml")
+    assert kinds(actions)[names.LITELLM] == "recreate"  # its model list changed
+    assert kinds(actions)[CHAT] == "keep"
+
+
+def test_recreated_upstream_reloads_nginx() -> None:
+    services = wanted()
+    actual = running(services)
+    actual = [replace(a, config_hash="stale") if a.service == names.LITELLM else a
+              for a in actual]
+    actions = plan.diff(services, actual, ids_for(services))
+    assert kinds(actions)[names.LITELLM] == "recreate"
+    assert kinds(actions)[names.NGINX] == "reload"
+    assert reason(actions, names.NGINX) == "upstream recreated: litellm"
+
+
+def test_recreated_model_alone_does_not_touch_nginx() -> None:
+    services = wanted()
+    actions = plan.diff(services, running(services, **{EMBED: "exited"}), ids_for(services))
+    assert kinds(actions)[names.NGINX] == "keep"
+
+
+def test_changed_secrets_reload_nginx() -> None:
+    services = wanted()
+    actions = plan.diff(services, running(services), ids_for(services), secrets_current=False)
+    assert kinds(actions)[names.NGINX] == "reload"
+    assert reason(actions, names.NGINX) == "keys or certificate changed"
+    assert [k for n, k in kinds(actions).items() if n != names.NGINX] == ["keep"] * 4
+    assert not plan.is_noop(actions)
+
+
+def test_recreated_nginx_needs_no_reload() -> None:
+    services = wanted()
+    actual = [a for a in running(services) if a.service != names.NGINX]
+    actions = plan.diff(services, actual, ids_for(services), secrets_current=False)
+    assert kinds(actions)[names.NGINX] == "create"
+
+
+def test_changed_listener_port_recreates_nginx_only() -> None:
+    old = wanted()
+    new = wanted(lambda d: d["listeners"]["local"].update(port=4001))
+    actions = plan.diff(new, running(old), ids_for(new))
+    assert {n for n, k in kinds(actions).items() if k != "keep"} == {names.NGINX}
+    assert kinds(actions)[names.NGINX] == "recreate"
