@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,9 @@ def preflight(loaded: Loaded, project: Project, wanted: list[plan.ServiceSpec],
                 problems.append(f"port {bind}:{port} is already in use on this host")
         if any("port" in p for p in problems):
             hints.append("free the port or change listeners in stack.yaml")
+    problems += _disk_problems(project, [t for t, i in ids.items() if i])
+    if any("disk" in p for p in problems):
+        hints.append("free space on the engine's host (docker image prune, old models)")
     # GPUs named in stack.yaml against the host's real ones (nvidia-smi via the engine).
     from .doctor import gpu_plan
 
@@ -115,6 +119,22 @@ def preflight(loaded: Loaded, project: Project, wanted: list[plan.ServiceSpec],
         error = DeployError if any(f.scope == "host" for f in gpu_fails) else UserError
         raise error("preflight failed:\n  - " + "\n  - ".join(problems),
                     "; ".join(dict.fromkeys(hints)))
+
+
+def _disk_problems(project: Project, images: list[str]) -> list[str]:
+    """A nearly full disk on the engine's data root, found before any container starts (the
+    engine's host, read with df in a throwaway container: remote engines alike)."""
+    from .doctor import DISK_RESERVE_BYTES, GIB, parse_df
+    from .engine.host import host_snapshot
+
+    override = os.environ.get("LLMSTACK_MIN_FREE_DISK_GB")  # tests, and cautious operators
+    reserve = float(override) * GIB if override else DISK_RESERVE_BYTES
+    snapshot = host_snapshot(project.client, images, project.project) if images else None
+    parsed = parse_df(snapshot.df) if snapshot else None
+    if parsed is None or parsed[1] >= reserve:
+        return []
+    return [f"disk nearly full on the engine's host: {parsed[1] / GIB:.1f} GiB free, "
+            f"{reserve / GIB:.1f} GiB needed to start containers safely"]
 
 
 def _wait_ready(project: Project, services: list[plan.ServiceSpec], report: Reporter,

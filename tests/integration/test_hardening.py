@@ -146,3 +146,26 @@ def test_interrupted_up_leaves_a_state_the_next_up_repairs(fresh_stack: Stack) -
     assert status["healthy"], status
     wait_for(lambda: requests.get(fresh_stack.base_url.replace("/v1", "/health"),
                                   timeout=5).status_code == 200, timeout=30, what="/health 200")
+
+
+def test_nearly_full_disk_is_refused_before_any_container_starts(fresh_stack: Stack,
+                                                                 docker_client) -> None:  # type: ignore[no-untyped-def]
+    # More free space than any disk has: the engine's real df answer must fail the check.
+    proc = fresh_stack.cli("up", env={"LLMSTACK_MIN_FREE_DISK_GB": "1000000"})
+    assert proc.returncode == 1, proc.stderr
+    assert "disk nearly full" in proc.stderr and "GiB free" in proc.stderr
+    assert "docker image prune" in proc.stderr
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"llmstack.project={fresh_stack.project}"})
+
+
+def test_missing_model_file_is_reported_before_any_container_starts(fresh_stack: Stack,
+                                                                    docker_client) -> None:  # type: ignore[no-untyped-def]
+    data = fresh_stack.spec()
+    data["models"][0]["source"] = "volume:llmstack-models/no-such-model.gguf"
+    fresh_stack.write_spec(data)
+    proc = fresh_stack.cli("up")
+    assert proc.returncode == 1
+    assert "no-such-model.gguf not found in volume 'llmstack-models'" in proc.stderr
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"llmstack.project={fresh_stack.project}"})
