@@ -47,11 +47,9 @@ def compute(loaded: Loaded, project: Project) -> tuple[list[plan.ServiceSpec], l
     keys = loaded.keys()
     wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal)
     secret_files = loaded.nginx_secret_files()
-    live = {
-        name: project.read_file(names.NGINX, f"{plan.CONFIG_ROOT}/{names.NGINX}/{name}")
-        for name in secret_files
-    }
-    current = all(live[n] == data for n, (data, _) in secret_files.items())
+    # One archive read of the secrets folder (keys and certificate) instead of one per file.
+    live = project.read_tree(names.NGINX, f"{plan.CONFIG_ROOT}/{names.NGINX}/secrets")
+    current = all(live.get(n) == data for n, (data, _) in secret_files.items())
     image_ids = project.image_ids([s.image for s in wanted])
     actions = plan.diff(wanted, project.actual(), image_ids, secrets_current=current)
     return wanted, actions, secret_files
@@ -210,8 +208,9 @@ def up(loaded: Loaded, project: Project, report: Reporter, local_engine: bool = 
 
     order: list[Callable[[plan.ServiceSpec], bool]] = [
         lambda s: s.role == names.HEALTH,
-        lambda s: s.role == "model",  # all models start together and load in parallel
-        lambda s: s.role == names.LITELLM,
+        # Models load in parallel, and LiteLLM with them: it needs no backend to start, so a
+        # cold `up` takes about as long as its slowest service.
+        lambda s: s.role in ("model", names.LITELLM),
         lambda s: s.role == names.NGINX,
     ]
     for selector in order:

@@ -121,17 +121,26 @@ class Project:
 
     def read_file(self, service: str, path: str) -> bytes | None:
         """A file from a container (running or not), or None when it is not there."""
+        files = self.read_tree(service, path)
+        return next(iter(files.values()), None) if files else None
+
+    def read_tree(self, service: str, path: str) -> dict[str, bytes]:
+        """The regular files under `path` in a container, keyed by their path relative to
+        path's parent (a file's own name for a file); one engine call, read to the end."""
         c = self.container(service)
         if c is None:
-            return None
+            return {}
         try:
             stream, _ = c.get_archive(path)
         except self.errors.NotFound:
-            return None
+            return {}
+        files: dict[str, bytes] = {}
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            member = tar.next()
-            handle = tar.extractfile(member) if member else None
-            return handle.read() if handle else None
+            for member in tar:
+                handle = tar.extractfile(member) if member.isfile() else None
+                if handle:
+                    files[member.name] = handle.read()
+        return files
 
     def volume_has(self, volume: str, path: str, image: str) -> bool:
         """Whether `path` exists in named volume `volume` (checked through a stopped container)."""
