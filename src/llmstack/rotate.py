@@ -1,0 +1,398 @@
+"""`llmstack rotate-key`: a new client key applied live, no container restarted.
+
+Keys are checked at the edge: nginx maps `Authorization` to the accepted keys (a secret file in
+its config volume) and hands LiteLLM an internal key that never changes, so a rotation is a new
+secrets file plus `nginx -s reload` (new workers take new connections, old workers finish their
+requests and streams within `worker_shutdown_timeout`).
+
+Order, and why (a crash or SIGKILL at any point must leave `.env` whole and its key working):
+
+  1. ship a *transitional* key file accepting the old AND the new key, `nginx -t`, reload, wait
+     until only new workers accept connections, and check through the stack's own network that
+     both keys answer 200;
+  2. only then back up `.env` (0600) and replace it atomically (temp file + rename): from here
+     clients may use the new key, which nginx already accepts;
+  3. ship the *final* key file (old key dropped, or kept until the grace window's end, which
+     nginx enforces by itself from its clock), reload, wait for the new workers, check it.
+
+Every state in between accepts whatever key `.env` holds: before step 2 `.env` has the old key
+(accepted by the old and the transitional file), after it the new key (accepted by the
+transitional and the final file). Writing `.env` first instead would leave a window in which
+`.env` names a key nginx refuses, which a kill in that window would make permanent. The price of
+this order: a kill between steps 1 and 3 leaves one extra key accepted (the unpublished new key,
+or the old key without an end) until the next `rotate-key` or `up`, which re-sync nginx.
+A failure in step 1 puts the old key file back (and reloads it when nginx had loaded the
+transitional one), so a failed rotation leaves the old key working and `.env` untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import names, plan, render, secrets
+from .engine.containers import Project
+from .errors import DeployError, LlmstackError, UserError
+from .fsutil import backup
+from .project import Loaded
+
+Progress = Callable[[str], None]
+
+GRACE_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_GRACE = 30 * 86400
+SWAP_DEADLINE = 20.0  # seconds for nginx to replace its workers after a reload
+VERIFY_DEADLINE = 20.0  # seconds for the keys to answer as expected through nginx
+WORKER_TITLE = "nginx: worker process"  # old workers become "... is shutting down"
+
+# Lists nginx's processes as "PID TITLE" lines (the image has sh but no ps).
+WORKERS_SCRIPT = ('for p in /proc/[0-9]*; do printf "%s " "${p#/proc/}"; '
+                  'tr "\\0" " " < "$p/cmdline" 2>/dev/null; echo; done')
+
+# Runs in the health container: GET URL with each key (taken from the environment, never from
+# the arguments) on a fresh connection, so it lands on a worker that accepts new connections.
+KEYS_PROBE = (
+    "import json,os,ssl,sys,urllib.request,urllib.error\n"
+    "ctx=ssl._create_unverified_context()\n"
+    "out=[]\n"
+    "for name in sys.argv[2:]:\n"
+    "    auth={'Authorization':'Bearer '+os.environ[name]}\n"
+    "    req=urllib.request.Request(sys.argv[1],headers=auth)\n"
+    "    try:\n"
+    "        out.append(str(urllib.request.urlopen(req,timeout=10,context=ctx).status))\n"
+    "    except urllib.error.HTTPError as e:\n"
+    "        out.append(str(e.code))\n"
+    "    except Exception as e:\n"
+    "        out.append('ERR '+type(e).__name__)\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def parse_grace(text: str) -> int:
+    """'0', '30s', '10m', '2h', '1d' or plain seconds -> seconds."""
+    match = GRACE_RE.match(text)
+    if not match:
+        raise UserError(f"--grace {text!r} is not a duration",
+                        "use e.g. --grace 0 (old key refused at once), 30s, 10m, 2h or 1d")
+    seconds = int(match.group(1)) * UNITS[match.group(2)]
+    if seconds > MAX_GRACE:
+        raise UserError(f"--grace {text!r} is longer than 30 days",
+                        "use a shorter window; clients should switch within days")
+    return seconds
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Rotation:
+    project: str
+    key_file: Path
+    backup_file: Path
+    rotated_at: float
+    grace_seconds: int
+    cutover_ms: int  # command start -> new key verified (200 through nginx) and in .env
+    duration_ms: int  # command start -> final keys live (old key dropped or on its timer)
+    key: str
+
+    @property
+    def grace_ends(self) -> float | None:
+        return self.rotated_at + self.grace_seconds if self.grace_seconds else None
+
+    def to_dict(self, show: bool = False) -> dict[str, Any]:
+        ends = self.grace_ends
+        data: dict[str, Any] = {
+            "project": self.project, "key_file": str(self.key_file),
+            "backup_file": str(self.backup_file), "rotated_at": _iso(self.rotated_at),
+            "grace_seconds": self.grace_seconds,
+            "grace_ends": _iso(ends) if ends is not None else None,
+            "cutover_ms": self.cutover_ms, "duration_ms": self.duration_ms,
+        }
+        if show:
+            data["key"] = self.key
+        return data
+
+
+@dataclass(frozen=True)
+class Finish:
+    project: str
+    key_file: Path
+    was_in_progress: bool  # False: no grace window was open, nothing changed
+    backup_file: Path | None
+    duration_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"project": self.project, "key_file": str(self.key_file),
+                "finished": self.was_in_progress,
+                "backup_file": str(self.backup_file) if self.backup_file else None,
+                "duration_ms": self.duration_ms}
+
+
+# --- the stack, seen from inside its network --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Edge:
+    project: Project
+    nginx: plan.ServiceSpec  # with config={}: only secret files are shipped, see _ship
+    url: str  # an authenticated URL on nginx, reachable from the health container
+
+    def workers(self) -> set[str]:
+        """PIDs of the workers that accept new connections; empty when the image has no
+        shell to list them (then the key probes alone say when the reload took effect)."""
+        code, out = self.project.exec(names.NGINX, ["sh", "-c", WORKERS_SCRIPT])
+        if code != 0:
+            return set()
+        pids = set()
+        for line in out.splitlines():
+            pid, _, title = line.partition(" ")
+            if title.strip() == WORKER_TITLE:
+                pids.add(pid)
+        return pids
+
+    def statuses(self, keys: list[str]) -> list[str]:
+        env = {f"K{i}": key for i, key in enumerate(keys)}
+        code, out = self.project.exec(names.HEALTH, ["python3", "-c", KEYS_PROBE, self.url,
+                                                     *env], environment=env)
+        if code != 0:
+            return [f"ERR probe exit {code}"] * len(keys)
+        try:
+            return [str(s) for s in json.loads(out.strip().splitlines()[-1])]
+        except (ValueError, IndexError):
+            return [f"ERR {out.strip()[:100]}"] * len(keys)
+
+    def expect(self, wanted: dict[str, str], labels: dict[str, str]) -> None:
+        """Poll until each key answers its wanted status; `labels` name keys in errors."""
+        keys = list(wanted)
+        deadline = time.monotonic() + VERIFY_DEADLINE
+        while True:
+            got = self.statuses(keys)
+            if got == [wanted[k] for k in keys]:
+                return
+            if time.monotonic() > deadline:
+                detail = ", ".join(f"{labels[k]} key -> {g} (want {wanted[k]})"
+                                   for k, g in zip(keys, got, strict=True))
+                raise DeployError(f"GET {self.url} through nginx: {detail}",
+                                  "`llmstack status` and `llmstack logs nginx`")
+            time.sleep(0.2)
+
+    def ship(self, keys_conf: bytes, files: dict[str, tuple[bytes, int]]) -> None:
+        """Write nginx's secret files into its config volume (not loaded until a reload).
+
+        Only the secret files: nginx.conf stays as `up` left it, so a rotation never applies
+        unrelated stack.yaml edits behind the user's back.
+        """
+        self.project.write_config(self.nginx, {**files, "secrets/keys.conf": (keys_conf, 0o600)})
+
+    def test_config(self) -> None:
+        code, out = self.project.exec(names.NGINX, ["nginx", "-t", "-q", "-c",
+                                                    f"{self.nginx.config_mount}/nginx.conf"])
+        if code != 0:
+            raise DeployError(f"nginx rejected the new key file: {out.strip()[:500]}",
+                              "`llmstack logs nginx`; `llmstack up` re-syncs nginx")
+
+    def reload(self) -> None:
+        """`nginx -s reload`, then wait until every worker taking new connections is new."""
+        before = self.workers()
+        code, out = self.project.exec(names.NGINX, ["nginx", "-s", "reload", "-c",
+                                                    f"{self.nginx.config_mount}/nginx.conf"])
+        if code != 0:
+            raise DeployError(f"nginx reload failed: {out.strip()[:500]}",
+                              "`llmstack logs nginx`")
+        if not before:
+            return
+        deadline = time.monotonic() + SWAP_DEADLINE
+        # An old worker closes its listening sockets when it takes its new title, so once all
+        # plain "worker process" titles belong to new pids, new connections see the new keys.
+        while True:
+            now = self.workers()
+            if now and not now & before:
+                return
+            if time.monotonic() > deadline:
+                raise DeployError("nginx did not replace its workers after a reload within "
+                                  f"{SWAP_DEADLINE:.0f}s", "`llmstack logs nginx`")
+            time.sleep(0.05)
+
+
+def _edge(loaded: Loaded, project: Project, keys: secrets.Keys, progress: Progress
+          ) -> _Edge:
+    """The running stack's edge, or a UserError saying how to bring it up."""
+    stack = loaded.spec.project
+    for service in (names.NGINX, names.HEALTH):
+        state, _ = project.state(service)
+        if state != "running":
+            raise UserError(f"stack {stack!r} is not up: {service} is {state}",
+                            "start it with `llmstack up`, then run `llmstack rotate-key` again")
+    wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered, keys.internal)}
+    nginx = wanted[names.NGINX]
+    running = project.container(names.NGINX)
+    if running is not None and running.labels.get(names.LABEL_HASH) != nginx.config_hash():
+        # No refusal: a leaked key must be rotatable at once. Only the key file is shipped,
+        # and `nginx -t` plus the probes below catch a running config that cannot use it.
+        progress("note: nginx runs an older configuration than stack.yaml; only the keys "
+                 "change now (`llmstack up` applies the rest)")
+    lst = loaded.spec.listeners
+    plain = [n for n in ("local", "lan") if getattr(lst, n).enabled]
+    host = names.container(stack, names.NGINX)
+    url = (f"http://{host}:{names.NGINX_PORTS[plain[0]]}/v1/models" if plain
+           else f"https://{host}:{names.NGINX_PORTS['https']}/v1/models")
+    return _Edge(project, replace(nginx, config={}), url)
+
+
+def _check_serving(edge: _Edge, keys: secrets.Keys) -> None:
+    got = edge.statuses([keys.master])[0]
+    if got == "401":
+        raise UserError("nginx refuses the key in .env (was .env edited by hand or "
+                        "restored from a backup?)", "run `llmstack up` to apply .env, then "
+                        "rotate")
+    if got != "200":
+        raise UserError(f"the stack does not serve requests: GET /v1/models with the current "
+                        f"key -> {got}", "check `llmstack status`; fix it, then rotate")
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """One rotation at a time per project folder (the lock dies with the process)."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another `llmstack rotate-key` is running in {root}",
+                            "wait for it to finish, then run the command again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+def rotate(loaded: Loaded, project: Project, grace_seconds: int, progress: Progress,
+           started: float | None = None) -> Rotation:
+    """Replace the client key on the running stack; see the module docstring for the order."""
+    started = time.monotonic() if started is None else started
+    env_path = loaded.paths.env
+    with _exclusive(loaded.paths.root):
+        old = loaded.keys()
+        edge = _edge(loaded, project, old, progress)
+        _check_serving(edge, old)
+        other_files = {k: v for k, v in loaded.nginx_secret_files().items()
+                       if k != "secrets/keys.conf"}
+        old_conf = render.render_nginx_keys(old, time.time())
+        new_master = secrets.new_key()
+        # Transitional: the new key is current, the old one accepted with no end (the
+        # expiry-less "previous" slot), so whichever of the two `.env` ends up with works.
+        both = secrets.Keys(master=new_master, internal=old.internal, previous=old.master)
+        labels = {old.master: "old", new_master: "new"}
+
+        progress("shipping a key file that accepts the old and the new key")
+        reloaded = False
+        try:
+            edge.ship(render.render_nginx_keys(both, time.time()), other_files)
+            edge.test_config()
+            reloaded = True  # from here nginx may run the transitional file
+            edge.reload()
+            progress("nginx reloaded: old and new key accepted")
+            edge.expect({old.master: "200", new_master: "200"}, labels)
+            progress("verified through nginx: the new key answers 200")
+        except BaseException as exc:
+            note = _roll_back(edge, old_conf, other_files, reloaded, progress)
+            if isinstance(exc, LlmstackError):
+                exc.message = f"key rotation failed: {exc.message}{note}"
+                raise
+            if isinstance(exc, Exception):  # an engine error: same contract, exit 2
+                raise DeployError(f"key rotation failed: {type(exc).__name__}: {exc}{note}",
+                                  "`llmstack status`; run the command again") from exc
+            raise
+
+        backup_file = backup(env_path)
+        os.chmod(backup_file, 0o600)
+        progress(f"backed up the old .env to {backup_file}")
+        rotated_at = time.time()
+        final = secrets.Keys(master=new_master, internal=old.internal,
+                             previous=old.master if grace_seconds else None,
+                             previous_expires=int(rotated_at) + grace_seconds
+                             if grace_seconds else None)
+        secrets.write_keys(env_path, final)
+        cutover_ms = round((time.monotonic() - started) * 1000)
+        progress(f"wrote the new key to {env_path}")
+
+        try:
+            edge.ship(render.render_nginx_keys(final, time.time()), other_files)
+            edge.test_config()
+            edge.reload()
+            edge.expect({new_master: "200", old.master: "200" if grace_seconds else "401"},
+                        labels)
+        except LlmstackError as exc:
+            raise DeployError(
+                f"the new key is live and in {env_path}, but the old key could not be "
+                f"{'put on its timer' if grace_seconds else 'dropped'}: {exc.message}",
+                "nginx still accepts the old key; run `llmstack rotate-key --finish` (or "
+                "`llmstack up`) to retry") from exc
+        progress("old key refused from now on" if not grace_seconds else
+                 f"old key accepted until {_iso(rotated_at + grace_seconds)}, then refused "
+                 "by nginx itself")
+        return Rotation(loaded.spec.project, env_path, backup_file, rotated_at, grace_seconds,
+                        cutover_ms, round((time.monotonic() - started) * 1000), new_master)
+
+
+def _roll_back(edge: _Edge, old_conf: bytes, other_files: dict[str, tuple[bytes, int]],
+               reloaded: bool, progress: Progress) -> str:
+    """Put the old key file back (reload it too if nginx may run the transitional one);
+    return a note for the error message."""
+    progress("rotation failed; putting the old key file back")
+    try:
+        edge.ship(old_conf, other_files)
+        if reloaded:
+            edge.test_config()
+            edge.reload()
+    except Exception as again:  # report both; the first error is the one to raise
+        text = again.message if isinstance(again, LlmstackError) else str(again)
+        return f" (putting the old key file back failed too: {text}; the old key still " \
+               "works: .env is unchanged and nginx accepts it; `llmstack up` re-syncs nginx)"
+    return " (rolled back: .env is unchanged and the old key works)"
+
+
+def finish(loaded: Loaded, project: Project, progress: Progress,
+           started: float | None = None) -> Finish:
+    """End a grace window now: nginx refuses the previous key, then `.env` forgets it."""
+    started = time.monotonic() if started is None else started
+    env_path = loaded.paths.env
+    with _exclusive(loaded.paths.root):
+        keys = loaded.keys()
+        edge = _edge(loaded, project, keys, progress)
+        in_progress = bool(keys.previous) and keys.previous in keys.accepted(time.time())
+        if not keys.previous:
+            progress("no rotation in progress: nothing to finish")
+            return Finish(loaded.spec.project, env_path, False, None,
+                          round((time.monotonic() - started) * 1000))
+        _check_serving(edge, keys)
+        other_files = {k: v for k, v in loaded.nginx_secret_files().items()
+                       if k != "secrets/keys.conf"}
+        final = replace(keys, previous=None, previous_expires=None)
+        # nginx first: if this fails or is killed, `.env` still says a window is open, which
+        # is true, and its master key works either way.
+        progress("shipping a key file without the previous key")
+        edge.ship(render.render_nginx_keys(final, time.time()), other_files)
+        edge.test_config()
+        edge.reload()
+        edge.expect({keys.master: "200", keys.previous: "401"},  # type: ignore[dict-item]
+                    {keys.master: "current", keys.previous: "previous"})  # type: ignore[dict-item]
+        progress("nginx reloaded: the previous key is refused")
+        backup_file = backup(env_path)
+        os.chmod(backup_file, 0o600)
+        secrets.write_keys(env_path, final)
+        progress(f"removed the previous key from {env_path}")
+        return Finish(loaded.spec.project, env_path, in_progress, backup_file,
+                      round((time.monotonic() - started) * 1000))
