@@ -8,5 +8,5 @@ bash scripts/setup-host.sh
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 .venv/bin/llmstack images build

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Prepare a Debian (bookworm) host for llmstack: Docker Engine, debootstrap (base images are
-# built locally: there is no registry to pull from), nginx-light, openssl, curl, sshd.
+# built locally: there is no registry to pull from), nginx-light, openssl, curl, sshd,
+# docker-compose (the benchmarks' baseline).
 # Idempotent and non-interactive; run as root. Starts dockerd when no engine answers
 # (containers/CI machines have no systemd) and waits for it with a deadline.
 set -euo pipefail
 
 DOCKER_WAIT_S="${DOCKER_WAIT_S:-60}"
-PACKAGES=(docker.io debootstrap nginx-light openssl curl openssh-server)
+PACKAGES=(docker.io debootstrap nginx-light openssl curl openssh-server docker-compose)
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
