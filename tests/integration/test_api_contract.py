@@ -17,10 +17,15 @@ from tests.helpers import Stack
 pytestmark = pytest.mark.integration
 
 
-def _urls(stack: Stack) -> list[tuple[str, object]]:
-    """(base_url, verify) for the local, LAN and HTTPS listeners."""
-    tls = ssl.create_default_context(cafile=str(stack.ca))
-    return [(stack.base_url, True), (stack.lan_url, True), (stack.https_url, tls)]
+def _urls(stack: Stack) -> list[tuple[str, bool | str]]:
+    """(base_url, verify) for the local, LAN and HTTPS listeners; verify is what `requests`
+    takes (the CA file for HTTPS)."""
+    return [(stack.base_url, True), (stack.lan_url, True), (stack.https_url, str(stack.ca))]
+
+
+def _tls(verify: bool | str) -> bool | ssl.SSLContext:
+    """The same trust for httpx, which wants an SSLContext rather than a CA path."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
 def test_health_needs_no_key_on_every_listener(demo_stack: Stack) -> None:
@@ -35,7 +40,7 @@ def test_health_needs_no_key_on_every_listener(demo_stack: Stack) -> None:
 def test_every_listener_serves_models_chat_and_embeddings(demo_stack: Stack) -> None:
     for base, verify in _urls(demo_stack):
         client = OpenAI(api_key=demo_stack.key, base_url=base,
-                        http_client=httpx.Client(verify=verify))  # type: ignore[arg-type]
+                        http_client=httpx.Client(verify=_tls(verify)))
         assert "deepseek-coder" in {m.id for m in client.models.list().data}
         chat = client.chat.completions.create(
             model="qwen-coder", messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
