@@ -227,45 +227,65 @@ def reload_nginx(project: Project, nginx: plan.ServiceSpec,
                  secret_files: dict[str, tuple[bytes, int]]) -> None:
     """Ship new secret files and reload gracefully: in-flight requests finish on old workers."""
     project.write_config(nginx, secret_files)
+    check_nginx_config(project, nginx, "its new configuration",
+                       "the running nginx keeps the old one; fix and run `llmstack up`")
+    graceful_reload(project, nginx, RELOAD_DEADLINE)
+
+
+def check_nginx_config(project: Project, nginx: plan.ServiceSpec, what: str, hint: str) -> None:
+    """`nginx -t` on the files in the config volume, before any reload loads them."""
     code, out = project.exec(names.NGINX, ["nginx", "-t", "-q", "-c",
                                            f"{nginx.config_mount}/nginx.conf"])
     if code != 0:
-        raise DeployError(f"nginx rejected its new configuration: {out.strip()}",
-                          "the running nginx keeps the old one; fix and run `llmstack up`")
-    before = _serving_workers(project)
+        raise DeployError(f"nginx rejected {what}: {out.strip()[:500]}", hint)
+
+
+def graceful_reload(project: Project, nginx: plan.ServiceSpec, deadline_s: float) -> None:
+    """`nginx -s reload`, then wait until every worker taking new connections is new.
+
+    The reload only signals the master. Until new workers run, old ones accept connections
+    with the old keys and upstream addresses (a recreated LiteLLM has a new IP: 504s).
+    """
+    before = serving_workers(project)
     code, out = project.exec(names.NGINX, ["nginx", "-s", "reload", "-c",
                                            f"{nginx.config_mount}/nginx.conf"])
     if code != 0:
-        raise DeployError(f"nginx reload failed: {out.strip()}", "`llmstack logs nginx`")
+        raise DeployError(f"nginx reload failed: {out.strip()[:500]}", "`llmstack logs nginx`")
     if not before:
         return  # no shell in a custom nginx image: cannot watch the workers
-    # `nginx -s reload` only signals the master. Until new workers run, old ones accept
-    # connections with the old upstream addresses (a recreated LiteLLM has a new IP): 504s.
-    deadline = time.monotonic() + RELOAD_DEADLINE
+    deadline = time.monotonic() + deadline_s
     while True:
-        serving = _serving_workers(project)
+        serving = serving_workers(project)
         if serving and not serving & before:
             return
         if time.monotonic() > deadline:
             raise DeployError(
-                f"nginx did not switch to its new configuration within {RELOAD_DEADLINE:.0f}s:"
+                f"nginx did not switch to its new configuration within {deadline_s:.0f}s:"
                 "\n" + project.tail_logs(names.NGINX, 10),
                 "the old configuration keeps serving; `llmstack logs nginx`, then "
                 "`llmstack up` again")
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 RELOAD_DEADLINE = 30.0
-# PIDs of nginx workers that accept connections (not those finishing after a reload).
-_WORKERS_SH = (
-    "for p in /proc/[0-9]*; do t=$(tr '\\0' ' ' < \"$p/cmdline\" 2>/dev/null); "
-    "case \"$t\" in *'shutting down'*) ;; 'nginx: worker process'*) echo \"${p#/proc/}\";; "
-    "esac; done")
+WORKER_TITLE = "nginx: worker process"  # old workers become "... is shutting down"
+# Lists nginx's processes as "PID TITLE" lines (the image has sh but no ps).
+WORKERS_SCRIPT = ('for p in /proc/[0-9]*; do printf "%s " "${p#/proc/}"; '
+                  'tr "\\0" " " < "$p/cmdline" 2>/dev/null; echo; done')
 
 
-def _serving_workers(project: Project) -> set[str]:
-    code, out = project.exec(names.NGINX, ["sh", "-c", _WORKERS_SH])
-    return set(out.split()) if code == 0 else set()
+def serving_workers(project: Project) -> set[str]:
+    """PIDs of the nginx workers that accept new connections (an old worker drops its
+    listening sockets when it takes the "shutting down" title); empty without a shell."""
+    code, out = project.exec(names.NGINX, ["sh", "-c", WORKERS_SCRIPT])
+    if code != 0:
+        return set()
+    pids = set()
+    for line in out.splitlines():
+        pid, _, title = line.partition(" ")
+        if title.strip() == WORKER_TITLE:
+            pids.add(pid)
+    return pids
 
 
 def plan_only(loaded: Loaded, project: Project) -> list[plan.Action]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import names, plan, render, secrets
+from . import deploy, names, plan, render, secrets
 from .engine.containers import Project
 from .errors import DeployError, LlmstackError, UserError
 from .fsutil import backup
@@ -52,12 +52,6 @@ UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_GRACE = 30 * 86400
 SWAP_DEADLINE = 20.0  # seconds for nginx to replace its workers after a reload
 VERIFY_DEADLINE = 20.0  # seconds for the keys to answer as expected through nginx
-WORKER_TITLE = "nginx: worker process"  # old workers become "... is shutting down"
-
-# Lists nginx's processes as "PID TITLE" lines (the image has sh but no ps).
-WORKERS_SCRIPT = ('for p in /proc/[0-9]*; do printf "%s " "${p#/proc/}"; '
-                  'tr "\\0" " " < "$p/cmdline" 2>/dev/null; echo; done')
-
 # Runs in the health container: GET URL with each key (taken from the environment, never from
 # the arguments) on a fresh connection, so it lands on a worker that accepts new connections.
 KEYS_PROBE = (
@@ -147,19 +141,6 @@ class _Edge:
     nginx: plan.ServiceSpec  # with config={}: only secret files are shipped, see _ship
     url: str  # an authenticated URL on nginx, reachable from the health container
 
-    def workers(self) -> set[str]:
-        """PIDs of the workers that accept new connections; empty when the image has no
-        shell to list them (then the key probes alone say when the reload took effect)."""
-        code, out = self.project.exec(names.NGINX, ["sh", "-c", WORKERS_SCRIPT])
-        if code != 0:
-            return set()
-        pids = set()
-        for line in out.splitlines():
-            pid, _, title = line.partition(" ")
-            if title.strip() == WORKER_TITLE:
-                pids.add(pid)
-        return pids
-
     def statuses(self, keys: list[str]) -> list[str]:
         env = {f"K{i}": key for i, key in enumerate(keys)}
         code, out = self.project.exec(names.HEALTH, ["python3", "-c", KEYS_PROBE, self.url,
@@ -195,34 +176,11 @@ class _Edge:
         self.project.write_config(self.nginx, {**files, "secrets/keys.conf": (keys_conf, 0o600)})
 
     def test_config(self) -> None:
-        code, out = self.project.exec(names.NGINX, ["nginx", "-t", "-q", "-c",
-                                                    f"{self.nginx.config_mount}/nginx.conf"])
-        if code != 0:
-            raise DeployError(f"nginx rejected the new key file: {out.strip()[:500]}",
-                              "`llmstack logs nginx`; `llmstack up` re-syncs nginx")
+        deploy.check_nginx_config(self.project, self.nginx, "the new key file",
+                                  "`llmstack logs nginx`; `llmstack up` re-syncs nginx")
 
     def reload(self) -> None:
-        """`nginx -s reload`, then wait until every worker taking new connections is new."""
-        before = self.workers()
-        code, out = self.project.exec(names.NGINX, ["nginx", "-s", "reload", "-c",
-                                                    f"{self.nginx.config_mount}/nginx.conf"])
-        if code != 0:
-            raise DeployError(f"nginx reload failed: {out.strip()[:500]}",
-                              "`llmstack logs nginx`")
-        if not before:
-            return
-        deadline = time.monotonic() + SWAP_DEADLINE
-        # An old worker closes its listening sockets when it takes its new title, so once all
-        # plain "worker process" titles belong to new pids, new connections see the new keys.
-        while True:
-            now = self.workers()
-            if now and not now & before:
-                return
-            if time.monotonic() > deadline:
-                raise DeployError("nginx did not replace its workers after a reload within "
-                                  f"{SWAP_DEADLINE:.0f}s", "`llmstack logs nginx`")
-            time.sleep(0.05)
-
+        deploy.graceful_reload(self.project, self.nginx, SWAP_DEADLINE)
 
 def _edge(loaded: Loaded, project: Project, keys: secrets.Keys, progress: Progress
           ) -> _Edge:
