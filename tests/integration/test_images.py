@@ -140,15 +140,21 @@ def test_images_and_model_volume_exist(client: Any, prepared: str) -> None:
     assert build_images(client, progress=messages.append) == []
 
 
-def test_llama_server_chat_completion(client: Any, prepared: str, run: Callable) -> None:
+def _chat_server(run: Callable, prepared: str, alias: str) -> Any:
+    """A started llama-server for chat on the demo model (not yet ready: poll /health)."""
     container = run(
         catalog.LLAMACPP.tag,
         ["--host", "0.0.0.0", "--port", "8000", "-m", MODEL_PATH, "-c", "2048"],
         port=8000,
-        alias="llama-chat",
+        alias=alias,
         volumes={prepared: {"bind": catalog.DEMO_MODEL_MOUNT, "mode": "ro"}},
     )
     container.start()
+    return container
+
+
+def test_llama_server_chat_completion(client: Any, prepared: str, run: Callable) -> None:
+    container = _chat_server(run, prepared, "llama-chat")
     base = host_url(container, 8000)
     wait_ready(container, f"{base}/health")
     reply = post_json(
@@ -191,14 +197,7 @@ def test_llama_server_embeddings(client: Any, prepared: str, run: Callable) -> N
 
 
 def test_litellm_liveliness_and_proxy(client: Any, prepared: str, run: Callable) -> None:
-    llama = run(
-        catalog.LLAMACPP.tag,
-        ["--host", "0.0.0.0", "--port", "8000", "-m", MODEL_PATH, "-c", "2048"],
-        port=8000,
-        alias="llama-upstream",
-        volumes={prepared: {"bind": catalog.DEMO_MODEL_MOUNT, "mode": "ro"}},
-    )
-    llama.start()
+    llama = _chat_server(run, prepared, "llama-upstream")
     config = (
         "model_list:\n"
         "  - model_name: smollm\n"
