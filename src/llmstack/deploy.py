@@ -150,10 +150,8 @@ def _wait_ready(project: Project, services: list[plan.ServiceSpec], report: Repo
             if status in ("exited", "dead", "missing", "restarting"):
                 # "restarting": it crashed and the restart policy is looping it.
                 raise _failure(project, svc, f"container {status} (exit code {exit_code})")
-            port, path = svc.probe  # type: ignore[misc]
-            host = "127.0.0.1" if svc.role == names.HEALTH else \
-                names.container(project.project, name)
-            outcome = project.probe(f"http://{host}:{port}{path}")
+            path = svc.probe[1]  # type: ignore[index]
+            outcome = project.probe(_probe_url(project.project, svc))
             if outcome == "200":
                 elapsed = time.monotonic() - started
                 result.ready_seconds[name] = elapsed
@@ -169,6 +167,13 @@ def _wait_ready(project: Project, services: list[plan.ServiceSpec], report: Repo
             report.event(name, "waiting", f"{elapsed:.0f}s {detail}")
         if pending:
             time.sleep(0.25)
+
+
+def _probe_url(project: str, svc: plan.ServiceSpec) -> str:
+    """The service's readiness URL as seen from the health container, which runs probes."""
+    port, path = svc.probe  # type: ignore[misc]
+    host = "127.0.0.1" if svc.role == names.HEALTH else names.container(project, svc.service)
+    return f"http://{host}:{port}{path}"
 
 
 def _failure(project: Project, svc: plan.ServiceSpec, what: str) -> DeployError:
@@ -319,9 +324,7 @@ def status(loaded: Loaded, project: Project) -> dict[str, Any]:
                 svc.config_hash()  # type: ignore[union-attr]
         healthy: bool | None = None
         if svc and svc.probe and have and have.status == "running" and health_up:
-            host = "127.0.0.1" if svc.role == names.HEALTH else names.container(
-                loaded.spec.project, name)
-            healthy = project.probe(f"http://{host}:{svc.probe[0]}{svc.probe[1]}") == "200"
+            healthy = project.probe(_probe_url(loaded.spec.project, svc)) == "200"
         entry["healthy"] = healthy
         if not svc:
             entry["note"] = "not in stack.yaml; `llmstack up` removes it"
