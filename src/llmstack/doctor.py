@@ -91,7 +91,7 @@ class Report:
 
 def local_findings(root: Path, spec: StackSpec | None, now: dt.datetime | None = None
                    ) -> list[Finding]:
-    """.env permissions and the certificate: files on the deploying machine."""
+    """.env and key file permissions, the certificate: files on the deploying machine."""
     from . import secrets
 
     out: list[Finding] = []
@@ -101,6 +101,7 @@ def local_findings(root: Path, spec: StackSpec | None, now: dt.datetime | None =
         out.append(Finding("env", "ok", f"{env}: keys present, mode 0600", scope="config"))
     except LlmstackError as exc:
         out.append(Finding("env", "fail", exc.message, exc.hint, scope="config"))
+    out += key_file_findings(root / "certs")
     try:
         cert = tls.inspect(root / "certs", now)
         detail = (f"valid until {cert.not_after:%Y-%m-%d} ({cert.days_left} days), names: "
@@ -120,6 +121,31 @@ def local_findings(root: Path, spec: StackSpec | None, now: dt.datetime | None =
             out.append(Finding("certificate", "ok", detail, scope="config"))
     except LlmstackError as exc:
         out.append(Finding("certificate", "fail", exc.message, exc.hint, scope="config"))
+    return out
+
+
+def key_file_findings(certs: Path) -> list[Finding]:
+    """Every private key in certs/ must be 0600, like .env (`up` refuses it otherwise)."""
+    from . import secrets
+
+    out: list[Finding] = []
+    keys = tls.private_files(certs)
+    for path in keys:
+        try:
+            secrets.check_private(path)
+        except LlmstackError as exc:
+            out.append(Finding("key-file", "fail", exc.message, exc.hint, scope="config"))
+    legacy = certs / tls.LEGACY_CA_KEY
+    if legacy.exists():
+        # Made by an earlier llmstack: a CA key on disk, for a CA without name constraints.
+        out.append(Finding("key-file", "warn", f"{legacy}: the local CA's signing key, which "
+                           "llmstack no longer keeps; whoever reads it can sign for any name "
+                           "a client trusting ca.crt accepts",
+                           "llmstack init --force (a new CA limited to the stack's names, its "
+                           "key not kept), then give clients the new ca.crt", scope="config"))
+    if keys and not out:
+        out.append(Finding("key-file", "ok", f"{', '.join(p.name for p in keys)} in {certs}: "
+                           "mode 0600", scope="config"))
     return out
 
 

@@ -11,13 +11,15 @@ to an env_file, nginx's key map and TLS pair to files of mode 0600 owned by ngin
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import names
+from . import names, secrets
+from .errors import UserError
 from .fsutil import write_atomic
 from .plan import ServiceSpec
 
@@ -172,8 +174,36 @@ def from_project(loaded: Any) -> ComposeExport:
                    loaded.paths.stack.name)
 
 
+# An llmstack project's .env: the API keys that would be lost if compose's .env replaced it.
+PROJECT_ENV_RE = re.compile(
+    rf"^\s*(?:export\s+)?(?:{secrets.MASTER}|{secrets.INTERNAL})\s*=", re.M)
+
+
+def check_target(out: Path) -> None:
+    """Refuse a folder holding an llmstack project: writing there would replace its .env (and
+    with it the API keys) by compose's. A folder an earlier export wrote has neither file, so
+    it is re-written in place."""
+    hint = ("choose an empty folder or one written by `llmstack export compose` "
+            "(e.g. --out compose)")
+    if (out / "stack.yaml").exists():
+        raise UserError(f"{out} holds a stack.yaml: it is an llmstack project folder, and the "
+                        "export would replace its .env", hint)
+    env = out / ".env"
+    if not env.exists():
+        return
+    try:
+        text = env.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        raise UserError(f"{out}/.env cannot be read, so it may hold llmstack's keys: the "
+                        "export would replace it", hint) from None
+    if PROJECT_ENV_RE.search(text):
+        raise UserError(f"{out}/.env holds llmstack API keys (another project's .env): the "
+                        "export would replace it", hint)
+
+
 def write(export: ComposeExport, out: Path) -> list[str]:
     """Write the export under `out`; returns paths whose owner could not be set (non-root)."""
+    check_target(out)
     not_owned: list[str] = []
     can_chown = hasattr(os, "geteuid") and os.geteuid() == 0
     for rel, f in export.files.items():

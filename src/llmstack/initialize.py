@@ -6,6 +6,8 @@ backs them up before writing new ones. stack.yaml is the user's file and is neve
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,19 @@ def starter(domain: str = "localhost", profile: str = "cpu", project: str = "llm
                                                     project=project)
 
 
+def _backup_cert_file(path: Path) -> Path:
+    """Back up a certificate or key; a key's copy is 0600 even if the key had drifted wider."""
+    if path.suffix != ".key":
+        return backup(path)
+    # backup() copies the mode, so the copy is born private; a key we do not own (chmod
+    # refused) has its copy, which is ours, narrowed right after.
+    with contextlib.suppress(PermissionError):
+        os.chmod(path, 0o600)
+    saved = backup(path)
+    os.chmod(saved, 0o600)
+    return saved
+
+
 def init(root: Path, domain: str = "localhost", profile: str = "cpu",
          force: bool = False) -> list[Step]:
     from .spec import parse
@@ -67,9 +82,11 @@ def init(root: Path, domain: str = "localhost", profile: str = "cpu",
     if cert.exists() and (paths.certs / tls.KEY).exists() and not force:
         steps.append(Step(str(cert), "kept", "existing certificate kept; --force regenerates"))
     else:
-        saved = [str(backup(p)) for p in sorted(paths.certs.glob("*"))
+        saved = [str(_backup_cert_file(p)) for p in sorted(paths.certs.glob("*"))
                  if p.is_file() and p.suffix in (".crt", ".key")] if paths.certs.exists() else []
         tls.generate(paths.certs, domain)
+        # The old CA's key (written by earlier versions) signs for nothing in use any more.
+        (paths.certs / tls.LEGACY_CA_KEY).unlink(missing_ok=True)
         steps.append(Step(str(cert), "regenerated" if saved else "created",
                           f"old files backed up: {', '.join(saved)}" if saved else
                           "SANs: " + ", ".join(dict.fromkeys([domain, "localhost",

@@ -49,6 +49,8 @@ class Loaded:
         keys = self.keys()
         tls.inspect(self.paths.certs)  # clear error when missing or corrupt
         certs = self.paths.certs
+        for key_file in tls.private_files(certs):  # as for .env: a key others can read is refused
+            secrets.check_private(key_file)
         return {
             "secrets/keys.conf": (render.render_nginx_keys(keys, now or time.time()), 0o600),
             "secrets/tls.crt": ((certs / tls.CERT).read_bytes(), 0o600),

@@ -1,4 +1,9 @@
-"""A local CA and a server certificate with SANs (cryptography), and expiry checks."""
+"""A local CA and a server certificate with SANs (cryptography), and expiry checks.
+
+The CA exists only to sign one server certificate: its key is used once, in memory, and never
+written to disk, and NameConstraints limit it to the stack's own names, so trusting ca.crt
+cannot let anyone (even with the files in certs/) vouch for another site.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .errors import SecretsError
 from .fsutil import write_atomic
 
-CA_CERT, CA_KEY, CERT, KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
+CA_CERT, CERT, KEY = "ca.crt", "tls.crt", "tls.key"
+# The CA key earlier versions kept on disk; no longer made or used. `init --force` moves a
+# leftover one into a 0600 backup; doctor and `up` check its mode while it exists.
+LEGACY_CA_KEY = "ca.key"
 LEAF_DAYS = 397  # the longest validity browsers accept for a server certificate
 CA_DAYS = 3650
 WARN_DAYS = 30
@@ -37,13 +45,34 @@ def _sans(domain: str) -> list[x509.GeneralName]:
     return names
 
 
+def _name_constraints(domain: str) -> x509.NameConstraints:
+    """The names the CA may sign for: the domain, localhost and the loopback addresses.
+
+    A DNS subtree also permits names below it (x.api.example.com), which this stack controls
+    as much as the domain itself; nothing outside these subtrees verifies.
+    """
+    permitted: list[x509.GeneralName] = []
+    for host in dict.fromkeys([domain.lower(), "localhost", "127.0.0.1", "::1"]):
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            permitted.append(x509.DNSName(host))
+            continue
+        permitted.append(x509.IPAddress(ipaddress.ip_network(addr)))  # /32 or /128
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def generate(directory: Path, domain: str, now: dt.datetime | None = None) -> None:
-    """Write ca.crt/ca.key and tls.crt (leaf + CA)/tls.key; keys are mode 0600."""
+    """Write ca.crt and tls.crt (leaf + CA), and tls.key (mode 0600).
+
+    The CA key signs the two certificates and is dropped: renewal (`init --force`) makes a new
+    CA, so nothing ever needs it again and a stolen certs/ folder cannot mint certificates.
+    """
     now = now or dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
@@ -57,6 +86,7 @@ def generate(directory: Path, domain: str, now: dt.datetime | None = None) -> No
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
                                        False), critical=True)
+          .add_extension(_name_constraints(domain), critical=True)
           .add_extension(ca_ski, critical=False)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
@@ -80,10 +110,17 @@ def generate(directory: Path, domain: str, now: dt.datetime | None = None) -> No
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / CA_KEY, _pem_key(ca_key), mode=0o600)
     write_atomic(directory / KEY, _pem_key(key), mode=0o600)
     write_atomic(directory / CA_CERT, ca.public_bytes(pem), mode=0o644)
     write_atomic(directory / CERT, leaf.public_bytes(pem) + ca.public_bytes(pem), mode=0o644)
+
+
+def private_files(directory: Path) -> list[Path]:
+    """Every private key in certs/: tls.key, a legacy ca.key and backups of either."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and (p.suffix == ".key" or ".key.bak-" in p.name))
 
 
 @dataclass(frozen=True)

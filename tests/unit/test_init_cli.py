@@ -18,7 +18,7 @@ import llmstack
 from llmstack import initialize, secrets, tls
 from tests.helpers import REPO, cli
 
-FILES = [".env", "certs/ca.crt", "certs/ca.key", "certs/tls.crt", "certs/tls.key"]
+FILES = [".env", "certs/ca.crt", "certs/tls.crt", "certs/tls.key"]
 
 
 def mode(path: Path) -> int:
@@ -54,7 +54,7 @@ def test_init_in_an_empty_folder(tmp_path: Path) -> None:
     keys = secrets.load_keys(tmp_path / ".env")
     assert keys.master not in proc.stdout + proc.stderr  # never printed
     assert mode(tmp_path / "certs" / "tls.key") == 0o600
-    assert mode(tmp_path / "certs" / "ca.key") == 0o600
+    assert not (tmp_path / "certs" / "ca.key").exists()  # the CA key is used once, not kept
     assert tls.inspect(tmp_path / "certs").names == ["localhost", "127.0.0.1", "::1"]
     assert ".env" in (tmp_path / ".gitignore").read_text().splitlines()
     # The new folder validates as it is.
@@ -95,7 +95,7 @@ def test_force_backs_up_and_regenerates_secrets(project: Path) -> None:
     assert len(backups) == 1
     assert backups[0].read_bytes() == before[".env"]
     assert mode(backups[0]) == 0o600
-    for name in ("ca.crt", "ca.key", "tls.crt", "tls.key"):
+    for name in ("ca.crt", "tls.crt", "tls.key"):
         saved = list((project / "certs").glob(f"{name}.bak-*"))
         assert len(saved) == 1, name
         assert saved[0].read_bytes() == before[f"certs/{name}"]
