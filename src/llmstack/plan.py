@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from . import names
+from . import names, sizing
 from .backends import BACKENDS, Mount
 from .render import Rendered
 from .spec import Resources, StackSpec
@@ -86,7 +86,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         services.append(ServiceSpec(
             service=service, role="model", image=image, command=launch.command,
             env=dict(launch.env), mounts=launch.mounts, gpus=model.gpu_ids,
-            shm_size=launch.shm_size, resources=model.resources,
+            # Every container has a memory limit: a model's defaults to its estimated needs.
+            shm_size=launch.shm_size, resources=sizing.model_resources(model),
             probe=(backend.port, backend.health_path), **_hardening(image),  # type: ignore[arg-type]
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",

@@ -106,6 +106,61 @@ SOURCE_HELP = (
     "use volume:NAME/FILE (a Docker volume on the target), host:/ABS/PATH (a path on the "
     "target host), hf:ORG/REPO (Hugging Face, vllm/tgi) or ollama:TAG"
 )
+# Host locations no model lives in. A host: source bind-mounts the directory that holds the
+# file (backends.model_mount), so mounting any of these, or a directory above one, would hand
+# the model container the host: the engine's socket (root on the host), kernel interfaces,
+# devices, credentials or the system's own binaries.
+HOST_SYSTEM_PATHS = ("/run", "/var/run", "/proc", "/sys", "/dev", "/etc", "/boot", "/root",
+                     "/var/lib/docker", "/var/lib/containerd", "/usr", "/bin", "/sbin")
+HOST_SOURCE_FIX = ("keep the model in a directory of its own, e.g. host:/srv/models/NAME.gguf, "
+                   "or copy it into a volume (volume:NAME/FILE)")
+
+
+# Volumes of any llmstack project on the same engine: <project>-<service>-config
+# (names.config_volume) and nginx's request-body spool.
+STACK_VOLUME_RE = re.compile(r"[a-z0-9][a-z0-9-]*-(?:(?:nginx|litellm|health|model-.+)-config"
+                             r"|nginx-spool)")
+
+
+def is_stack_volume(project: str, name: str) -> bool:
+    """Whether `name` is a volume llmstack creates: `<project>-*-config` or
+    `<project>-nginx-spool` of this project, or a service's config volume or the spool of
+    another project on the engine. A model mounting one would read the edge's keys and
+    certificates, or (ollama mounts its volume read-write) rewrite them."""
+    own = re.escape(project)
+    return re.fullmatch(rf"{own}-.*-config|{own}-nginx-spool", name) is not None or \
+        STACK_VOLUME_RE.fullmatch(name) is not None
+
+
+def _system_location(mounted: str) -> str | None:
+    """The system location `mounted` is, lies in or lies above (None when it touches none)."""
+    top = "/" + mounted.strip("/").split("/")[0]
+    if re.fullmatch(r"/lib(32|64|x32)?", top):
+        return top
+    return next((s for s in HOST_SYSTEM_PATHS if mounted == s or
+                 mounted.startswith(s + "/") or s.startswith(mounted + "/")), None)
+
+
+def host_source_path(path: str) -> str:
+    """`path` normalised ('//' and trailing '/' dropped); ValueError, with the reason and the
+    fix, when mounting it would expose the host instead of a model."""
+    norm = "/" + "/".join(p for p in path.split("/") if p not in ("", "."))
+    mounted = norm.rpartition("/")[0] or "/"  # what model_mount binds: the file's directory
+    parts = mounted.strip("/").split("/") if mounted != "/" else []
+    if any(p.endswith(".sock") for p in norm.split("/")):
+        reason = f"host:{norm} is a socket (such as the Docker or containerd API: root on the " \
+            "host)"
+    elif mounted == "/":
+        reason = f"host:{norm} would mount the host's root directory / into the model container"
+    elif system := _system_location(mounted):
+        reason = (f"host:{norm} would mount {mounted} into the model container, which exposes "
+                  f"the system location {system}")
+    elif len(parts) == 1 or (parts[0] == "home" and len(parts) == 2):
+        reason = (f"host:{norm} would mount all of {mounted} (with whatever else it holds, "
+                  "keys and credentials included) into the model container")
+    else:
+        return norm
+    raise ValueError(f"{reason}; {HOST_SOURCE_FIX}")
 
 
 def parse_source(value: str) -> Source:
@@ -122,7 +177,7 @@ def parse_source(value: str) -> Source:
     if kind == "host":
         if not rest.startswith("/"):
             raise ValueError("host: paths must be absolute (a path on the target host)")
-        return Source("host", "", rest)
+        return Source("host", "", host_source_path(rest))
     if kind in ("hf", "ollama"):
         return Source(kind, "", rest)
     raise ValueError(f"unknown scheme {kind!r}; {SOURCE_HELP}")
@@ -413,6 +468,11 @@ def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> lis
                     "models to share one on purpose")
             else:
                 gpu_owner.setdefault(gpu, i)
+        src = model.parsed_source
+        if src.kind == "volume" and is_stack_volume(spec.project, src.location):
+            add(("models", i, "source"), f"names {src.location}, a volume llmstack creates for "
+                "a stack's configuration, keys or nginx spool, not a model volume", model.source,
+                f"keep weights in a volume of their own, e.g. volume:{spec.project}-models/FILE")
 
         backend = BACKENDS.get(model.backend)
         if backend is None:

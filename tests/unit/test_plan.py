@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from llmstack import initialize, names, plan, render, secrets, spec
+from llmstack import initialize, names, plan, render, secrets, sizing, spec
 from llmstack.plan import Action, Actual, ServiceSpec
 
 INTERNAL = secrets.new_key()
@@ -98,6 +98,27 @@ def test_config_hash_is_stable() -> None:
     first = [s.config_hash() for s in wanted()]
     assert first == [s.config_hash() for s in wanted()]
     assert len(set(first)) == len(first)
+
+
+def test_every_service_has_a_memory_limit_models_by_their_estimate() -> None:
+    by_name = {s.service: s for s in wanted()}
+    assert all(s.resources.memory for s in by_name.values())
+    # The demo model (SmolLM2-135M Q4_1): well above llama-server's 150-250 MiB.
+    assert by_name[CHAT].resources.memory == "1280m"
+    assert by_name[EMBED].resources.memory == sizing.default_memory(
+        spec.ModelSpec.model_validate(STARTER["models"][1]))
+
+
+def test_a_models_own_memory_limit_wins_and_cpus_pids_stay() -> None:
+    def set_resources(d: dict[str, Any]) -> None:
+        d["models"][0]["resources"] = {"memory": "3g", "cpus": 2}
+        d["models"][1]["resources"] = {"pids": 128}
+
+    by_name = {s.service: s for s in wanted(set_resources)}
+    chat, embed = by_name[CHAT].resources, by_name[EMBED].resources
+    assert (chat.memory, chat.cpus, chat.pids) == ("3g", 2, None)
+    assert (embed.memory, embed.pids) == ("1g", 128)
+    assert by_name[CHAT].config_hash() != {s.service: s for s in wanted()}[CHAT].config_hash()
 
 
 def test_changing_one_models_args_changes_only_that_models_hash() -> None:

@@ -355,6 +355,98 @@ def test_bad_source(source: str, message: str) -> None:
     assert problem.value == source
 
 
+# host: mounts the directory holding the file (backends.model_mount): never the host itself.
+@pytest.mark.parametrize(("source", "reason"), [
+    ("host:/var/run/docker.sock", "host:/var/run/docker.sock is a socket"),
+    ("host:/run/containerd/containerd.sock", "is a socket"),
+    ("host:/srv/models/docker.sock", "is a socket"),
+    ("host:/", "would mount the host's root directory /"),
+    ("host://", "would mount the host's root directory /"),
+    ("host:/model.gguf", "would mount the host's root directory /"),
+    ("host:/srv", "would mount the host's root directory /"),
+    ("host:/etc/passwd", "would mount /etc into the model container, which exposes the system "
+                         "location /etc"),
+    ("host://etc//ssl/", "would mount /etc into"),
+    ("host:/./proc/1/root/m.gguf", "exposes the system location /proc"),
+    ("host:/sys/m", "location /sys"),
+    ("host:/dev/nvidia0", "location /dev"),
+    ("host:/boot/m.gguf", "location /boot"),
+    ("host:/root/models/m.gguf", "location /root"),
+    ("host:/run/user/1000/m.gguf", "location /run"),
+    ("host:/var/lib/docker/volumes/v/_data/m.gguf", "location /var/lib/docker"),
+    ("host:/var/lib/containerd/m.gguf", "location /var/lib/containerd"),
+    ("host:/var/lib/m.gguf", "location /var/lib/docker"),  # /var/lib holds it
+    ("host:/usr/share/models/m.gguf", "location /usr"),
+    ("host:/bin/sh", "location /bin"),
+    ("host:/sbin/init", "location /sbin"),
+    ("host:/lib/modules/m", "location /lib"),
+    ("host:/lib64/m/x.so", "location /lib64"),
+    ("host:/srv/m.gguf", "would mount all of /srv"),
+    ("host:/data/m.gguf", "would mount all of /data"),
+    ("host:/home/u/m.gguf", "would mount all of /home/u"),
+])
+def test_host_source_that_would_expose_the_host_is_refused(source: str, reason: str) -> None:
+    problem = only(problems_after(lambda d: d["models"][0].update(source=source)))
+    assert (problem.path, problem.value) == ("models[0].source", source)
+    assert reason in problem.message
+    assert problem.message.endswith(spec.HOST_SOURCE_FIX)  # the fix comes with the reason
+
+
+@pytest.mark.parametrize(("source", "path"), [
+    ("host:/srv/models/x.gguf", "/srv/models/x.gguf"),
+    ("host:/srv//models/x.gguf/", "/srv/models/x.gguf"),
+    ("host:/data/llm/Qwen2.5-7B", "/data/llm/Qwen2.5-7B"),
+    ("host:/mnt/disk/models/x.gguf", "/mnt/disk/models/x.gguf"),
+    ("host:/opt/models/x.gguf", "/opt/models/x.gguf"),
+    ("host:/home/u/models/x.gguf", "/home/u/models/x.gguf"),
+    ("host:/library/models/x.gguf", "/library/models/x.gguf"),
+    ("host:/var/models/x.gguf", "/var/models/x.gguf"),
+])
+def test_host_source_in_a_model_directory_is_accepted_and_normalised(source: str,
+                                                                     path: str) -> None:
+    data = starter()
+    data["models"][0]["source"] = source
+    parsed = spec.parse(yaml.safe_dump(data, sort_keys=False))
+    assert parsed.models[0].parsed_source == spec.Source("host", "", path)
+
+
+@pytest.mark.parametrize("volume", ["llmstack-nginx-config", "llmstack-litellm-config",
+                                    "llmstack-health-config", "llmstack-model-chat-config",
+                                    "llmstack-nginx-spool"])
+def test_volume_source_naming_one_of_the_stacks_own_volumes_is_refused(volume: str) -> None:
+    text = STARTER.replace("volume:llmstack-models/", f"volume:{volume}/", 1)
+    problem = only(problems_of(text))
+    assert (problem.path, problem.value) == ("models[0].source",
+                                             f"volume:{volume}/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert problem.message == (f"names {volume}, a volume llmstack creates for a stack's "
+                               "configuration, keys or nginx spool, not a model volume")
+    assert problem.hint == "keep weights in a volume of their own, e.g. volume:llmstack-models/FILE"
+    assert problem.line == line_of(text, f"volume:{volume}/")
+
+
+def ollama_in_team(source: str) -> Callable[[dict[str, Any]], None]:
+    return lambda d: d.update(project="team", models=[
+        {"name": "o", "backend": "ollama", "source": source}])
+
+
+# Ollama mounts its volume read-write: another project's keys on the same engine are as bad.
+@pytest.mark.parametrize("volume", ["team-nginx-config", "team-cache-config", "team-nginx-spool",
+                                    "llmstack-nginx-config", "other-stack-litellm-config",
+                                    "x-model-chat-config", "llmstack-nginx-spool"])
+def test_stack_volumes_of_this_and_other_projects_are_refused(volume: str) -> None:
+    problem = only(problems_after(ollama_in_team(f"volume:{volume}")))
+    assert f"names {volume}," in problem.message
+    assert problem.hint.endswith("volume:team-models/FILE")
+
+
+@pytest.mark.parametrize("volume", ["team-models", "team-config", "ollama-data", "my-config",
+                                    "llmstack-models", "nginx-config", "team-nginx-cfg"])
+def test_other_volumes_are_model_volumes(volume: str) -> None:
+    data = starter()
+    ollama_in_team(f"volume:{volume}")(data)
+    assert spec.parse(yaml.safe_dump(data, sort_keys=False)).models[0].source == f"volume:{volume}"
+
+
 def test_source_kind_the_backend_cannot_load() -> None:
     problem = only(problems_after(lambda d: d["models"][0].update(source="hf:org/repo")))
     assert problem.message == "backend 'llamacpp' cannot load a hf: source"
