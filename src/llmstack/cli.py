@@ -92,17 +92,15 @@ def init(
     """Write a starter stack.yaml, a .env (0600) with a new key, and a TLS certificate."""
     from .errors import UserError
     from .initialize import init as do_init
-    from .spec import HOSTNAME_RE
+    from .spec import host_name
 
     if profile not in ("cpu", "gpu"):
         raise UserError(f"--profile {profile!r} is not known", "use --profile cpu or gpu")
-    if not HOSTNAME_RE.fullmatch(domain):
-        import ipaddress
-        try:
-            ipaddress.ip_address(domain)
-        except ValueError:
-            raise UserError(f"--domain {domain!r} is not a DNS name or IP address",
-                            "use e.g. --domain api.example.com") from None
+    try:
+        domain = host_name(domain)
+    except ValueError as exc:
+        raise UserError(f"--domain {domain!r} {exc}", "use e.g. --domain api.example.com"
+                        ) from None
     steps = do_init(_cwd(directory), domain=domain, profile=profile, force=force)
     if json_out:
         from .ui import emit_json

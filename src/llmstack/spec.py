@@ -29,13 +29,49 @@ SCHEMA_VERSION = 1
 # so that nothing a user writes can become an nginx directive or a shell word.
 ProjectName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")]
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+# A DNS name per RFC 1123: dot-separated labels of 1-63 ASCII letters, digits and inner '-'.
+# Matched with fullmatch (never `$`, which also matches before a trailing newline).
 HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-    r"(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    r"(?=[A-Za-z0-9.-]{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
 SIZE_RE = re.compile(r"^[0-9]{1,6}[kmg]?$")
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def size_bytes(text: str) -> int:
+    """A size of the SIZE_RE grammar ('512k', '256m', '4g', '1048576') in bytes."""
+    unit = text[-1] if text[-1] in SIZE_UNITS else ""
+    return int(text[:-1] if unit else text) * SIZE_UNITS[unit]
 ARG_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,512}$")
+
+
+def ip_literal(value: str) -> str:
+    """`value` as a canonical IP address; ValueError unless it is a plain IPv4 or IPv6 address.
+
+    An IPv6 scope ID (`fe80::1%eth0`) is refused: `ipaddress` accepts almost any text after
+    the `%` (spaces, `;`, braces, newlines), which once turned `domain` into nginx directives.
+    """
+    if not value.isascii() or "%" in value:
+        raise ValueError("an IP address here may not carry a scope ID (the part after %)")
+    return str(ipaddress.ip_address(value))
+
+
+def host_name(value: str) -> str:
+    """A DNS name (RFC 1123) or an IP address without scope ID, normalised; else ValueError.
+
+    The one grammar for every host stack.yaml or `init --domain` can hand to nginx, the
+    certificate and the printed URLs.
+    """
+    try:
+        return ip_literal(value)
+    except ValueError:
+        pass
+    if not HOSTNAME_RE.fullmatch(value):
+        raise ValueError("must be a DNS name (ASCII letters, digits, '-' between dots, at most "
+                         "253 characters) or an IP address without a scope ID")
+    return value.lower()
 
 DEFAULT_IMAGES: dict[str, str] = {
     "nginx": "llmstack/nginx:1.22",
@@ -61,9 +97,10 @@ class Listener(Strict):
     @classmethod
     def _ip(cls, value: str) -> str:
         try:
-            return str(ipaddress.ip_address(value))
+            return ip_literal(value)
         except ValueError:
-            raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+            raise ValueError("must be an IP address such as 127.0.0.1, 0.0.0.0 or ::1 "
+                             "(no scope ID)") from None
 
 
 class Listeners(Strict):
@@ -273,13 +310,7 @@ class StackSpec(Strict):
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            pass
-        if not HOSTNAME_RE.fullmatch(value):
-            raise ValueError("must be a DNS name (letters, digits, '-' and '.') or an IP address")
-        return value.lower()
+        return host_name(value)
 
     def image_for(self, model: ModelSpec) -> str:
         if model.image:
@@ -502,6 +533,13 @@ def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> lis
                     "give each listener its own port")
     if not active:
         add(("listeners",), "every listener is disabled", None, "enable at least one listener")
+    from .capacity import MIN_CONNECTIONS, capacity, min_memory
+
+    edge = spec.resources.nginx
+    if edge.memory is not None and capacity(edge).connections < MIN_CONNECTIONS:
+        add(("resources", "nginx", "memory"),
+            f"is too small for {MIN_CONNECTIONS} connections per nginx worker", edge.memory,
+            f"give nginx at least {-(-min_memory(edge) // 1024**2)}m (or fewer cpus)")
     return problems
 
 

@@ -29,9 +29,23 @@ HOSTILE = st.sampled_from([
     "..", "../../etc", "\u202e\u0000", "ünïcödé", "A" * 5000, "", " ", "'", '"', "#",
     "127.0.0.1; return 200", "-1", "1e309", "0x10", "~*", "\\", "\r\n",
 ])
+# What once got through: `ipaddress` takes almost any text after an IPv6 scope ID's `%`.
+# Separators nginx, YAML or Python may treat as a line end or blank: U+2028, U+0085, U+00A0...
+SEPARATORS = "\n\r\t \u2028\u2029\u0085\u00a0\u3000\x0b\x0c"
+NGINX_SYNTAX = ";{}$#'\"\\"
+SCOPE_TEXT = st.lists(st.sampled_from([*SEPARATORS, *NGINX_SYNTAX, "a", "set", "1", "_"]),
+                      max_size=12).map("".join)
+IPV6_SCOPED = st.builds(lambda ip, scope: f"{ip}%{scope}", st.ip_addresses(v=6).map(str),
+                        SCOPE_TEXT)
+HOSTS = st.one_of(
+    IPV6_SCOPED, st.ip_addresses().map(str),
+    st.builds(lambda host, sep, tail: f"{host}{sep}{tail}",
+              st.sampled_from(["api.example.com", "localhost", "127.0.0.1", "::1"]),
+              st.sampled_from(list(SEPARATORS + NGINX_SYNTAX)), SCOPE_TEXT),
+)
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40), HOSTILE,
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40), HOSTILE, HOSTS,
 )
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
@@ -61,12 +75,14 @@ def _set(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
     return doc
 
 
-def _baseline_directives() -> set[str]:
+def _baseline_directives() -> set[tuple[str, ...]]:
     return _directives(render.render(spec.parse(starter())).files()["nginx.conf"])
 
 
-def _directives(conf: bytes, tmp: Path | None = None) -> set[str]:
-    path = (tmp or Path(os.environ.get("TMPDIR", "/tmp"))) / f"fuzz-nginx-{os.getpid()}.conf"
+def _structure(conf: bytes) -> list[tuple[tuple[str, ...], int]]:
+    """Every directive as (its chain of enclosing directives + itself, number of args), in
+    order: a value that adds, removes, nests or splits a directive changes it."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fuzz-nginx-{os.getpid()}.conf"
     path.write_bytes(conf)
     try:
         parsed = crossplane.parse(str(path), single=True, check_ctx=True, check_args=False,
@@ -74,18 +90,24 @@ def _directives(conf: bytes, tmp: Path | None = None) -> set[str]:
     finally:
         path.unlink()
     assert parsed["status"] == "ok", parsed["errors"]
-    found: set[str] = set()
+    found: list[tuple[tuple[str, ...], int]] = []
 
-    def walk(block: list[dict[str, Any]]) -> None:
+    def walk(block: list[dict[str, Any]], chain: tuple[str, ...]) -> None:
         for d in block:
-            found.add(d["directive"])
-            walk(d.get("block", []))
+            found.append(((*chain, d["directive"]), len(d["args"])))
+            walk(d.get("block", []), (*chain, d["directive"]))
 
-    walk(parsed["config"][0]["parsed"])
+    walk(parsed["config"][0]["parsed"], ())
     return found
 
 
+def _directives(conf: bytes) -> set[tuple[str, ...]]:
+    """The directives with their nesting (http > server > location > if > return ...)."""
+    return {chain for chain, _ in _structure(conf)}
+
+
 BASELINE = _baseline_directives()
+CLEAN = render.render(spec.parse(starter())).files()["nginx.conf"]
 
 
 def _check(text: str) -> None:
@@ -150,3 +172,51 @@ def test_injection_into_nginx_is_refused_with_the_field_named(field: str, value:
     with pytest.raises(SpecError) as info:
         spec.parse(yaml.safe_dump(_set(BASE, (field,), value)), "stack.yaml")
     assert any(p.path == field for p in info.value.problems)
+
+
+# Every stack.yaml field whose value reaches nginx.conf (listener binds reach the engine's port
+# bindings, and are held to the same grammar).
+NGINX_FIELDS = [("domain",), ("project",), ("max_body_size",), ("listeners", "local", "bind"),
+                ("listeners", "lan", "bind"), ("listeners", "https", "bind"),
+                ("rate_limit", "requests_per_second"), ("rate_limit", "burst"),
+                ("rate_limit", "max_concurrent"), ("timeouts", "read"), ("timeouts", "send"),
+                ("timeouts", "connect"), ("timeouts", "client_body"), ("models", 0, "name")]
+INJECTIONS = [
+    "::1%x; set $llmstack_key_ok 1; #",  # the review's finding: no key needed on HTTPS
+    "fe80::1%eth0", "::1%x", "::1%x _", "::1%x\n}", "::1%{", "::1%$host", "::1%\u2028a;",
+    "::1%\u0085b", "::1%'", '::1%"', "127.0.0.1 extra", "api.example.com\n", "localhost;",
+    "a\u2028b.com", "example.com\u0085", "exa mple.com", "example.com\u00a0", "\u3000",
+    "_", "-a.com", "a-.com", "a..com", "a" * 64 + ".com", "\uff45xample.com", "\u0130.com",
+    "10m; allow all", "1 2", "x}",
+]
+
+
+@pytest.mark.parametrize("field", NGINX_FIELDS, ids=lambda f: ".".join(map(str, f)))
+def test_hostile_values_never_change_the_shape_of_nginx_conf(field: tuple[Any, ...]) -> None:
+    """Each hostile value is refused naming the field, or renders a config with exactly the
+    directives, nesting and argument counts of a clean render."""
+    for value in INJECTIONS:
+        try:
+            parsed = spec.parse(yaml.safe_dump(_set(BASE, field, value), allow_unicode=True))
+        except SpecError as exc:
+            where = ".".join(str(p) for p in field).replace(".0.", "[0].")
+            assert any(p.path == where for p in exc.problems), (value, exc.problems)
+            continue
+        conf = render.render(parsed).files()["nginx.conf"]
+        assert _structure(conf) == _structure(CLEAN), (field, value)
+
+
+@pytest.mark.parametrize("value", ["::1%x; set $llmstack_key_ok 1; #", "fe80::1%eth0"])
+def test_scope_ids_are_refused_in_domain_and_binds(value: str) -> None:
+    for field in [("domain",), ("listeners", "https", "bind")]:
+        with pytest.raises(SpecError) as info:
+            spec.parse(yaml.safe_dump(_set(BASE, field, value)))
+        assert "scope ID" in info.value.problems[0].message
+
+
+@FUZZ
+@given(path=st.sampled_from([("domain",), ("listeners", "local", "bind"),
+                             ("listeners", "https", "bind")]), value=HOSTS)
+def test_host_fields_fuzzed_with_scope_ids_and_separators(path: tuple[Any, ...],
+                                                          value: str) -> None:
+    _check(yaml.safe_dump(_set(BASE, path, value), allow_unicode=True))

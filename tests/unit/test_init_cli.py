@@ -145,7 +145,8 @@ def test_init_reports_a_corrupt_env_line_without_its_value(project: Path) -> Non
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("--domain", "bad;domain"), "--domain 'bad;domain' is not a DNS name or IP address"),
+    (("--domain", "bad;domain"), "--domain 'bad;domain' must be a DNS name"),
+    (("--domain", "::1%x; set $llmstack_key_ok 1; #"), "without a scope ID"),
     (("--profile", "tpu"), "--profile 'tpu' is not known"),
 ])
 def test_init_rejects_bad_options(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

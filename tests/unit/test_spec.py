@@ -129,7 +129,7 @@ def test_unknown_key_without_close_match_lists_the_allowed_keys() -> None:
     (lambda d: d["models"][0].update(gpus="gpu"), "models[0].gpus",
      "must be `cpu` or a list of GPU indices/UUIDs", "gpu"),
     (lambda d: d["listeners"]["local"].update(bind="localhost"), "listeners.local.bind",
-     "must be an IP address such as 127.0.0.1 or 0.0.0.0", "localhost"),
+     "must be an IP address such as 127.0.0.1, 0.0.0.0 or ::1 (no scope ID)", "localhost"),
     (lambda d: d["models"][0].update(task="embeding"), "models[0].task",
      "must be one of 'chat' or 'embedding'", "embeding"),
 ])
