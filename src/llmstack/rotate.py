@@ -292,12 +292,19 @@ def rotate(loaded: Loaded, project: Project, grace_seconds: int, progress: Progr
             edge.reload()
             edge.expect({new_master: "200", old.master: "200" if grace_seconds else "401"},
                         labels)
-        except LlmstackError as exc:
+        except Exception as exc:
+            # nginx may still run the transitional file, which accepts the old key with no
+            # end. Put that file back in the volume too, so that the volume never claims a
+            # state nginx may not run: `up` then sees it differ from .env and re-syncs, and
+            # `--finish` always does.
+            with contextlib.suppress(Exception):
+                edge.ship(render.render_nginx_keys(both, time.time()), other_files)
+            text = exc.message if isinstance(exc, LlmstackError) else f"{type(exc).__name__}: {exc}"
             raise DeployError(
                 f"the new key is live and in {env_path}, but the old key could not be "
-                f"{'put on its timer' if grace_seconds else 'dropped'}: {exc.message}",
-                "nginx still accepts the old key; run `llmstack rotate-key --finish` (or "
-                "`llmstack up`) to retry") from exc
+                f"{'put on its timer' if grace_seconds else 'dropped'}: {text}",
+                "nginx may still accept the old key with no end: run `llmstack rotate-key "
+                "--finish` (it re-applies .env's keys to nginx) or `llmstack up`") from exc
         progress("old key refused from now on" if not grace_seconds else
                  f"old key accepted until {_iso(rotated_at + grace_seconds)}, then refused "
                  "by nginx itself")
@@ -324,29 +331,36 @@ def _roll_back(edge: _Edge, old_conf: bytes, other_files: dict[str, tuple[bytes,
 
 def finish(loaded: Loaded, project: Project, progress: Progress,
            started: float | None = None) -> Finish:
-    """End a grace window now: nginx refuses the previous key, then `.env` forgets it."""
+    """End a grace window now, and in any case make nginx accept exactly `.env`'s key.
+
+    The key file is shipped and reloaded even with no window open: after a rotation that
+    failed at its last step, nginx may run a transitional file that accepts the old (perhaps
+    leaked) key with no end, which `.env` no longer names. Then `.env` forgets the previous key.
+    """
     started = time.monotonic() if started is None else started
     env_path = loaded.paths.env
     with _exclusive(loaded.paths.root):
         keys = loaded.keys()
         edge = _edge(loaded, project, keys, progress)
         in_progress = bool(keys.previous) and keys.previous in keys.accepted(time.time())
-        if not keys.previous:
-            progress("no rotation in progress: nothing to finish")
-            return Finish(loaded.spec.project, env_path, False, None,
-                          round((time.monotonic() - started) * 1000))
         _check_serving(edge, keys)
         other_files = {k: v for k, v in loaded.nginx_secret_files().items()
                        if k != "secrets/keys.conf"}
         final = replace(keys, previous=None, previous_expires=None)
         # nginx first: if this fails or is killed, `.env` still says a window is open, which
         # is true, and its master key works either way.
-        progress("shipping a key file without the previous key")
+        progress("shipping a key file with .env's key alone")
         edge.ship(render.render_nginx_keys(final, time.time()), other_files)
         edge.test_config()
         edge.reload()
-        edge.expect({keys.master: "200", keys.previous: "401"},  # type: ignore[dict-item]
-                    {keys.master: "current", keys.previous: "previous"})  # type: ignore[dict-item]
+        wanted, labels = {keys.master: "200"}, {keys.master: "current"}
+        if keys.previous:
+            wanted[keys.previous], labels[keys.previous] = "401", "previous"
+        edge.expect(wanted, labels)
+        if not keys.previous:
+            progress("no rotation in progress; nginx re-applied .env's key (any other refused)")
+            return Finish(loaded.spec.project, env_path, False, None,
+                          round((time.monotonic() - started) * 1000))
         progress("nginx reloaded: the previous key is refused")
         backup_file = backup(env_path)
         os.chmod(backup_file, 0o600)

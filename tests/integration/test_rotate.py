@@ -188,6 +188,41 @@ def test_failed_rotation_changes_nothing(stack: Stack, docker_client: object) ->
     assert {a["action"] for a in actions} == {"keep"}, actions
 
 
+def test_failed_emergency_rotation_is_mended_by_finish(
+        stack: Stack, docker_client: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--grace 0` whose final reload fails (patched in, on the real nginx): the leaked key
+    still works until the command the error names, `rotate-key --finish`, which ends it."""
+    from llmstack import rotate
+    from llmstack.errors import DeployError
+
+    leaked = stack.key
+    real_reload = rotate._Edge.reload
+    calls: list[int] = []
+
+    def reload_failing_the_second(edge: rotate._Edge) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise DeployError("nginx reload failed: injected", "")
+        real_reload(edge)
+
+    monkeypatch.setattr(rotate._Edge, "reload", reload_failing_the_second)
+    project = Project(docker_client, stack.project)  # type: ignore[arg-type]
+    with pytest.raises(DeployError) as err:
+        rotate.rotate(load(stack.root), project, 0, lambda _: None)
+    monkeypatch.undo()
+    new = secrets.load_keys(stack.root / ".env").master
+    assert status_with(stack, leaked) == 200  # the hole: the transitional file still runs
+    assert "rotate-key --finish" in err.value.hint
+    actions = json.loads(stack.cli("plan", "--json", check=True).stdout)["actions"]
+    assert {"action": "reload", "service": "nginx"}.items() <= next(
+        a for a in actions if a["service"] == "nginx").items(), actions  # `up` would mend it
+    stack.cli("rotate-key", "--finish", check=True)
+    assert status_with(stack, leaked) == 401
+    assert status_with(stack, new) == 200
+    actions = json.loads(stack.cli("plan", "--json", check=True).stdout)["actions"]
+    assert {a["action"] for a in actions} == {"keep"}, actions
+
+
 def test_refuses_when_the_stack_is_not_up(fresh_stack: Stack) -> None:
     env_before = (fresh_stack.root / ".env").read_bytes()
     proc = fresh_stack.cli("rotate-key")

@@ -93,7 +93,8 @@ class FakeEngine:
                 else (0, "")
         if service == names.NGINX and cmd[:3] == ["nginx", "-s", "reload"]:
             self.calls.append("reload")
-            if self.fail_at == "reload":
+            if self.fail_at == "reload" or \
+                    (self.fail_at == "second reload" and self.calls.count("reload") == 2):
                 return 1, "nginx: [error] invalid PID number"
             self.running, self.generation = self.volume, self.generation + 1
             self._check("after reload")
@@ -228,3 +229,30 @@ def test_finish_drops_the_previous_key_then_forgets_it(project_dir: Loaded) -> N
     assert engine.violations == []
     again = rotate.finish(project_dir, engine, quiet)  # type: ignore[arg-type]
     assert not again.was_in_progress and again.backup_file is None
+
+
+def test_a_failed_final_reload_is_mended_by_the_command_its_hint_names(
+        project_dir: Loaded) -> None:
+    """An emergency rotation (--grace 0) whose last reload fails: nginx still runs the
+    transitional file, accepting the leaked key with no end. The hint's command must end
+    that, and `up` must see the key file as out of date."""
+    old = project_dir.keys()
+    engine = engine_for(project_dir, fail_at="second reload")
+    with pytest.raises(DeployError) as err:
+        rotate.rotate(project_dir, engine, 0, quiet)  # type: ignore[arg-type]
+    new = secrets.load_keys(project_dir.paths.env)
+    assert new.previous is None and new.master != old.master
+    assert accepts(engine.running, old.master, time.time())  # the hole this must close
+    assert "rotate-key --finish" in err.value.hint
+    # The volume holds what nginx may run, not what .env says: `up` sees a difference.
+    rendered = project_dir.nginx_secret_files()["secrets/keys.conf"][0]
+    assert engine.volume != rendered and accepts(engine.volume, old.master, time.time())
+
+    engine.fail_at = ""
+    done = rotate.finish(project_dir, engine, quiet)  # type: ignore[arg-type]
+    now = time.time()
+    assert not accepts(engine.running, old.master, now)
+    assert accepts(engine.running, new.master, now)
+    assert engine.volume == engine.running
+    assert not done.was_in_progress
+    assert engine.violations == []
