@@ -25,7 +25,6 @@ from .plan import ServiceSpec
 
 COMPOSE_FILE = "docker-compose.yml"
 COMPOSE_VERSION = "3.8"  # docker-compose 1.27+ reads it (and device reservations) as the spec
-TMPFS = "/tmp:rw,nosuid,nodev,size=256m"
 ROOT_CAPS = ["CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER"]
 GITIGNORE = ("# written by llmstack export: secrets stay out of git\n"
              "*.env\n.env\nconfig/*/secrets/\n")
@@ -98,7 +97,7 @@ def _service(spec_project: str, svc: ServiceSpec, env_file: str | None) -> dict[
     if svc.user:
         out["user"] = svc.user
     out["read_only"] = svc.read_only
-    out["tmpfs"] = [TMPFS]
+    out["tmpfs"] = [f"{path}:{options}" for path, options in svc.tmpfs.items()]
     out["cap_drop"] = ["ALL"]
     if not svc.user:
         out["cap_add"] = list(ROOT_CAPS)  # root-in-container images switch users, own files
@@ -148,7 +147,9 @@ def compose(project: str, services: list[ServiceSpec],
                 files[f"config/{svc.service}/{name}"] = ExportFile(data, mode, owner)
         for m in svc.mounts:
             if m.kind == "volume":
-                external[m.source] = {"external": True}  # model volumes are the user's
+                # Model volumes are the user's; the stack's own (nginx's spool) compose makes.
+                external[m.source] = {"labels": {names.LABEL_PROJECT: project}} \
+                    if m.managed else {"external": True}
     doc: dict[str, Any] = {"version": COMPOSE_VERSION, "services": body,
                            "networks": {"default": {"name": names.network(project)}}}
     if external:

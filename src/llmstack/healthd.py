@@ -1,8 +1,10 @@
 """The stack's `/health`: probes every service's own readiness endpoint, never a model.
 
 Runs in its own small container (stdlib only, Python 3.11) as
-`python3 healthd.py CONFIG.json`; nginx proxies `GET /health` to it. Answers 200 when every
-service is ready and 503 with a JSON body naming what is not.
+`python3 healthd.py CONFIG.json`. Answers 200 when every service is ready, else 503 ("degraded").
+nginx proxies `GET /health` with a valid key to `/health` (which service is not ready, probe
+details and latencies) and without one to `/summary` (the status alone): the details would
+tell an anonymous caller the model names and what is down.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ def probe(url: str, timeout: float) -> dict[str, Any]:
             "latency_ms": round((time.monotonic() - started) * 1000, 1)}
 
 
+def status(ready: bool) -> str:
+    return "ok" if ready else "degraded"
+
+
+def summary(code: int) -> bytes:
+    """The anonymous answer: the status and nothing else."""
+    return (json.dumps({"status": status(code == 200)}) + "\n").encode()
+
+
 class Checker:
     def __init__(self, checks: dict[str, str], timeout: float) -> None:
         self.checks = checks
@@ -52,8 +63,7 @@ class Checker:
             results = dict(zip(names, self.pool.map(
                 lambda n: probe(self.checks[n], self.timeout), names), strict=True))
             down = [n for n, r in results.items() if not r["ready"]]
-            body = {"status": "ok" if not down else "unavailable", "not_ready": down,
-                    "services": results}
+            body = {"status": status(not down), "not_ready": down, "services": results}
             code = 200 if not down else 503
             payload = (json.dumps(body, sort_keys=True) + "\n").encode()
             self.cached = (now, code, payload)
@@ -72,6 +82,9 @@ def serve(config_path: str, bind: str = "0.0.0.0") -> None:
             path = self.path.split("?")[0]
             if path == "/live":  # the health service itself is up (its own readiness)
                 code, payload = 200, b'{"status":"live"}\n'
+            elif path == "/summary":
+                code = checker.report()[0]
+                payload = summary(code)
             elif path not in ("/health", "/"):
                 code, payload = 404, b'{"error":"not found"}\n'
             else:

@@ -8,13 +8,24 @@ from dataclasses import asdict, dataclass, field
 
 from . import names, sizing
 from .backends import BACKENDS, Mount
-from .render import Rendered
+from .render import NGINX_SPOOL_DIR, Rendered
 from .spec import Resources, StackSpec
 
 # Images llmstack builds itself run as this uid with a read-only root filesystem.
 OWN_IMAGE_PREFIX = "llmstack/"
 OWN_UID = "10001:10001"
 CONFIG_ROOT = "/etc/llmstack"
+# Every container's /tmp is a tmpfs: the root filesystem is read-only, and tmpfs pages count
+# against the container's memory limit, so each service's size is part of its budget.
+TMPFS_OPTIONS = "rw,nosuid,nodev"
+DEFAULT_TMPFS = {"/tmp": f"{TMPFS_OPTIONS},size=256m"}
+# nginx keeps only its pid and (unused: buffering is off) proxy temp files in /tmp; request
+# bodies over its buffer go to this disk-backed volume instead (render.NGINX_SPOOL_DIR).
+NGINX_TMPFS = {"/tmp": f"{TMPFS_OPTIONS},size=16m"}
+
+
+def nginx_spool(project: str) -> Mount:
+    return Mount(f"{project}-nginx-spool", NGINX_SPOOL_DIR, read_only=False, managed=True)
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,7 @@ class ServiceSpec:
     config: dict[str, bytes] = field(default_factory=dict)  # files for its config volume
     gpus: list[str] = field(default_factory=list)
     shm_size: str | None = None
+    tmpfs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TMPFS))
     resources: Resources = field(default_factory=Resources)
     user: str | None = None
     read_only: bool = False
@@ -111,7 +123,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         entrypoint=["nginx"],
         command=["-c", f"{cfg}/{names.NGINX}/nginx.conf", "-g", "daemon off;"],
         ports=ports, config=rendered.services[names.NGINX], resources=spec.resources.nginx,
-        probe=nginx_probe,
+        probe=nginx_probe, mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS),
         depends_on=(names.LITELLM, names.HEALTH), **_hardening(spec.images.nginx),  # type: ignore[arg-type]
     ))
     return services

@@ -8,7 +8,7 @@ from importlib import resources
 
 import jinja2
 
-from . import names
+from . import capacity, names
 from .backends import BACKENDS
 from .resources import data_dir
 from .secrets import Keys
@@ -21,6 +21,9 @@ NGINX_CONF_DIR = "/etc/llmstack/nginx"
 # CPU. Old workers take no new request (keep-alive ends with the request in flight), so
 # this never extends an old key's life; it only bounds how long old workers may linger.
 WORKER_SHUTDOWN_TIMEOUT = 600
+# Request bodies larger than nginx's body buffer are written here: a disk-backed volume (see
+# plan.NGINX_SPOOL), not /tmp, whose tmpfs counts against the container's memory limit.
+NGINX_SPOOL_DIR = "/var/lib/nginx"
 
 
 def _env() -> jinja2.Environment:
@@ -94,6 +97,12 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
         listen_plain=plain,
         listen_tls=names.NGINX_PORTS["https"] if lst.https.enabled else None,
         domain=spec.domain,
+        edge=capacity.capacity(spec.resources.nginx),
+        edge_memory=spec.resources.nginx.memory or "no limit",
+        zones=capacity.ZONE_MIB,
+        buffers={"body": capacity.BODY_BUFFER, "header": capacity.HEADER_BUFFER,
+                 "large_header": "{} {}".format(*capacity.LARGE_HEADER_BUFFERS)},
+        body_spool=f"{NGINX_SPOOL_DIR}/body",
     )
     litellm = env.get_template("litellm.yaml.j2").render(
         source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read)

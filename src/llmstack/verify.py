@@ -173,6 +173,14 @@ def _body(resp: httpx.Response, limit: int = 200) -> str:
     return " ".join(resp.text.split())[:limit]
 
 
+def _json(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _refused(check: str, what: str) -> Check:
     return Check(check, "fail", f"{what}: LITELLM_MASTER_KEY from .env was refused (401); "
                  "the running stack does not accept the key in .env",
@@ -219,8 +227,13 @@ def check_tls(ep: Endpoint, ca_file: str, timeout: float) -> Check:
                  data={"tls_version": version, "cipher": cipher, "not_after": not_after})
 
 
-def check_health(c: Client) -> Check:
-    resp = c.request("GET", "/health")
+def check_health(c: Client, key: str) -> Check:
+    """With the key, /health names the services; without it, it answers the status alone."""
+    anonymous = c.request("GET", "/health")
+    if set(_json(anonymous)) - {"status"}:
+        return Check("health", "fail", "GET /health without a key shows service details: "
+                     + _body(anonymous), "run `llmstack up` to apply the current nginx.conf")
+    resp = c.request("GET", "/health", key)
     if resp.status_code != 200:
         return Check("health", "fail", f"GET /health answered {resp.status_code}: {_body(resp)}",
                      "`llmstack status` and `llmstack logs SERVICE` for the service named")
@@ -397,7 +410,7 @@ def run(loaded: Loaded, address: str, target: str, timeout: float = 60.0) -> Res
         chat = next((m.name for m in spec.models if m.task == "chat"), None)
         embed = next((m.name for m in spec.models if m.task == "embedding"), None)
         public = [n for m in spec.models for n in m.public_names]
-        checks.append(_timed("health", lambda: check_health(client)))
+        checks.append(_timed("health", lambda: check_health(client, key)))
         checks.append(_timed("models", lambda: check_models(client, key, public)))
         checks.append(_timed("chat_stream", lambda: check_chat_stream(client, key, chat))
                       if chat else Check("chat_stream", "skip", "no chat model in stack.yaml"))

@@ -28,11 +28,17 @@ def _tls(verify: bool | str) -> bool | ssl.SSLContext:
     return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
-def test_health_needs_no_key_on_every_listener(demo_stack: Stack) -> None:
+def test_health_needs_no_key_and_shows_details_only_with_one(demo_stack: Stack) -> None:
     for base, verify in _urls(demo_stack):
-        resp = requests.get(base.replace("/v1", "/health"), verify=verify, timeout=10)
+        url = base.replace("/v1", "/health")
+        resp = requests.get(url, verify=verify, timeout=10)
         assert resp.status_code == 200, base
-        body = resp.json()
+        assert resp.json() == {"status": "ok"}, "no key: the status alone, no service names"
+        for wrong in ("Bearer sk-wrong", "Basic dXNlcjpwYXNz"):
+            resp = requests.get(url, verify=verify, timeout=10, headers={"Authorization": wrong})
+            assert resp.json() == {"status": "ok"}, wrong
+        body = requests.get(url, verify=verify, timeout=10,
+                            headers={"Authorization": f"Bearer {demo_stack.key}"}).json()
         assert body["status"] == "ok" and body["not_ready"] == []
         assert set(body["services"]) >= {"litellm", "model:deepseek-coder"}
 
@@ -151,3 +157,47 @@ def test_unknown_path_is_json_404(demo_stack: Stack) -> None:
     resp = requests.get(demo_stack.base_url.replace("/v1", "/admin"), timeout=10)
     assert resp.status_code == 404
     assert resp.json()["error"]["code"] == "not_found"
+
+
+def test_https_errors_carry_hsts_too(demo_stack: Stack) -> None:
+    """A browser that only ever saw an error from the HTTPS listener must still pin HTTPS."""
+    base = demo_stack.https_url
+    auth = {"Authorization": f"Bearer {demo_stack.key}"}
+    with httpx.Client(verify=_tls(str(demo_stack.ca)), timeout=30) as client:
+        answers = {
+            401: client.get(f"{base}/models"),
+            404: client.get(base.replace("/v1", "/nowhere"), headers=auth),
+            413: client.post(f"{base}/chat/completions", headers=auth,
+                             content=b"x" * (11 * 1024 * 1024)),
+            200: client.get(f"{base}/models", headers=auth),
+        }
+    for code, resp in answers.items():
+        assert resp.status_code == code, (code, resp.text)
+        assert resp.headers.get("strict-transport-security", "").startswith(
+            "max-age=63072000"), code
+    plain = requests.get(f"{demo_stack.base_url}/models", timeout=10)
+    assert "strict-transport-security" not in plain.headers  # never on plain HTTP
+
+
+def test_v1_redirect_never_reflects_the_host_header(demo_stack: Stack) -> None:
+    resp = requests.get(demo_stack.base_url, allow_redirects=False, timeout=10,
+                        headers={"Host": "evil.example.com"})
+    assert resp.status_code == 301
+    assert resp.headers["location"] == "/v1/"
+
+
+def test_only_the_contract_routes_reach_litellm(demo_stack: Stack) -> None:
+    """LiteLLM serves admin, MCP and agent routes under /v1/ too, and nginx hands it the
+    master key: the edge answers those itself, 404 with a key and 401 without."""
+    auth = {"Authorization": f"Bearer {demo_stack.key}"}
+    for method, path in [("GET", "/mcp/server"), ("POST", "/a2a/discover"),
+                         ("GET", "/agents"), ("POST", "/responses"), ("GET", "/models/x/y")]:
+        resp = requests.request(method, demo_stack.base_url + path, headers=auth, json={},
+                                timeout=10)
+        assert resp.status_code == 404, (path, resp.text)
+        assert resp.json()["error"]["code"] == "not_found", path
+        assert requests.request(method, demo_stack.base_url + path, json={},
+                                timeout=10).status_code == 401, path
+    listed = requests.get(demo_stack.base_url + "/models/deepseek-coder", headers=auth,
+                          timeout=10)
+    assert listed.status_code == 200 and listed.json()["id"] == "deepseek-coder"

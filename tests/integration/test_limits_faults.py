@@ -111,12 +111,17 @@ def test_dead_backend_shows_in_health_and_fails_fast(limited: Stack) -> None:
     model = f"{limited.project}-model-deepseek-coder"
     subprocess.run(["docker", "stop", "-t", "1", model], check=True, capture_output=True)
     try:
+        health = limited.base_url.replace("/v1", "/health")
+        key = {"Authorization": f"Bearer {limited.key}"}
+
         def unhealthy() -> dict | None:
-            r = requests.get(limited.base_url.replace("/v1", "/health"), timeout=10)
+            r = requests.get(health, timeout=10, headers=key)
             return r.json() if r.status_code == 503 else None
 
         body = wait_for(unhealthy, timeout=20, what="/health 503")
         assert body["not_ready"] == ["model:deepseek-coder"]
+        anonymous = requests.get(health, timeout=10)  # no key: no names, no details
+        assert (anonymous.status_code, anonymous.json()) == (503, {"status": "degraded"})
         started = time.monotonic()
         resp = requests.post(limited.base_url + "/chat/completions", timeout=60,
                              headers={"Authorization": f"Bearer {limited.key}"},

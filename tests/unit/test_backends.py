@@ -106,7 +106,7 @@ def test_llamacpp_uses_its_cuda_image_and_offloads_only_with_gpus() -> None:
     assert cuda["image"] == "ghcr.io/ggml-org/llama.cpp:server-cuda"
     assert cuda["command"][cuda["command"].index("--n-gpu-layers") + 1] == "999"
     assert cuda["mounts"] == [{"source": "/srv/models", "target": "/models", "kind": "bind",
-                               "read_only": True}]
+                               "read_only": True, "managed": False}]
     assert cpu["device_request"] is None
 
 

@@ -102,7 +102,12 @@ def test_configs_are_bind_mounted_read_only_and_models_keep_their_volume_or_path
         {"type": "volume", "source": "llmstack-models", "target": "/models", "read_only": True}]
     assert doc["services"]["model-big"]["volumes"] == [
         {"type": "bind", "source": "/srv/models", "target": "/models", "read_only": True}]
-    assert doc["volumes"] == {"llmstack-models": {"external": True}}
+    # Model volumes are the user's (external); nginx's body spool is the stack's own.
+    spool = f"{doc['networks']['default']['name'].removesuffix('-net')}-nginx-spool"
+    assert doc["volumes"] == {"llmstack-models": {"external": True},
+                              spool: {"labels": {"llmstack.project": spool[:-12]}}}
+    assert {"type": "volume", "source": spool, "target": "/var/lib/nginx",
+            "read_only": False} in doc["services"]["nginx"]["volumes"]
 
 
 def test_gpus_are_device_reservations_with_exactly_the_listed_ids() -> None:

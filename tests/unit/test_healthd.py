@@ -77,4 +77,7 @@ def test_served_over_http(backends: tuple[str, str], tmp_path: Path) -> None:
     assert wait_for(lambda: get("/live")[0] == 200, timeout=10, what="healthd up")
     code, body = get("/health")
     assert code == 503 and json.loads(body)["not_ready"] == ["litellm"]
+    # What nginx serves without a key: the status, and not which service is down.
+    code, body = get("/summary")
+    assert code == 503 and json.loads(body) == {"status": "degraded"}
     assert get("/nope")[0] == 404

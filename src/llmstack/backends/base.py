@@ -17,6 +17,9 @@ class Mount:
     target: str
     kind: str = "volume"  # "volume" | "bind"
     read_only: bool = True
+    # A volume of the stack's own (labelled with the project, removed by `down --volumes`);
+    # others, such as model volumes, belong to the user and are never created or removed.
+    managed: bool = False
 
 
 @dataclass(frozen=True)

@@ -176,14 +176,18 @@ class Project:
             self.client.networks.create(name, driver="bridge",
                                         labels={names.LABEL_PROJECT: self.project})
 
-    def write_config(self, svc: ServiceSpec, extra: dict[str, tuple[bytes, int]] | None = None
-                     ) -> None:
-        """Fill the service's config volume through the engine API (works on remote engines)."""
-        volume = names.config_volume(self.project, svc.service)
+    def _ensure_volume(self, volume: str) -> None:
+        """A volume of the stack's own, labelled so that `down --volumes` removes it."""
         try:
             self.client.volumes.get(volume)
         except self.errors.NotFound:
             self.client.volumes.create(volume, labels={names.LABEL_PROJECT: self.project})
+
+    def write_config(self, svc: ServiceSpec, extra: dict[str, tuple[bytes, int]] | None = None
+                     ) -> None:
+        """Fill the service's config volume through the engine API (works on remote engines)."""
+        volume = names.config_volume(self.project, svc.service)
+        self._ensure_volume(volume)
         files = {name: (data, 0o644) for name, data in svc.config.items()}
         files.update(extra or {})
         uid, gid = _uid(svc.user)
@@ -222,10 +226,13 @@ class Project:
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges=true"],
             "read_only": svc.read_only,
-            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=256m"},
+            "tmpfs": dict(svc.tmpfs),
             "detach": True,
             "init": True,
         }
+        for m in svc.mounts:
+            if m.managed:
+                self._ensure_volume(m.source)
         kwargs["mounts"] += [_mount(m.source, m.target, m.kind, m.read_only) for m in svc.mounts]
         if svc.entrypoint is not None:
             kwargs["entrypoint"] = svc.entrypoint
