@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import requests
+from docker.types import Mount
 
 from llmstack import initialize, names, plan, render, secrets, spec, tls
 from llmstack.spec import DEFAULT_IMAGES, StackSpec
@@ -74,7 +75,7 @@ def run_once(client: Any, image: str, **kwargs: Any) -> tuple[int, str]:
         code = container.wait(timeout=120)["StatusCode"]
         return int(code), container.logs().decode(errors="replace")
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # with its anonymous volumes
 
 
 # --- nginx -t -----------------------------------------------------------------------------------
@@ -104,8 +105,11 @@ def nginx_t(client: Any, folder: Path, network: str) -> tuple[int, str]:
     return run_once(client, NGINX_IMAGE, entrypoint=["nginx"],
                     command=["-t", "-c", f"{render.NGINX_CONF_DIR}/nginx.conf"],
                     network=network, user=plan.OWN_UID, read_only=True,
-                    tmpfs={"/tmp": "rw,size=16m"},
-                    volumes={str(folder): {"bind": render.NGINX_CONF_DIR, "mode": "ro"}})
+                    # /tmp as `up` mounts it; an anonymous volume stands in for the body spool
+                    # volume (a fresh volume takes the image's owner of the folder, as up's).
+                    tmpfs=dict(plan.NGINX_TMPFS),
+                    volumes={str(folder): {"bind": render.NGINX_CONF_DIR, "mode": "ro"}},
+                    mounts=[Mount(target=render.NGINX_SPOOL_DIR, source=None, type="volume")])
 
 
 @pytest.mark.parametrize("case", [*CASES, "starter"])
