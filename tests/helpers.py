@@ -116,3 +116,14 @@ def make_stack(root: Path, prefix: str = "t", embed: bool = True) -> Stack:
         data["models"] = [m for m in data["models"] if m.get("task") != "embedding"]
     stack.write_spec(data)
     return stack
+
+
+def make_unthrottled_stack(root: Path, prefix: str) -> Stack:
+    """A chat-only project whose per-IP request rate is high enough for load from one address
+    (the concurrency limit keeps its default, 100): tests then measure the stack, not the
+    limiter."""
+    stack = make_stack(root, prefix=prefix, embed=False)
+    data = stack.spec()
+    data["rate_limit"] = {"requests_per_second": 1000, "burst": 1000, "max_concurrent": 100}
+    stack.write_spec(data)
+    return stack

@@ -18,11 +18,11 @@ import pytest
 import requests
 
 from llmstack.spec import size_bytes
-from tests.helpers import Stack, make_stack, wait_for
+from tests.helpers import Stack, make_unthrottled_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
-SLOW_CLIENTS = 4000  # more than the edge's connection slots (about 2,200 at 256m)
+SLOW_CLIENTS = 6000  # nearly 3x the edge's connection slots (about 2,200 at 256m)
 UPLOADS = 90  # under the per-IP limit of 100 concurrent requests
 UPLOAD_BYTES = 9 * 1024 * 1024 + 512 * 1024  # just under max_body_size (10m)
 
@@ -31,10 +31,7 @@ UPLOAD_BYTES = 9 * 1024 * 1024 + 512 * 1024  # just under max_body_size (10m)
 def edge(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[Stack]:
     """A chat-only stack with the default nginx limits (256m) and a per-IP request rate high
     enough for many uploads at once (the concurrency limit stays at its default, 100)."""
-    stack = make_stack(tmp_path_factory.mktemp("edge") / "proj", prefix="t-edge", embed=False)
-    data = stack.spec()
-    data["rate_limit"] = {"requests_per_second": 1000, "burst": 1000, "max_concurrent": 100}
-    stack.write_spec(data)
+    stack = make_unthrottled_stack(tmp_path_factory.mktemp("edge") / "proj", prefix="t-edge")
     stack.cli("up", check=True)
     yield stack
     stack.cli("down", "--volumes")
@@ -149,6 +146,8 @@ def test_half_sent_requests_cannot_grow_nginx_past_its_limit(edge: Stack,
         result = _lines(attacker)[-1]
     finally:
         attacker.remove(force=True)
+    print(f"slow clients: {held}, nginx peak {peak >> 20} of {limit >> 20} MiB, normal "
+          f"client: {result}")
     assert held["held"] + held["failed"] == SLOW_CLIENTS
     assert peak < 0.9 * limit, f"nginx used {peak >> 20} MiB of {limit >> 20} MiB"
     assert result.get("normal") == 200, result
@@ -198,6 +197,8 @@ def test_many_large_uploads_are_spooled_to_disk_not_memory(edge: Stack,
     finally:
         for sock in sockets:
             sock.close()
+    print(f"uploads: {UPLOADS} x {UPLOAD_BYTES >> 10} KiB held, nginx {used >> 20} of "
+          f"{limit >> 20} MiB, statuses {sorted(set(statuses))}")
     assert used < 0.9 * limit, f"nginx used {used >> 20} MiB of {limit >> 20} MiB"
     assert statuses == [405] * UPLOADS, sorted(set(statuses))
     started, oom_killed, restarts = _state(nginx)

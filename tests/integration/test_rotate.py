@@ -21,7 +21,7 @@ from benchmarks.rotate_key import Run, rotate_under_load
 from llmstack import names, plan, secrets
 from llmstack.engine.containers import Project
 from llmstack.project import load
-from tests.helpers import Stack, make_stack, wait_for
+from tests.helpers import Stack, make_unthrottled_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +30,7 @@ pytestmark = pytest.mark.integration
 def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object) -> Iterator[Stack]:
     """One chat-only stack for this module; the per-IP limit is raised so that the load
     measures the rotation, not the limiter."""
-    s = make_stack(tmp_path_factory.mktemp("rotate") / "proj", prefix="t-rot", embed=False)
-    data = s.spec()
-    data["rate_limit"] = {"requests_per_second": 1000, "burst": 1000, "max_concurrent": 100}
-    s.write_spec(data)
+    s = make_unthrottled_stack(tmp_path_factory.mktemp("rotate") / "proj", prefix="t-rot")
     s.cli("up", check=True)
     yield s
     s.cli("down", "--volumes")
