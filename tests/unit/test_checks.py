@@ -339,3 +339,22 @@ def test_verify_checks_are_runtime_findings_and_keep_their_json_shape() -> None:
                                              "data": {"x": 200}}
     assert result.to_dict()["exit_code"] == 2 and result.metrics() == {
         "tls.tls_version": "TLSv1.3"}
+
+
+def test_the_checks_model_never_imports_the_engine() -> None:
+    """The evaluations are pure: importing and running them loads neither docker nor
+    llmstack.engine (only the gather functions read the engine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from llmstack import checks, doctor, gpu, verify\n"
+            "from llmstack.spec import StackSpec\n"
+            "s = StackSpec.model_validate({'project': 'p', 'models': [{'name': 'c', "
+            "'backend': 'vllm', 'source': 'hf:o/m-7b', 'gpus': [0]}]})\n"
+            "facts = checks.PreflightFacts({'a': None}, gpu=doctor.Facts(target=''))\n"
+            "checks.evaluate_preflight(s, [], [], facts)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('docker', 'llmstack.engine'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
