@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from . import __version__
-from .errors import LlmstackError
+from .errors import ExitCode, LlmstackError
 
 EPILOG = """Exit codes: 0 ok; 1 invalid input or configuration (the message names the file,
 field and fix); 2 engine or runtime failure (daemon down, a service not ready).
@@ -147,8 +147,9 @@ def render(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
 def plan_cmd(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
              host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
+    from .checks import exit_code, failing, finding_lines
     from .deploy import plan_only
-    from .doctor import finding_lines, gpu_plan
+    from .doctor import gpu_plan
     from .gpu import budget_lines
 
     loaded = _load(directory, file)
@@ -156,8 +157,8 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[ass
     actions = plan_only(loaded, project)
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project.client, loaded.spec)
-    fails = [f for f in gpu_findings if f.status == "fail"]
-    code = (2 if any(f.scope == "host" for f in fails) else 1) if fails else 0
+    fails = failing(gpu_findings)
+    code = exit_code(gpu_findings)
     if json_out:
         from .ui import emit_json
         out: dict[str, Any] = {"actions": [a.to_dict() for a in actions]}
@@ -258,7 +259,7 @@ def status(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
             typer.echo(f"key rotation in progress: old key accepted until "
                        f"{report['rotation']['old_key_expires'] or 'rotate-key --finish'}")
     if not report["healthy"]:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.RUNTIME)
 
 
 @app.command()
@@ -316,6 +317,7 @@ def doctor(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
     Exit 0 when nothing blocks; 1 when stack.yaml/.env/certs must change; 2 when the
     engine or host must (2 wins). Works without stack.yaml (host checks only)."""
     from . import doctor as doc
+    from .checks import finding_lines
 
     root = _cwd(directory)
     loaded, error = None, None
@@ -330,7 +332,7 @@ def doctor(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
         emit_json(report.to_dict())
         raise typer.Exit(report.exit_code)
     typer.echo(f"engine: {report.target}")
-    for line in doc.finding_lines(report.findings):
+    for line in finding_lines(report.findings):
         typer.echo(line)
     if report.budget_lines:
         typer.echo("GPU budget:")
@@ -491,7 +493,7 @@ def main() -> None:
         code = app(standalone_mode=False)
         # Without standalone mode click returns a raised typer.Exit(code) instead of exiting;
         # typer turns Ctrl-C into 130 the same way.
-        if code == 130:
+        if code == ExitCode.INTERRUPTED:
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
@@ -502,7 +504,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         _fail("interrupted", "run the command again; `llmstack up` converges from any state",
-              130, json_mode)
+              ExitCode.INTERRUPTED, json_mode)
     except typer.TyperException as exc:  # usage errors: bad option, unknown command
         show = getattr(exc, "show", None)
         if show:
@@ -510,10 +512,10 @@ def main() -> None:
         else:
             typer.echo(f"error: {exc.format_message()}", err=True)
         # Plain `llmstack` shows the help; anything else is a user error (exit 1).
-        sys.exit(0 if type(exc).__name__ == "NoArgsIsHelpError" else 1)
+        sys.exit(ExitCode.OK if type(exc).__name__ == "NoArgsIsHelpError" else ExitCode.CONFIG)
     except KeyboardInterrupt:
         _fail("interrupted", "run the command again; `llmstack up` converges from any state",
-              130, json_mode)
+              ExitCode.INTERRUPTED, json_mode)
     except Exception as exc:  # an engine error not wrapped yet: no traceback for users
         if os.environ.get("LLMSTACK_DEBUG"):
             raise
@@ -521,7 +523,7 @@ def main() -> None:
         _fail(f"{type(exc).__name__}: {exc}",
               "set LLMSTACK_DEBUG=1 for a traceback and report it" if not _engine_exc else
               "the Docker engine refused the operation; `llmstack doctor` checks the host",
-              2, json_mode)
+              ExitCode.RUNTIME, json_mode)
 
 
 def _fail(message: str, hint: str, code: int, json_mode: bool,

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import names, plan, tls
+from . import checks, names, plan, tls
 from .engine.containers import Project, port_free_here
-from .errors import DeployError, UserError
+from .errors import DeployError
 from .project import Loaded, write_config
 
 # How long each kind of service may take to become ready (seconds).
@@ -57,82 +57,39 @@ def compute(loaded: Loaded, project: Project) -> tuple[list[plan.ServiceSpec], l
 
 def preflight(loaded: Loaded, project: Project, wanted: list[plan.ServiceSpec],
               actions: list[plan.Action], local_engine: bool) -> None:
-    """Everything that can be known before a container starts; all problems at once."""
-    problems: list[str] = []
-    hints: list[str] = []
-    ids = project.image_ids([s.image for s in wanted])
-    missing = [tag for tag, image_id in ids.items() if image_id is None]
-    if missing:
-        problems.append("images missing on the engine: " + ", ".join(missing))
-        from .images import CATALOG, BuiltImage
+    """Everything that can be known before a container starts; all problems at once, as one
+    error whose hint is the failing findings' own fixes."""
+    facts = gather_preflight(loaded, project, wanted, actions, local_engine)
+    checks.raise_failing(checks.evaluate_preflight(loaded.spec, wanted, actions, facts),
+                         "preflight failed")
 
-        buildable = [i.tag for i in CATALOG.values() if isinstance(i, BuiltImage)]
-        own = [t for t in missing if t in buildable]
-        # llmstack/... tags that `images build` does not make exist in no registry either.
-        unknown_own = [t for t in missing if t.startswith(plan.OWN_IMAGE_PREFIX)
-                       and t not in buildable]
-        other = [t for t in missing if t not in own and t not in unknown_own]
-        if own:
-            hints.append("build them with `llmstack images build`")
-        if unknown_own:
-            hints.append("`llmstack images build` makes only " + ", ".join(buildable)
-                         + ": name one of those under `images:` in stack.yaml")
-        if other:
-            hints.append("pull them on the engine: " + "; ".join(f"docker pull {t}"
-                                                                   for t in other))
-    by_service = {s.service: s for s in wanted}
-    touching = {a.service for a in actions if a.kind in ("create", "recreate")}
-    for model in loaded.spec.models:
-        svc = by_service[names.model_service(model.name)]
+
+def gather_preflight(loaded: Loaded, project: Project, wanted: list[plan.ServiceSpec],
+                     actions: list[plan.Action], local_engine: bool) -> checks.PreflightFacts:
+    """Every engine read of preflight, and only those (checks.evaluate_preflight decides)."""
+    from .doctor import gather_gpus
+    from .engine import host
+
+    spec = loaded.spec
+    facts = checks.PreflightFacts(project.image_ids([s.image for s in wanted]),
+                                  reserve_bytes=checks.disk_reserve(os.environ))
+    present = [tag for tag, image_id in facts.image_ids.items() if image_id]
+    for model, image in checks.models_to_stat(spec, wanted, actions, present):
         src = model.parsed_source
-        if svc.service not in touching or src.kind != "volume" or svc.image in missing:
-            continue
-        if not project.volume_has(src.location, src.path, svc.image):
-            problems.append(f"model {model.name!r}: {src.path or '(volume)'} not found in "
-                            f"volume {src.location!r}")
-            hints.append("for the demo model run `llmstack images build` (it fills "
-                         "llmstack-models); otherwise copy the file into the volume")
-    nginx = by_service[names.NGINX]
-    if names.NGINX in touching:
-        others = project.published_elsewhere()
-        for _, (bind, port) in nginx.ports.items():
-            owner = others.get(port)
-            if owner:
-                problems.append(f"port {port} is already published by container {owner}")
-            elif local_engine and project.container(names.NGINX) is None and \
-                    not port_free_here(bind, port):
-                problems.append(f"port {bind}:{port} is already in use on this host")
-        if any("port" in p for p in problems):
-            hints.append("free the port or change listeners in stack.yaml")
-    problems += _disk_problems(project, [t for t, i in ids.items() if i])
-    if any("disk" in p for p in problems):
-        hints.append("free space on the engine's host (docker image prune, old models)")
+        facts.sources[model.name] = host.stat_source(project.client, image, src.kind,
+                                                     src.location, src.path, spec.project).exists
+    if names.NGINX in checks.touched(actions):
+        facts.published = host.published_ports(project.client)
+        nginx = next(s for s in wanted if s.service == names.NGINX)
+        if local_engine and project.container(names.NGINX) is None:
+            facts.busy_here = {(bind, port) for bind, port in nginx.ports.values()
+                               if not port_free_here(bind, port)}
+    # The engine's data root, read with df in a throwaway container (remote engines alike).
+    snapshot = host.host_snapshot(project.client, present, spec.project) if present else None
+    facts.df = snapshot.df if snapshot else None
     # GPUs named in stack.yaml against the host's real ones (nvidia-smi via the engine).
-    from .doctor import gpu_plan
-
-    gpu_fails = [f for f in gpu_plan(project.client, loaded.spec)[0] if f.status == "fail"]
-    problems += [f.detail for f in gpu_fails]
-    hints += [f.fix for f in gpu_fails]
-    if problems:
-        error = DeployError if any(f.scope == "host" for f in gpu_fails) else UserError
-        raise error("preflight failed:\n  - " + "\n  - ".join(problems),
-                    "; ".join(dict.fromkeys(hints)))
-
-
-def _disk_problems(project: Project, images: list[str]) -> list[str]:
-    """A nearly full disk on the engine's data root, found before any container starts (the
-    engine's host, read with df in a throwaway container: remote engines alike)."""
-    from .doctor import DISK_RESERVE_BYTES, GIB, parse_df
-    from .engine.host import host_snapshot
-
-    override = os.environ.get("LLMSTACK_MIN_FREE_DISK_GB")  # tests, and cautious operators
-    reserve = float(override) * GIB if override else DISK_RESERVE_BYTES
-    snapshot = host_snapshot(project.client, images, project.project) if images else None
-    parsed = parse_df(snapshot.df) if snapshot else None
-    if parsed is None or parsed[1] >= reserve:
-        return []
-    return [f"disk nearly full on the engine's host: {parsed[1] / GIB:.1f} GiB free, "
-            f"{reserve / GIB:.1f} GiB needed to start containers safely"]
+    facts.gpu = gather_gpus(project.client, spec)
+    return facts
 
 
 def _wait_ready(project: Project, services: list[plan.ServiceSpec], report: Reporter,

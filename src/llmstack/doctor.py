@@ -1,9 +1,9 @@
 """`llmstack doctor`: preflight of the target host and the project, one finding per check.
 
 `gather` reads the facts through the engine (engine/host.py); `evaluate_*` turn facts into
-findings without I/O, so they are unit-tested from fake engine answers. A finding that fails
-names who must act: scope "config" (stack.yaml, .env, certs/: exit 1) or "host" (the engine,
-its GPUs, disk or images: exit 2). Exit 2 wins when both kinds fail.
+findings (checks.Finding) without I/O, so they are unit-tested from fake engine answers. A
+finding that fails names who must act: scope "config" (stack.yaml, .env, certs/: exit 1) or
+"host" (the engine, its GPUs, disk or images: exit 2); `checks.exit_code` is the rule (2 wins).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import gpu as gpumod
 from . import names, tls
+from .checks import DISK_RESERVE_BYTES, GIB, Finding, exit_code, parse_df
 from .errors import LlmstackError
 
 if TYPE_CHECKING:
@@ -24,28 +25,13 @@ if TYPE_CHECKING:
     from .project import Loaded
     from .spec import StackSpec
 
-GIB = 1024**3
 MIN_API = (1, 40)  # device requests (GPUs) need Engine 19.03 / API 1.40
 SKEW_WARN_S = 60.0
 # Certificates are valid from 5 minutes before they were made (tls.py): a host clock further
 # behind than that sees a "not yet valid" certificate.
 SKEW_FAIL_S = 300.0
 DISK_WARN_BYTES = 10 * GIB
-DISK_RESERVE_BYTES = 2 * GIB
 ENV_GPU_IMAGE = "LLMSTACK_GPU_PROBE_IMAGE"
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    status: str  # ok | warn | fail
-    detail: str
-    fix: str = ""
-    scope: str = "host"  # who acts when it fails: config | host
-
-    def to_dict(self) -> dict[str, str]:
-        return {"check": self.check, "status": self.status, "detail": self.detail,
-                "fix": self.fix, "scope": self.scope}
 
 
 @dataclass
@@ -75,10 +61,7 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        fails = [f for f in self.findings if f.status == "fail"]
-        if any(f.scope == "host" for f in fails):
-            return 2
-        return 1 if fails else 0
+        return int(exit_code(self.findings))
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.exit_code == 0, "exit_code": self.exit_code, "target": self.target,
@@ -228,8 +211,7 @@ def evaluate_gpus(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
     running = {m.name for m in spec.models
                if facts.services.get(names.model_service(m.name)) == "running"}
     report = gpumod.check(spec, gpus, sizes, running)
-    for f in report.findings:
-        out.append(Finding(f.check, f.status, f.detail, f.fix, f.scope))
+    out += report.findings
     if not any(f.status != "ok" for f in report.findings):
         out.append(Finding("gpu-memory", "ok", "every GPU model fits: " + "; ".join(
             f"GPU {b.gpu.index} {_gib(b.free_after_mib)} left" for b in report.budgets
@@ -239,15 +221,6 @@ def evaluate_gpus(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
 
 def _gib(mib: float | None) -> str:
     return "?" if mib is None else f"{mib / 1024:.1f} GiB"
-
-
-def parse_df(text: str) -> tuple[int, int] | None:
-    """(total, available) bytes from `df -Pk` output (the last data line)."""
-    lines = [ln.split() for ln in text.strip().splitlines() if ln.strip()]
-    for cells in reversed(lines):
-        if len(cells) >= 6 and cells[1].isdigit() and cells[3].isdigit():
-            return int(cells[1]) * 1024, int(cells[3]) * 1024
-    return None
 
 
 def parse_proc_net(text: str) -> set[tuple[str, int]]:
@@ -479,12 +452,18 @@ def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
 
 def gpu_plan(client: Any, spec: StackSpec, gpu_image: str | None = None
              ) -> tuple[list[Finding], gpumod.GpuReport | None]:
-    """The GPU part of doctor for `plan` and `up`: the host's GPUs against stack.yaml (only
-    when a model has GPUs; ([], None) otherwise)."""
+    """The GPU part of doctor for `plan`: the host's GPUs against stack.yaml (only when a
+    model has GPUs; ([], None) otherwise)."""
+    facts = gather_gpus(client, spec, gpu_image)
+    return evaluate_gpus(spec, facts) if facts else ([], None)
+
+
+def gather_gpus(client: Any, spec: StackSpec, gpu_image: str | None = None) -> Facts | None:
+    """The facts `evaluate_gpus` needs, for `plan` and `up`; None when no model has GPUs."""
     from .engine import host
 
     if not gpumod.needs_gpus(spec):
-        return [], None
+        return None
     facts = Facts(target="")
     facts.gpu = host.query_gpus(client, probe_images(spec, gpu_image), spec.project)
     facts.services = host.running_services(client, spec.project)
@@ -495,13 +474,4 @@ def gpu_plan(client: Any, spec: StackSpec, gpu_image: str | None = None
         if m.gpu_ids and src.kind in ("volume", "host") and helper:
             facts.sources[m.name] = host.stat_source(client, helper, src.kind, src.location,
                                                      src.path, spec.project)
-    return evaluate_gpus(spec, facts)
-
-
-def finding_lines(findings: list[Finding]) -> list[str]:
-    lines = []
-    for f in findings:
-        lines.append(f"  {f.status:<5} {f.check:<16} {f.detail}")
-        if f.fix and f.status != "ok":
-            lines.append(f"  {'':<5} {'':<16} fix: {f.fix}")
-    return lines
+    return facts

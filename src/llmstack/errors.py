@@ -1,14 +1,24 @@
-"""Error types with user-facing messages and hints. Only the CLI turns them into exit codes."""
+"""Error types with user-facing messages and hints, and the exit codes. Only the CLI exits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The documented contract of every command (docs/CI.md section 7)."""
+
+    OK = 0
+    CONFIG = 1  # invalid input or configuration: stack.yaml, .env, certs/, options
+    RUNTIME = 2  # the engine, the host or a running service
+    INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 class LlmstackError(Exception):
     """Base of every error a user can act on. `exit_code` follows the documented contract."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.CONFIG
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -73,10 +83,10 @@ class SecretsError(UserError):
 class EngineError(LlmstackError):
     """The Docker engine is unreachable or refused an operation (exit 2)."""
 
-    exit_code = 2
+    exit_code = ExitCode.RUNTIME
 
 
 class DeployError(LlmstackError):
     """A service failed to start or to become ready (exit 2)."""
 
-    exit_code = 2
+    exit_code = ExitCode.RUNTIME

@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .checks import CONFIG, Finding
+
 if TYPE_CHECKING:
     from .spec import ModelSpec, StackSpec
 
@@ -272,17 +274,6 @@ def estimate(model: ModelSpec, file_bytes: int | None = None) -> Estimate:
 # --- Checks against the host -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GpuFinding:
-    """A problem (or a note) about GPUs; scope 'config' means stack.yaml must change."""
-
-    check: str  # gpu-assignment | gpu-memory
-    status: str  # ok | warn | fail
-    detail: str
-    fix: str = ""
-    scope: str = "config"
-
-
 @dataclass
 class Claim:
     model: str
@@ -327,13 +318,12 @@ class GpuBudget:
 class GpuReport:
     budgets: list[GpuBudget]
     estimates: list[Estimate]
-    findings: list[GpuFinding]
+    findings: list[Finding]  # gpu-assignment | gpu-memory, scope config: stack.yaml must change
 
     def to_dict(self) -> dict[str, Any]:
         return {"gpus": [b.to_dict() for b in self.budgets],
                 "models": [e.to_dict() for e in self.estimates],
-                "findings": [{"check": f.check, "status": f.status, "detail": f.detail,
-                              "fix": f.fix, "scope": f.scope} for f in self.findings]}
+                "findings": [f.to_dict() for f in self.findings]}
 
 
 def _gib(mib: float | None) -> str:
@@ -356,13 +346,13 @@ def check(spec: StackSpec, gpus: list[Gpu], file_sizes: dict[str, int] | None = 
     containers run already (their memory is in nvidia-smi's memory.used, so not added)."""
     file_sizes = file_sizes or {}
     budgets = {g.index: GpuBudget(g) for g in gpus}
-    findings: list[GpuFinding] = []
+    findings: list[Finding] = []
     estimates: list[Estimate] = []
     owners: dict[int, list[ModelSpec]] = {}
     have = ", ".join(f"{g.index} ({g.uuid}, {g.name})" for g in gpus) or "none"
 
     def add(check: str, status: str, detail: str, fix: str) -> None:
-        findings.append(GpuFinding(check, status, detail, fix))
+        findings.append(Finding(check, status, detail, fix, scope=CONFIG))
 
     for i, model in enumerate(spec.models):
         if not model.gpu_ids:

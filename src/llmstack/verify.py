@@ -17,8 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+from .checks import RUNTIME, Finding, exit_code
 
 if TYPE_CHECKING:
     import httpx
@@ -36,18 +38,17 @@ CHAT_MAX_TOKENS = 8
 BUFFERED_SPREAD_S = 0.002
 
 
-@dataclass
-class Check:
-    check: str
-    status: str  # ok | fail | skip
-    detail: str
-    fix: str = ""
-    seconds: float = 0.0
-    data: dict[str, Any] = field(default_factory=dict)
+def Check(check: str, status: str, detail: str, fix: str = "",
+          data: dict[str, Any] | None = None) -> Finding:
+    """A verify finding (ok | fail | skip): the live stack as a client sees it, so a failure
+    is runtime-scope (exit 2)."""
+    return Finding(check, status, detail, fix, scope=RUNTIME, data=data or {})
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"check": self.check, "status": self.status, "detail": self.detail,
-                "fix": self.fix, "seconds": round(self.seconds, 3), "data": self.data}
+
+def check_dict(c: Finding) -> dict[str, Any]:
+    """The shape of a check in `verify --json` (docs/CI.md section 8)."""
+    return {"check": c.check, "status": c.status, "detail": c.detail, "fix": c.fix,
+            "seconds": round(c.seconds, 3), "data": c.data}
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Endpoint:
 class Result:
     target: str
     endpoint: str
-    checks: list[Check]
+    checks: list[Finding]
 
     @property
     def ok(self) -> bool:
@@ -76,7 +77,7 @@ class Result:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.ok else 2
+        return int(exit_code(self.checks))
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -88,7 +89,7 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "exit_code": self.exit_code, "target": self.target,
-                "endpoint": self.endpoint, "checks": [c.to_dict() for c in self.checks],
+                "endpoint": self.endpoint, "checks": [check_dict(c) for c in self.checks],
                 "metrics": self.metrics()}
 
 
@@ -181,14 +182,14 @@ def _json(resp: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _refused(check: str, what: str) -> Check:
+def _refused(check: str, what: str) -> Finding:
     return Check(check, "fail", f"{what}: LITELLM_MASTER_KEY from .env was refused (401); "
                  "the running stack does not accept the key in .env",
                  "run `llmstack up` to ship .env's key to the edge, or restore the key the "
                  "stack was deployed with")
 
 
-def _timed(name: str, fn: Callable[[], Check]) -> Check:
+def _timed(name: str, fn: Callable[[], Finding]) -> Finding:
     import httpx
 
     started = time.monotonic()
@@ -197,14 +198,13 @@ def _timed(name: str, fn: Callable[[], Check]) -> Check:
     except httpx.HTTPError as exc:
         result = Check(name, "fail", f"request failed: {type(exc).__name__}: {exc}",
                        "is the stack up? `llmstack status`; is the port open from here?")
-    result.seconds = time.monotonic() - started
-    return result
+    return replace(result, seconds=time.monotonic() - started)
 
 
 # --- The checks -----------------------------------------------------------------------------------
 
 
-def check_tls(ep: Endpoint, ca_file: str, timeout: float) -> Check:
+def check_tls(ep: Endpoint, ca_file: str, timeout: float) -> Finding:
     ctx = ssl.create_default_context(cafile=ca_file)
     try:
         with socket.create_connection((ep.address, ep.port), timeout=timeout) as raw, \
@@ -227,7 +227,7 @@ def check_tls(ep: Endpoint, ca_file: str, timeout: float) -> Check:
                  data={"tls_version": version, "cipher": cipher, "not_after": not_after})
 
 
-def check_health(c: Client, key: str) -> Check:
+def check_health(c: Client, key: str) -> Finding:
     """With the key, /health names the services; without it, it answers the status alone."""
     anonymous = c.request("GET", "/health")
     if set(_json(anonymous)) - {"status"}:
@@ -242,7 +242,7 @@ def check_health(c: Client, key: str) -> Check:
                  + ", ".join(sorted(data.get("services", {}))), data={"status": resp.status_code})
 
 
-def check_models(c: Client, key: str, wanted: list[str]) -> Check:
+def check_models(c: Client, key: str, wanted: list[str]) -> Finding:
     resp = c.request("GET", "/v1/models", key=key)
     if resp.status_code == 401:
         return _refused("models", "GET /v1/models")
@@ -259,7 +259,7 @@ def check_models(c: Client, key: str, wanted: list[str]) -> Check:
                  data={"models": ids})
 
 
-def check_chat_stream(c: Client, key: str, model: str) -> Check:
+def check_chat_stream(c: Client, key: str, model: str) -> Finding:
     body = {"model": model, "stream": True, "max_tokens": CHAT_MAX_TOKENS, "temperature": 0,
             "messages": [{"role": "user", "content": CHAT_PROMPT}]}
     started = time.monotonic()
@@ -309,7 +309,7 @@ def check_chat_stream(c: Client, key: str, model: str) -> Check:
                  f"{len(arrivals)} chunks in {data['total_ms']} ms, unbuffered", data=data)
 
 
-def check_embeddings(c: Client, key: str, model: str) -> Check:
+def check_embeddings(c: Client, key: str, model: str) -> Finding:
     resp = c.request("POST", "/v1/embeddings", key=key,
                      body={"model": model, "input": "llmstack verify"})
     if resp.status_code == 401:
@@ -329,7 +329,7 @@ def check_embeddings(c: Client, key: str, model: str) -> Check:
                  data={"model": model, "dimension": len(vector)})
 
 
-def check_auth(c: Client) -> Check:
+def check_auth(c: Client) -> Finding:
     results = {}
     for label, key in (("wrong key", WRONG_KEY), ("no key", None)):
         resp = c.request("GET", "/v1/models", key=key)
@@ -348,7 +348,7 @@ def check_auth(c: Client) -> Check:
                  data=results)
 
 
-def check_rate_limit(c: Client, rate: int, burst: int) -> Check:
+def check_rate_limit(c: Client, rate: int, burst: int) -> Finding:
     """Send burst + rate + a few GET /health quickly (8 at a time, bounded); expect 429."""
     planned = burst + rate + RATE_PROBE_EXTRA
     count = min(planned, RATE_PROBE_MAX)
@@ -393,7 +393,7 @@ def run(loaded: Loaded, address: str, target: str, timeout: float = 60.0) -> Res
     key = loaded.keys().master
     ca = str(loaded.paths.certs / "ca.crt")
     tls_ep, api_ep, why = endpoints(spec, address)
-    checks: list[Check] = []
+    checks: list[Finding] = []
     if tls_ep:
         checks.append(_timed("tls", lambda: check_tls(tls_ep, ca, 10.0)))
     elif spec.listeners.https.enabled:

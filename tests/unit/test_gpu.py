@@ -188,6 +188,18 @@ def test_a_gpu_the_host_lacks_is_refused_naming_what_it_has() -> None:
     assert "0 (GPU-00000000-" in fail and "1 (GPU-00000001-" in fail
 
 
+def test_gpu_findings_are_config_scope_checks_findings_exit_1() -> None:
+    from llmstack import checks
+
+    report = gpu.check(stack(vllm("a", "hf:org/m-7b", [2])), host((0, 81920, 0)))
+    (fail,) = report.findings
+    assert isinstance(fail, checks.Finding) and fail.scope == "config"
+    assert checks.exit_code(report.findings) == 1
+    assert report.to_dict()["findings"] == [{"check": "gpu-assignment", "status": "fail",
+                                             "detail": fail.detail, "fix": fail.fix,
+                                             "scope": "config"}]
+
+
 def test_one_gpu_named_by_index_and_by_uuid_is_still_shared() -> None:
     gpus = host((0, 81920, 0))
     spec = stack(vllm("a", "hf:org/m-7b", [0], gpu_memory_utilization=0.4),
