@@ -57,7 +57,8 @@ def nginx_folder(root: Path, stack: StackSpec, conf: bytes | None = None) -> Pat
     (folder / "secrets").mkdir(parents=True)
     (folder / "nginx.conf").write_bytes(conf or render.render(stack).files()["nginx.conf"])
     # A rotation in progress, so the grace-window map is exercised too.
-    keys = secrets.rotated(secrets.generate(), 600, time.time())
+    keys = secrets.Keys(secrets.new_key(), secrets.new_key(), secrets.new_key(),
+                        int(time.time()) + 600)
     (folder / "secrets" / "keys.conf").write_bytes(render.render_nginx_keys(keys, time.time()))
     tls.generate(root / "certs", stack.domain)
     for name in (tls.CERT, tls.KEY):

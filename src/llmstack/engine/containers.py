@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -115,11 +114,6 @@ class Project:
             return self.client.containers.get(names.container(self.project, service))
         except self.errors.NotFound:
             return None
-
-    def read_file(self, service: str, path: str) -> bytes | None:
-        """A file from a container (running or not), or None when it is not there."""
-        files = self.read_tree(service, path)
-        return next(iter(files.values()), None) if files else None
 
     def read_tree(self, service: str, path: str) -> dict[str, bytes]:
         """The regular files under `path` in a container, keyed by their path relative to
@@ -343,12 +337,4 @@ def port_free_here(bind: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-def wait_until(check: Any, deadline: float, interval: float = 0.5) -> Any:
-    """Call `check()` until it returns a truthy value or `deadline` (monotonic) passes."""
-    while True:
-        value = check()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
