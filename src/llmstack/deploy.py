@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -34,11 +33,6 @@ class UpResult:
     actions: list[plan.Action]
     ready_seconds: dict[str, float] = field(default_factory=dict)
     changed: bool = False
-
-
-def _secrets_digest(files: dict[str, tuple[bytes, int]]) -> str:
-    return hashlib.sha256(files["secrets/keys.conf"][0] + files["secrets/tls.crt"][0]
-                          + files["secrets/tls.key"][0]).hexdigest()
 
 
 def compute(loaded: Loaded, project: Project) -> tuple[list[plan.ServiceSpec], list[plan.Action],

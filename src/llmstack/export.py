@@ -18,14 +18,13 @@ from typing import Any
 
 import yaml
 
-from . import names, secrets
+from . import gpu, names, secrets
 from .errors import UserError
 from .fsutil import write_atomic
 from .plan import ServiceSpec
 
 COMPOSE_FILE = "docker-compose.yml"
 COMPOSE_VERSION = "3.8"  # docker-compose 1.27+ reads it (and device reservations) as the spec
-ROOT_CAPS = ["CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER"]
 GITIGNORE = ("# written by llmstack export: secrets stay out of git\n"
              "*.env\n.env\nconfig/*/secrets/\n")
 
@@ -52,20 +51,14 @@ def _esc(value: str) -> str:
     return value.replace("$", "$$")
 
 
-def _owner(user: str | None) -> tuple[int, int] | None:
-    if not user:
-        return None
-    uid, _, gid = user.partition(":")
-    return int(uid), int(gid or uid)
-
-
 def _port(container_port: str, bind: str, port: int) -> str:
     host = f"[{bind}]" if ":" in bind else bind
     return f"{host}:{port}:{container_port}"
 
 
 def _service(spec_project: str, svc: ServiceSpec, env_file: str | None) -> dict[str, Any]:
-    """One compose service with every setting `Project.start` gives the container."""
+    """One compose service with every setting `Project.start` gives the container: a
+    translation of `svc`, deciding nothing (tests/unit/test_settings_agree.py compares them)."""
     out: dict[str, Any] = {
         "image": svc.image,
         "container_name": names.container(spec_project, svc.service),
@@ -98,14 +91,15 @@ def _service(spec_project: str, svc: ServiceSpec, env_file: str | None) -> dict[
         out["user"] = svc.user
     out["read_only"] = svc.read_only
     out["tmpfs"] = [f"{path}:{options}" for path, options in svc.tmpfs.items()]
-    out["cap_drop"] = ["ALL"]
-    if not svc.user:
-        out["cap_add"] = list(ROOT_CAPS)  # root-in-container images switch users, own files
-    out["security_opt"] = ["no-new-privileges:true"]
-    out["init"] = True
-    out["restart"] = "unless-stopped"
+    out["cap_drop"] = list(svc.cap_drop)
+    if svc.cap_add:
+        out["cap_add"] = list(svc.cap_add)
+    if svc.no_new_privileges:
+        out["security_opt"] = ["no-new-privileges:true"]
+    out["init"] = svc.init
+    out["restart"] = svc.restart
     res = svc.resources
-    out["pids_limit"] = res.pids or 4096
+    out["pids_limit"] = svc.pids_limit
     if res.memory:
         out["mem_limit"] = res.memory
     if res.cpus:
@@ -115,9 +109,12 @@ def _service(spec_project: str, svc: ServiceSpec, env_file: str | None) -> dict[
     if svc.depends_on:
         out["depends_on"] = list(svc.depends_on)
     if svc.gpus:
-        # Exactly the listed GPUs (device_ids, never a count), as `up` requests them.
+        # Exactly the listed GPUs (device_ids, never a count), as `up` requests them; compose
+        # writes the engine's capability sets ([["gpu"]]) as one flat list.
+        request = gpu.device_request(svc.gpus)
         out["deploy"] = {"resources": {"reservations": {"devices": [
-            {"capabilities": ["gpu"], "device_ids": list(svc.gpus)}]}}}
+            {"capabilities": [c for caps in request["capabilities"] for c in caps],
+             "device_ids": request["device_ids"]}]}}}
     return out
 
 
@@ -139,7 +136,7 @@ def compose(project: str, services: list[ServiceSpec],
             text = "".join(f"{k}={v}\n" for k, v in secret_env.items())
             files[env_file] = ExportFile(text.encode(), 0o600)  # read by compose, not mounted
         body[svc.service] = _service(project, svc, env_file)
-        owner = _owner(svc.user)
+        owner = svc.owner
         for name, data in sorted(svc.config.items()):
             files[f"config/{svc.service}/{name}"] = ExportFile(data, 0o644)
         if svc.role == names.NGINX:

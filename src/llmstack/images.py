@@ -7,11 +7,13 @@ with the package (``images/<name>/``). ``engine.images`` does the building.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 LITELLM_VERSION = "1.108.7"
 # Releases known to be compromised: never build or accept them.
 LITELLM_FORBIDDEN_VERSIONS = frozenset({"1.82.7", "1.82.8"})
+_VERSION_RE = re.compile(r"\d+(?:\.\d+)+")
 PRISMA_VERSION = "0.15.0"
 
 # The tiny real model used by the demo/default stack and the integration tests.
@@ -25,6 +27,11 @@ DEMO_MODEL_SIZE = 98_362_432
 
 # Label put on everything llmstack creates outside a project (volumes, images).
 MANAGED_LABEL = "llmstack.managed"
+# Images llmstack builds are named llmstack/<name>:<tag>.
+OWN_IMAGE_PREFIX = "llmstack/"
+# Non-root uid/gid ("llmstack") every built image runs as (passed to each Dockerfile as the build
+# argument LLMSTACK_UID); fixed so volume ownership is predictable.
+IMAGE_UID = 10001
 
 
 @dataclass(frozen=True)
@@ -55,26 +62,31 @@ class BuiltImage:
 
 ImageSpec = BaseImage | BuiltImage
 
-BASE_BOOKWORM = BaseImage(key="base-bookworm", tag="llmstack/base:bookworm", suite="bookworm")
+BASE_BOOKWORM = BaseImage(
+    key="base-bookworm", tag=f"{OWN_IMAGE_PREFIX}base:bookworm", suite="bookworm"
+)
 BASE_FORKY = BaseImage(
     key="base-forky",
-    tag="llmstack/base:forky",
+    tag=f"{OWN_IMAGE_PREFIX}base:forky",
     suite="forky",
     script="sid",
     no_check_valid_until=True,
 )
 NGINX = BuiltImage(
-    key="nginx", tag="llmstack/nginx:1.22", context="nginx", depends_on=("base-bookworm",)
+    key="nginx", tag=f"{OWN_IMAGE_PREFIX}nginx:1.22", context="nginx", depends_on=("base-bookworm",)
 )
 LITELLM = BuiltImage(
     key="litellm",
-    tag=f"llmstack/litellm:{LITELLM_VERSION}",
+    tag=f"{OWN_IMAGE_PREFIX}litellm:{LITELLM_VERSION}",
     context="litellm",
     depends_on=("base-bookworm",),
     needs_ca_bundle=True,
 )
 LLAMACPP = BuiltImage(
-    key="llamacpp", tag="llmstack/llamacpp:forky", context="llamacpp", depends_on=("base-forky",)
+    key="llamacpp",
+    tag=f"{OWN_IMAGE_PREFIX}llamacpp:forky",
+    context="llamacpp",
+    depends_on=("base-forky",),
 )
 
 # Dependency order: every image comes after the images it is built FROM.
@@ -82,12 +94,21 @@ CATALOG: dict[str, ImageSpec] = {
     spec.key: spec for spec in (BASE_BOOKWORM, BASE_FORKY, NGINX, LITELLM, LLAMACPP)
 }
 
-# Paths and ports baked into the images, shared with the renderer and backends.
+# Paths baked into the images.
 LLAMA_SERVER_BIN = "llama-server"
-NGINX_CONFIG_DIR = "/etc/llmstack/nginx"
-LITELLM_CONFIG_DIR = "/etc/llmstack/litellm"
-# Non-root uid/gid ("llmstack") every built image runs as; fixed so volume ownership is predictable.
-IMAGE_UID = 10001
+
+
+def forbidden_litellm_version(image: str) -> str | None:
+    """The compromised LiteLLM release an image reference's tag names, or None.
+
+    Any version-looking part of the tag counts ("1.82.7", "v1.82.7-stable", "main-1.82.8"),
+    so a tag naming a compromised release is refused whatever its repository."""
+    ref = image.split("@", 1)[0]
+    tag = ref.rsplit(":", 1)[1] if ":" in ref.rsplit("/", 1)[-1] else ""
+    for version in _VERSION_RE.findall(tag):
+        if version in LITELLM_FORBIDDEN_VERSIONS:
+            return version
+    return None
 
 
 def key_of(name: str) -> str:

@@ -14,6 +14,8 @@ LITELLM, HEALTH, NGINX = "litellm", "health", "nginx"
 LITELLM_PORT, HEALTH_PORT = 4000, 8090
 # Ports nginx listens on inside its container; stack.yaml's ports are published onto them.
 NGINX_PORTS = {"local": 8080, "lan": 8081, "https": 8443}
+# Where each service finds its config volume inside its container: CONFIG_ROOT/<service>.
+CONFIG_ROOT = "/etc/llmstack"
 
 
 def model_service(model_name: str) -> str:
@@ -30,6 +32,11 @@ def container(project: str, service: str) -> str:
 
 def network(project: str) -> str:
     return f"{project}-net"
+
+
+def config_dir(service: str) -> str:
+    """The folder a service's config volume is mounted on in its container."""
+    return f"{CONFIG_ROOT}/{service}"
 
 
 def config_volume(project: str, service: str) -> str:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from . import names, sizing
+from . import images, names, sizing
 from .backends import BACKENDS, Mount
 from .render import NGINX_SPOOL_DIR, Rendered
 from .spec import Resources, StackSpec
 
 # Images llmstack builds itself run as this uid with a read-only root filesystem.
-OWN_IMAGE_PREFIX = "llmstack/"
-OWN_UID = "10001:10001"
-CONFIG_ROOT = "/etc/llmstack"
+OWN_IMAGE_PREFIX = images.OWN_IMAGE_PREFIX
+OWN_UID = f"{images.IMAGE_UID}:{images.IMAGE_UID}"
+CONFIG_ROOT = names.CONFIG_ROOT
 # Every container's /tmp is a tmpfs: the root filesystem is read-only, and tmpfs pages count
 # against the container's memory limit, so each service's size is part of its budget.
 TMPFS_OPTIONS = "rw,nosuid,nodev"
@@ -22,6 +23,12 @@ DEFAULT_TMPFS = {"/tmp": f"{TMPFS_OPTIONS},size=256m"}
 # nginx keeps only its pid and (unused: buffering is off) proxy temp files in /tmp; request
 # bodies over its buffer go to this disk-backed volume instead (render.NGINX_SPOOL_DIR).
 NGINX_TMPFS = {"/tmp": f"{TMPFS_OPTIONS},size=16m"}
+# Every container drops every capability. Root-in-container images (vllm, ollama, tgi) still
+# need these few to switch users and own their files; llmstack's own images need none.
+ROOT_IMAGE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
+# Process limit of a container whose resources name none.
+DEFAULT_PIDS = 4096
+RESTART_POLICY = "unless-stopped"
 
 
 def nginx_spool(project: str) -> Mount:
@@ -30,8 +37,9 @@ def nginx_spool(project: str) -> Mount:
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """Everything needed to create one container. Secrets appear only in `env` values and
-    `secret_files`; the config hash covers their digests, never prints them."""
+    """Everything needed to create one container, decided here once: `Project.start` (Docker)
+    and `export.compose` only translate these fields. Secrets appear only in `env` values;
+    the config hash covers their digests, never prints them."""
 
     service: str
     role: str
@@ -46,15 +54,26 @@ class ServiceSpec:
     shm_size: str | None = None
     tmpfs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TMPFS))
     resources: Resources = field(default_factory=Resources)
-    user: str | None = None
+    user: str | None = None  # "uid:gid"; None runs the image's own user
     read_only: bool = False
+    cap_drop: tuple[str, ...] = ("ALL",)
+    cap_add: tuple[str, ...] = ()
+    no_new_privileges: bool = True
+    pids_limit: int = DEFAULT_PIDS  # resources.pids, or DEFAULT_PIDS when it names none
+    init: bool = True  # a tiny init as PID 1 reaps zombies and forwards signals
+    restart: str = RESTART_POLICY
     probe: tuple[int, str] | None = None  # (port, path) answered 200 when ready
     depends_on: tuple[str, ...] = ()
     secret_env: tuple[str, ...] = ()
 
     @property
     def config_mount(self) -> str:
-        return f"{CONFIG_ROOT}/{self.service}"
+        return names.config_dir(self.service)
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """`user` as numbers (uid, gid), or None for the image's own user (root)."""
+        return parse_user(self.user)
 
     def config_hash(self) -> str:
         """Stable digest of every setting; secret values enter only as their own digests."""
@@ -67,25 +86,37 @@ class ServiceSpec:
         return _digest(blob)[:16]
 
 
+def parse_user(user: str | None) -> tuple[int, int] | None:
+    """A container user "uid[:gid]" as (uid, gid); None for none (the image's own user)."""
+    if not user:
+        return None
+    uid, _, gid = user.partition(":")
+    return int(uid), int(gid or uid)
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _hardening(image: str) -> dict[str, object]:
+def _hardening(image: str, resources: Resources) -> dict[str, Any]:
+    """The security settings of a container of `image`: llmstack's own images run as OWN_UID
+    on a read-only root with no capability; others as their root user with ROOT_IMAGE_CAPS."""
     own = image.startswith(OWN_IMAGE_PREFIX)
-    return {"user": OWN_UID if own else None, "read_only": own}
+    return {"user": OWN_UID if own else None, "read_only": own,
+            "cap_add": () if own else ROOT_IMAGE_CAPS,
+            "resources": resources, "pids_limit": resources.pids or DEFAULT_PIDS}
 
 
 def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[ServiceSpec]:
     """The containers of the stack in start order: health, models, litellm, nginx."""
-    cfg = CONFIG_ROOT
     health_image = spec.images.litellm  # any image with python3; LiteLLM's is already here
     services = [ServiceSpec(
         service=names.HEALTH, role=names.HEALTH, image=health_image,
         entrypoint=["python3"],
-        command=[f"{cfg}/{names.HEALTH}/healthd.py", f"{cfg}/{names.HEALTH}/health.json"],
+        command=[f"{names.config_dir(names.HEALTH)}/healthd.py",
+                 f"{names.config_dir(names.HEALTH)}/health.json"],
         config=rendered.services[names.HEALTH],
-        resources=Resources(memory="128m", pids=64), **_hardening(health_image),  # type: ignore[arg-type]
+        **_hardening(health_image, Resources(memory="128m", pids=64)),
         probe=(names.HEALTH_PORT, "/live"),
     )]
     model_services = []
@@ -99,19 +130,19 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
             service=service, role="model", image=image, command=launch.command,
             env=dict(launch.env), mounts=launch.mounts, gpus=model.gpu_ids,
             # Every container has a memory limit: a model's defaults to its estimated needs.
-            shm_size=launch.shm_size, resources=sizing.model_resources(model),
-            probe=(backend.port, backend.health_path), **_hardening(image),  # type: ignore[arg-type]
+            shm_size=launch.shm_size, probe=(backend.port, backend.health_path),
+            **_hardening(image, sizing.model_resources(model)),
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                    "HOME": "/tmp", "LITELLM_LOG": "ERROR"}
     services.append(ServiceSpec(
         service=names.LITELLM, role=names.LITELLM, image=spec.images.litellm,
-        command=["--config", f"{cfg}/{names.LITELLM}/litellm.yaml", "--host", "0.0.0.0",
+        command=["--config", f"{names.config_dir(names.LITELLM)}/litellm.yaml", "--host", "0.0.0.0",
                  "--port", str(names.LITELLM_PORT), "--num_workers", "1"],
         env=litellm_env, secret_env=("LITELLM_MASTER_KEY",),
-        config=rendered.services[names.LITELLM], resources=spec.resources.litellm,
-        probe=(names.LITELLM_PORT, "/health/readiness"),
-        depends_on=tuple(model_services), **_hardening(spec.images.litellm),  # type: ignore[arg-type]
+        config=rendered.services[names.LITELLM], probe=(names.LITELLM_PORT, "/health/readiness"),
+        depends_on=tuple(model_services),
+        **_hardening(spec.images.litellm, spec.resources.litellm),
     ))
     ports = {f"{names.NGINX_PORTS[n]}/tcp": (lst.bind, lst.port)
              for n, lst in spec.listeners if lst.enabled}
@@ -121,10 +152,11 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
     services.append(ServiceSpec(
         service=names.NGINX, role=names.NGINX, image=spec.images.nginx,
         entrypoint=["nginx"],
-        command=["-c", f"{cfg}/{names.NGINX}/nginx.conf", "-g", "daemon off;"],
-        ports=ports, config=rendered.services[names.NGINX], resources=spec.resources.nginx,
-        probe=nginx_probe, mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS),
-        depends_on=(names.LITELLM, names.HEALTH), **_hardening(spec.images.nginx),  # type: ignore[arg-type]
+        command=["-c", f"{names.config_dir(names.NGINX)}/nginx.conf", "-g", "daemon off;"],
+        ports=ports, config=rendered.services[names.NGINX], probe=nginx_probe,
+        mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS),
+        depends_on=(names.LITELLM, names.HEALTH),
+        **_hardening(spec.images.nginx, spec.resources.nginx),
     ))
     return services
 

@@ -14,8 +14,8 @@ from .resources import data_dir
 from .secrets import Keys
 from .spec import StackSpec
 
-SECRETS_DIR = "/etc/llmstack/nginx/secrets"
-NGINX_CONF_DIR = "/etc/llmstack/nginx"
+NGINX_CONF_DIR = names.config_dir(names.NGINX)
+SECRETS_DIR = f"{NGINX_CONF_DIR}/secrets"
 # Seconds old nginx workers get to finish in-flight requests after a reload (key rotation,
 # `up`). Long enough for long LLM streams on slow hardware: 30 s cut streams measured on
 # CPU. Old workers take no new request (keep-alive ends with the request in flight), so

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets as _secrets
 import stat
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SecretsError
@@ -123,10 +123,3 @@ def write_keys(path: Path, keys: Keys) -> None:
 def generate() -> Keys:
     return Keys(master=new_key(), internal=new_key())
 
-
-def rotated(keys: Keys, grace_seconds: int, now: float) -> Keys:
-    """A new master key; the old one stays accepted for `grace_seconds` (0: not at all)."""
-    if grace_seconds > 0:
-        return replace(keys, master=new_key(), previous=keys.master,
-                       previous_expires=int(now) + grace_seconds)
-    return replace(keys, master=new_key(), previous=None, previous_expires=None)

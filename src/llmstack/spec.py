@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
 )
 
+from . import images as catalog
 from .backends import BACKENDS
 from .errors import Problem, SpecError
 from .yamlsrc import load
@@ -73,10 +74,11 @@ def host_name(value: str) -> str:
                          "253 characters) or an IP address without a scope ID")
     return value.lower()
 
+# llmstack's own images come from the build catalog (images.py): one place for their tags.
 DEFAULT_IMAGES: dict[str, str] = {
-    "nginx": "llmstack/nginx:1.22",
-    "litellm": "llmstack/litellm:1.108.7",
-    "llamacpp": "llmstack/llamacpp:forky",
+    "nginx": catalog.NGINX.tag,
+    "litellm": catalog.LITELLM.tag,
+    "llamacpp": catalog.LLAMACPP.tag,
     "llamacpp-cuda": "ghcr.io/ggml-org/llama.cpp:server-cuda",
     "vllm": "vllm/vllm-openai:v0.11.0",
     "ollama": "ollama/ollama:0.12.6",
@@ -289,6 +291,15 @@ class Images(Strict):
     def _image(cls, value: str) -> str:
         if not IMAGE_RE.fullmatch(value):
             raise ValueError("is not a valid image reference (e.g. nginx:1.27 or repo/name:tag)")
+        return value
+
+    @field_validator("litellm")
+    @classmethod
+    def _litellm(cls, value: str) -> str:
+        bad = catalog.forbidden_litellm_version(value)
+        if bad:
+            raise ValueError(f"names LiteLLM {bad}, a compromised release that must never run; "
+                             f"use the default {DEFAULT_IMAGES['litellm']}")
         return value
 
     def for_key(self, key: str) -> str:

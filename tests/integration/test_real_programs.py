@@ -57,7 +57,8 @@ def nginx_folder(root: Path, stack: StackSpec, conf: bytes | None = None) -> Pat
     (folder / "secrets").mkdir(parents=True)
     (folder / "nginx.conf").write_bytes(conf or render.render(stack).files()["nginx.conf"])
     # A rotation in progress, so the grace-window map is exercised too.
-    keys = secrets.rotated(secrets.generate(), 600, time.time())
+    keys = secrets.Keys(secrets.new_key(), secrets.new_key(), secrets.new_key(),
+                        int(time.time()) + 600)
     (folder / "secrets" / "keys.conf").write_bytes(render.render_nginx_keys(keys, time.time()))
     tls.generate(root / "certs", stack.domain)
     for name in (tls.CERT, tls.KEY):
@@ -100,23 +101,38 @@ def upstream_net(docker_client: Any) -> Iterator[str]:
         network.remove()
 
 
-def nginx_t(client: Any, folder: Path, network: str) -> tuple[int, str]:
-    """`nginx -t` of the real image, as `up` runs it: its user, read-only root, /tmp tmpfs."""
-    return run_once(client, NGINX_IMAGE, entrypoint=["nginx"],
-                    command=["-t", "-c", f"{render.NGINX_CONF_DIR}/nginx.conf"],
-                    network=network, user=plan.OWN_UID, read_only=True,
-                    # /tmp as `up` mounts it; an anonymous volume stands in for the body spool
-                    # volume (a fresh volume takes the image's owner of the folder, as up's).
-                    tmpfs=dict(plan.NGINX_TMPFS),
-                    volumes={str(folder): {"bind": render.NGINX_CONF_DIR, "mode": "ro"}},
-                    mounts=[Mount(target=render.NGINX_SPOOL_DIR, source=None, type="volume")])
+def nginx_service(stack: StackSpec) -> plan.ServiceSpec:
+    """nginx's container settings as the plan decides them for `up`, in llmstack's nginx image
+    (the one here: a stack naming another gets it from its registry)."""
+    stack = stack.model_copy(update={"images": stack.images.model_copy(
+        update={"nginx": NGINX_IMAGE})})
+    wanted = plan.desired(stack, render.render(stack), secrets.new_key())
+    return next(svc for svc in wanted if svc.role == names.NGINX)
+
+
+def nginx_t(client: Any, stack: StackSpec, folder: Path, network: str) -> tuple[int, str]:
+    """`nginx -t` of the real image, as `up` runs it: the plan's user, read-only root, /tmp
+    tmpfs, capabilities and no-new-privileges for nginx. An anonymous volume stands in for each
+    volume of the stack's own (the body spool: a fresh volume takes the image's owner of the
+    folder, as up's)."""
+    svc = nginx_service(stack)
+    own_volumes = [Mount(target=m.target, source=None, type="volume", read_only=m.read_only)
+                   for m in svc.mounts if m.managed]
+    return run_once(client, svc.image, entrypoint=svc.entrypoint,
+                    command=["-t", "-c", f"{svc.config_mount}/nginx.conf"],
+                    network=network, user=svc.user, read_only=svc.read_only,
+                    tmpfs=dict(svc.tmpfs), cap_drop=list(svc.cap_drop),
+                    cap_add=list(svc.cap_add) or None,
+                    security_opt=["no-new-privileges=true"] if svc.no_new_privileges else None,
+                    volumes={str(folder): {"bind": svc.config_mount, "mode": "ro"}},
+                    mounts=own_volumes)
 
 
 @pytest.mark.parametrize("case", [*CASES, "starter"])
 def test_rendered_nginx_conf_passes_nginx_t_in_the_nginx_image(
         docker_client: Any, upstream_net: str, tmp_path: Path, case: str) -> None:
-    folder = nginx_folder(tmp_path, stack_of(case))
-    code, output = nginx_t(docker_client, folder, upstream_net)
+    stack = stack_of(case)
+    code, output = nginx_t(docker_client, stack, nginx_folder(tmp_path, stack), upstream_net)
     assert code == 0, output
     assert "syntax is ok" in output and "test is successful" in output
 
@@ -127,11 +143,13 @@ def test_nginx_t_harness_catches_a_bad_config(docker_client: Any, upstream_net: 
     stack = stack_of("starter")
     conf = render.render(stack).files()["nginx.conf"].replace(
         b"proxy_buffering off;", b"proxy_buffering sometimes;")
-    code, output = nginx_t(docker_client, nginx_folder(tmp_path / "a", stack, conf), upstream_net)
+    code, output = nginx_t(docker_client, stack, nginx_folder(tmp_path / "a", stack, conf),
+                           upstream_net)
     assert code != 0 and "proxy_buffering" in output
     conf = render.render(stack).files()["nginx.conf"].replace(
         b"server llmstack-litellm:", b"server nowhere-litellm:")
-    code, output = nginx_t(docker_client, nginx_folder(tmp_path / "b", stack, conf), upstream_net)
+    code, output = nginx_t(docker_client, stack, nginx_folder(tmp_path / "b", stack, conf),
+                           upstream_net)
     assert code != 0 and "host not found" in output
 
 

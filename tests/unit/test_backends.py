@@ -1,5 +1,8 @@
-"""Every backend's container: image, command line, mounts, env, shm and GPUs (golden file).
+"""Every backend's container as the engine receives it: image, command line, mounts, env,
+shm, GPUs and the security settings (golden file).
 
+"create" in the golden file is what `Project.start` passes to docker's `containers.create` for
+the model's service (recorded by a stand-in client; the config hash label is a placeholder).
 The golden file tests/unit/golden_backends.json is reviewed by hand; after an intended change
 regenerate it with `UPDATE_GOLDEN=1 python -m pytest tests/unit/test_backends.py` and read
 the diff.
@@ -9,15 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmstack import gpu
+from llmstack import names, plan, render
 from llmstack.backends import BACKENDS
 from llmstack.spec import StackSpec
+from tests.unit.recording_engine import as_json, started
 
 GOLDEN = Path(__file__).with_name("golden_backends.json")
 
@@ -55,14 +58,11 @@ def container(case: dict[str, Any]) -> dict[str, Any]:
     spec = StackSpec.model_validate({"models": [case]})
     model = spec.models[0]
     backend = BACKENDS[model.backend]
-    launch = backend.launch(model)
+    service = names.model_service(model.name)
+    wanted = [s for s in plan.desired(spec, render.render(spec), "sk-internal")
+              if s.service == service]
     return {
-        "image": spec.image_for(model),
-        "command": launch.command,
-        "mounts": [asdict(m) for m in launch.mounts],
-        "env": launch.env,
-        "shm_size": launch.shm_size,
-        "device_request": gpu.device_request(model.gpu_ids) if model.gpu_ids else None,
+        "create": as_json(started(spec.project, wanted)[service]),
         "port": backend.port,
         "readiness": backend.health_path,
         "served_name": backend.served_name(model),
@@ -90,27 +90,44 @@ def test_container_matches_golden(name: str) -> None:
 def test_vllm_tensor_parallel_size_and_shared_memory_follow_the_gpus() -> None:
     one = container(CASES["vllm-one-gpu-hf"])
     two = container(CASES["vllm-tensor-parallel-uuids"])
+    one, two = one["create"], two["create"]
     tp = two["command"].index("--tensor-parallel-size")
     assert two["command"][tp + 1] == "2"
     assert one["command"][one["command"].index("--tensor-parallel-size") + 1] == "1"
     assert two["shm_size"] == "8g" and one["shm_size"] == "2g"
     assert two["command"][two["command"].index("--gpu-memory-utilization") + 1] == "0.85"
     assert two["command"][two["command"].index("--served-model-name") + 1] == "llama-70b"
-    assert two["device_request"]["device_ids"] == CASES["vllm-tensor-parallel-uuids"]["gpus"]
+    [request] = two["device_requests"]
+    assert request["DeviceIDs"] == CASES["vllm-tensor-parallel-uuids"]["gpus"]
+    assert request["Capabilities"] == [["gpu"]] and not request["Count"]
 
 
 def test_llamacpp_uses_its_cuda_image_and_offloads_only_with_gpus() -> None:
-    cpu = container(CASES["llamacpp-cpu-chat"])
-    cuda = container(CASES["llamacpp-cuda-host-file"])
+    cpu = container(CASES["llamacpp-cpu-chat"])["create"]
+    cuda = container(CASES["llamacpp-cuda-host-file"])["create"]
     assert cpu["image"] == "llmstack/llamacpp:forky" and "--n-gpu-layers" not in cpu["command"]
     assert cuda["image"] == "ghcr.io/ggml-org/llama.cpp:server-cuda"
     assert cuda["command"][cuda["command"].index("--n-gpu-layers") + 1] == "999"
-    assert cuda["mounts"] == [{"source": "/srv/models", "target": "/models", "kind": "bind",
-                               "read_only": True, "managed": False}]
-    assert cpu["device_request"] is None
+    assert cuda["mounts"] == [{"Source": "/srv/models", "Target": "/models", "Type": "bind",
+                               "ReadOnly": True}]
+    assert "device_requests" not in cpu
+    assert cuda["device_requests"][0]["DeviceIDs"] == ["1"]
 
 
 def test_tgi_shards_over_its_gpus() -> None:
-    tgi = container(CASES["tgi-two-shards"])
+    tgi = container(CASES["tgi-two-shards"])["create"]
     assert tgi["command"][tgi["command"].index("--num-shard") + 1] == "2"
-    assert tgi["device_request"] == {"device_ids": ["0", "1"], "capabilities": [["gpu"]]}
+    assert tgi["device_requests"] == [{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"],
+                                       "Capabilities": [["gpu"]], "Options": {}}]
+
+
+def test_own_images_run_unprivileged_and_root_images_get_only_their_few_capabilities() -> None:
+    own = container(CASES["llamacpp-cpu-chat"])["create"]
+    assert own["user"] == plan.OWN_UID and own["read_only"] is True
+    assert own["cap_drop"] == ["ALL"] and "cap_add" not in own
+    for case in ("vllm-one-gpu-hf", "ollama-cpu-tag", "tgi-two-shards"):
+        root = container(CASES[case])["create"]
+        assert "user" not in root and root["read_only"] is False, case
+        assert root["cap_drop"] == ["ALL"], case
+        assert root["cap_add"] == list(plan.ROOT_IMAGE_CAPS), case
+        assert root["security_opt"] == ["no-new-privileges=true"], case

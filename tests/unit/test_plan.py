@@ -9,6 +9,7 @@ import copy
 from dataclasses import replace
 from typing import Any
 
+import pytest
 import yaml
 
 from llmstack import initialize, names, plan, render, secrets, sizing, spec
@@ -119,6 +120,31 @@ def test_a_models_own_memory_limit_wins_and_cpus_pids_stay() -> None:
     assert (chat.memory, chat.cpus, chat.pids) == ("3g", 2, None)
     assert (embed.memory, embed.pids) == ("1g", 128)
     assert by_name[CHAT].config_hash() != {s.service: s for s in wanted()}[CHAT].config_hash()
+    # pids: the model's own, else the default every container gets.
+    assert (by_name[CHAT].pids_limit, by_name[EMBED].pids_limit) == (plan.DEFAULT_PIDS, 128)
+
+
+def test_security_settings_are_decided_by_the_plan_per_image() -> None:
+    def root_image(d: dict[str, Any]) -> None:
+        d["models"][0]["image"] = "ghcr.io/ggml-org/llama.cpp:server"
+
+    by_name = {s.service: s for s in wanted(root_image)}
+    own, root = by_name[EMBED], by_name[CHAT]
+    assert (own.user, own.read_only, own.cap_add) == (plan.OWN_UID, True, ())
+    assert (root.user, root.read_only, root.cap_add) == (None, False, plan.ROOT_IMAGE_CAPS)
+    assert (root.owner, own.owner) == (None, (10001, 10001))
+    for svc in by_name.values():
+        assert svc.cap_drop == ("ALL",) and svc.no_new_privileges and svc.init
+        assert svc.restart == "unless-stopped"
+    assert by_name[names.HEALTH].pids_limit == 64 and by_name[names.NGINX].pids_limit == 256
+
+
+@pytest.mark.parametrize("change", [{"cap_add": ("NET_RAW",)}, {"no_new_privileges": False},
+                                    {"pids_limit": 99}, {"init": False}, {"restart": "no"},
+                                    {"cap_drop": ()}])
+def test_config_hash_covers_the_security_settings(change: dict[str, Any]) -> None:
+    svc = wanted()[0]
+    assert replace(svc, **change).config_hash() != svc.config_hash()
 
 
 def test_changing_one_models_args_changes_only_that_models_hash() -> None:

@@ -34,6 +34,11 @@ def rendered_from(text: str) -> Rendered:
     return render.render(spec.parse(text))
 
 
+def in_rotation(previous_expires: int) -> secrets.Keys:
+    """Keys during a rotation: a new master key, the old one accepted until `previous_expires`."""
+    return secrets.Keys(secrets.new_key(), secrets.new_key(), secrets.new_key(), previous_expires)
+
+
 def demo() -> Rendered:
     return rendered_from(initialize.starter())
 
@@ -135,7 +140,7 @@ def test_every_rendered_file_says_it_is_generated() -> None:
 
 
 def test_no_secret_in_rendered_files() -> None:
-    keys = secrets.rotated(secrets.generate(), 600, 1_700_000_000)
+    keys = in_rotation(1_700_000_000 + 600)
     r = demo()
     keys_conf = render.render_nginx_keys(keys, 1_700_000_100)
     for secret in (keys.master, keys.internal, keys.previous):
@@ -247,7 +252,7 @@ def test_lossy_model_names_get_distinct_container_names() -> None:
 
 
 def test_keys_conf_accepts_previous_key_only_before_its_expiry() -> None:
-    keys = secrets.rotated(secrets.generate(), 600, 1_700_000_000)
+    keys = in_rotation(1_700_000_000 + 600)
     during = render.render_nginx_keys(keys, 1_700_000_100).decode()
     assert f"+{keys.previous}$\" previous;" in during
     pattern = re.search(r'"~\^previous:(.+)\\\." 1;', during)

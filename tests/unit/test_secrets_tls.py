@@ -61,7 +61,7 @@ def test_env_round_trip_keeps_user_variables(tmp_path: Path) -> None:
     secrets.write_keys(path, keys)
     with path.open("a") as handle:
         handle.write("export HF_TOKEN='hf_abc'\n")
-    again = secrets.rotated(keys, 0, 0)
+    again = secrets.Keys(secrets.new_key(), keys.internal)
     secrets.write_keys(path, again)
     assert secrets.load_keys(path) == again
     assert secrets.read_env(path)["HF_TOKEN"] == "hf_abc"
@@ -175,22 +175,13 @@ def test_backup_of_a_key_is_never_readable_by_others(tmp_path: Path,
 
 def test_rotation_with_grace_keeps_the_old_key_until_expiry(tmp_path: Path) -> None:
     keys = secrets.generate()
-    new = secrets.rotated(keys, grace_seconds=600, now=1000.5)
-    assert new.master != keys.master and new.internal == keys.internal
-    assert (new.previous, new.previous_expires) == (keys.master, 1600)
+    new = secrets.Keys(secrets.new_key(), keys.internal, keys.master, 1600)
     assert new.accepted(1599) == [new.master, keys.master]
     assert new.accepted(1600) == [new.master]
     path = tmp_path / ".env"
     secrets.write_keys(path, new)
     assert secrets.load_keys(path) == new
     assert mode(path) == 0o600
-
-
-def test_rotation_without_grace_drops_the_old_key() -> None:
-    keys = secrets.rotated(secrets.generate(), 600, 0)
-    new = secrets.rotated(keys, grace_seconds=0, now=10)
-    assert new.previous is None and new.previous_expires is None
-    assert new.accepted(10) == [new.master]
 
 
 def test_rotation_without_expiry_keeps_the_old_key_until_finished() -> None:
@@ -200,7 +191,7 @@ def test_rotation_without_expiry_keeps_the_old_key_until_finished() -> None:
 
 def test_bad_rotation_expiry_is_reported(tmp_path: Path) -> None:
     path = tmp_path / ".env"
-    keys = secrets.rotated(secrets.generate(), 60, 0)
+    keys = secrets.Keys(secrets.new_key(), secrets.new_key(), secrets.new_key(), 60)
     secrets.write_keys(path, keys)
     text = path.read_text().replace(f"{secrets.PREVIOUS_EXPIRES}=60",
                                     f"{secrets.PREVIOUS_EXPIRES}=soon")

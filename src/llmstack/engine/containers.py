@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import names
+from .. import gpu, names
 from ..errors import EngineError
-from ..plan import Actual, ServiceSpec
+from ..plan import Actual, ServiceSpec, parse_user
 
 if TYPE_CHECKING:
     import docker
@@ -61,10 +60,7 @@ def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int) -> bytes:
 
 
 def _uid(user: str | None) -> tuple[int, int]:
-    if not user:
-        return 0, 0
-    uid, _, gid = user.partition(":")
-    return int(uid), int(gid or uid)
+    return parse_user(user) or (0, 0)
 
 
 class Project:
@@ -118,11 +114,6 @@ class Project:
             return self.client.containers.get(names.container(self.project, service))
         except self.errors.NotFound:
             return None
-
-    def read_file(self, service: str, path: str) -> bytes | None:
-        """A file from a container (running or not), or None when it is not there."""
-        files = self.read_tree(service, path)
-        return next(iter(files.values()), None) if files else None
 
     def read_tree(self, service: str, path: str) -> dict[str, bytes]:
         """The regular files under `path` in a container, keyed by their path relative to
@@ -209,9 +200,16 @@ class Project:
             c.remove(force=True)
 
     def start(self, svc: ServiceSpec) -> str:
+        """Create and start the service's container: a translation of `svc`, deciding nothing
+        (every setting is in the ServiceSpec, as `export.compose` translates it too)."""
         from docker.types import DeviceRequest
 
         self.remove(svc.service)
+        for m in svc.mounts:
+            if m.managed:
+                self._ensure_volume(m.source)
+        config = [_mount(names.config_volume(self.project, svc.service), svc.config_mount,
+                         "volume", True)] if svc.config else []
         kwargs: dict[str, Any] = {
             "name": names.container(self.project, svc.service),
             "command": svc.command,
@@ -220,39 +218,32 @@ class Project:
                        names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash()},
             "network": names.network(self.project),
             "ports": svc.ports,
-            "mounts": [_mount(names.config_volume(self.project, svc.service), svc.config_mount,
-                              "volume", True)] if svc.config else [],
-            "restart_policy": {"Name": "unless-stopped"},
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges=true"],
+            "mounts": config + [_mount(m.source, m.target, m.kind, m.read_only)
+                                for m in svc.mounts],
+            "restart_policy": {"Name": svc.restart},
+            "cap_drop": list(svc.cap_drop),
+            "security_opt": ["no-new-privileges=true"] if svc.no_new_privileges else [],
             "read_only": svc.read_only,
             "tmpfs": dict(svc.tmpfs),
+            "pids_limit": svc.pids_limit,
             "detach": True,
-            "init": True,
+            "init": svc.init,
         }
-        for m in svc.mounts:
-            if m.managed:
-                self._ensure_volume(m.source)
-        kwargs["mounts"] += [_mount(m.source, m.target, m.kind, m.read_only) for m in svc.mounts]
+        if svc.cap_add:
+            kwargs["cap_add"] = list(svc.cap_add)
         if svc.entrypoint is not None:
             kwargs["entrypoint"] = svc.entrypoint
         if svc.user:
             kwargs["user"] = svc.user
         if svc.gpus:
             # Exactly the listed GPUs: device_ids, never count=-1 (all) and never privileged.
-            kwargs["device_requests"] = [DeviceRequest(device_ids=list(svc.gpus),
-                                                       capabilities=[["gpu"]])]
+            kwargs["device_requests"] = [DeviceRequest(**gpu.device_request(svc.gpus))]
         if svc.shm_size:
             kwargs["shm_size"] = svc.shm_size
-        res = svc.resources
-        if res.memory:
-            kwargs["mem_limit"] = res.memory
-        if res.cpus:
-            kwargs["nano_cpus"] = int(res.cpus * 1e9)
-        kwargs["pids_limit"] = res.pids or 4096
-        if not svc.user:
-            # Root-in-container images (vllm, ollama) still need to switch users and own files.
-            kwargs["cap_add"] = ["CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER"]
+        if svc.resources.memory:
+            kwargs["mem_limit"] = svc.resources.memory
+        if svc.resources.cpus:
+            kwargs["nano_cpus"] = int(svc.resources.cpus * 1e9)
         container = self.client.containers.create(svc.image, **kwargs)
         container.start()
         return str(container.id)
@@ -346,13 +337,4 @@ def port_free_here(bind: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def wait_until(check: Any, deadline: float, interval: float = 0.5) -> Any:
-    """Call `check()` until it returns a truthy value or `deadline` (monotonic) passes."""
-    while True:
-        value = check()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 

@@ -165,7 +165,7 @@ def _debootstrap(spec: BaseImage, tarball: Path, progress: Progress) -> None:
     if os.geteuid() != 0:
         raise ImageBuildError(
             f"building {spec.tag} runs debootstrap, which needs root",
-            "run `llmstack build` as root (e.g. with sudo)",
+            "run `llmstack images build` as root (e.g. with sudo)",
         )
     mirror, security = host_debian_mirrors()
     tarball.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +260,20 @@ def _deb822(stanza: str) -> dict[str, str]:
     return fields
 
 
+def build_args(spec: BuiltImage) -> dict[str, str]:
+    """The build arguments of a catalog image; refuses a compromised LiteLLM release."""
+    buildargs = {"LLMSTACK_UID": str(catalog.IMAGE_UID)}
+    if spec.key == "litellm":
+        if catalog.LITELLM_VERSION in catalog.LITELLM_FORBIDDEN_VERSIONS:
+            raise ImageBuildError(
+                f"LiteLLM {catalog.LITELLM_VERSION} is a compromised release: never built",
+                "pin another LITELLM_VERSION in llmstack/images.py",
+            )
+        buildargs["LITELLM_VERSION"] = catalog.LITELLM_VERSION
+        buildargs["PRISMA_VERSION"] = catalog.PRISMA_VERSION
+    return buildargs
+
+
 def _build_context(
     client: docker.DockerClient, spec: BuiltImage, *, nocache: bool, progress: Progress
 ) -> None:
@@ -268,10 +282,7 @@ def _build_context(
         raise ImageBuildError(
             f"build context for {spec.tag} not found at {source}", "reinstall llmstack"
         )
-    buildargs = {"LLMSTACK_UID": str(catalog.IMAGE_UID)}
-    if spec.key == "litellm":
-        buildargs["LITELLM_VERSION"] = catalog.LITELLM_VERSION
-        buildargs["PRISMA_VERSION"] = catalog.PRISMA_VERSION
+    buildargs = build_args(spec)
     with tempfile.TemporaryDirectory(prefix=f"llmstack-build-{spec.key}-") as tmp:
         # Work on a copy: the shipped folder may be read-only, and the CA bundle added below
         # must never end up in the source tree.
