@@ -70,12 +70,11 @@ def _load(directory: Path | None, file: Path | None) -> Any:
     return load(root, file.resolve() if file else None)
 
 
-def _engine(host: str | None, project: str) -> tuple[Any, bool]:
-    from .engine.client import connect, is_local
-    from .engine.containers import Project
+def _engine(host: str | None, project: str) -> Any:
+    """The project on the engine (an `engine.api.Engine`)."""
+    from .engine.containers import open_project
 
-    client = connect(host)
-    return Project(client, project), is_local(client)
+    return open_project(host, project)
 
 
 @app.command()
@@ -152,7 +151,7 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[ass
     from .gpu import budget_lines
 
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
     actions = plan_only(loaded, project)
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project.client, loaded.spec)
@@ -189,8 +188,8 @@ def up(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignmen
 
     started = time.monotonic()
     loaded = _load(directory, file)
-    project, local = _engine(host, loaded.spec.project)
-    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=local)
+    project = _engine(host, loaded.spec.project)
+    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local())
     elapsed = time.monotonic() - started
     endpoints = _endpoints(loaded.spec)
     if json_out:
@@ -237,27 +236,26 @@ def status(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
     from . import deploy
 
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
     report = deploy.status(loaded, project)
     if json_out:
         from .ui import emit_json
-        emit_json(report)
+        emit_json(report.to_dict())
     else:
         typer.echo(f"{'SERVICE':<28} {'STATE':<10} {'HEALTH':<9} {'UPTIME':>8}  PORTS / IMAGE")
-        for s in report["services"]:
-            health = {True: "healthy", False: "unhealthy", None: "-"}[s["healthy"]]
-            uptime = f"{s.get('uptime_s', 0)}s"
-            extra = ", ".join(s.get("ports", [])) or s.get("image", "")
-            typer.echo(f"{s['service']:<28} {s['state']:<10} {health:<9} {uptime:>8}  {extra}"
-                       + (f"  ({s['note']})" if s.get("note") else ""))
-        cert = report["certificate"]
-        warn = "  WARNING: renew soon (llmstack init --force)" if cert["expiring_soon"] else ""
-        typer.echo(f"certificate: valid until {cert['not_after']} ({cert['days_left']} days)"
-                   + warn)
-        if report["rotation"]:
+        for s in report.services:
+            health = {True: "healthy", False: "unhealthy", None: "-"}[s.healthy]
+            uptime = f"{s.uptime_s or 0}s"
+            extra = ", ".join(s.ports) or s.image or ""
+            typer.echo(f"{s.service:<28} {s.state:<10} {health:<9} {uptime:>8}  {extra}"
+                       + (f"  ({s.note})" if s.note else ""))
+        cert = report.certificate
+        warn = "  WARNING: renew soon (llmstack init --force)" if cert.expiring_soon else ""
+        typer.echo(f"certificate: valid until {cert.not_after} ({cert.days_left} days)" + warn)
+        if report.rotation:
             typer.echo(f"key rotation in progress: old key accepted until "
-                       f"{report['rotation']['old_key_expires'] or 'rotate-key --finish'}")
-    if not report["healthy"]:
+                       f"{report.rotation.old_key_expires or 'rotate-key --finish'}")
+    if not report.healthy:
         raise typer.Exit(2)
 
 
@@ -273,7 +271,7 @@ def logs(service: Annotated[str, typer.Argument(help="Service: nginx, litellm, h
     from . import names
 
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
     if service not in (names.NGINX, names.LITELLM, names.HEALTH) and \
             not service.startswith("model-"):
         service = names.model_service(service)  # accept a model's public name too
@@ -293,7 +291,7 @@ def down(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignm
          json_out: JsonOpt = False) -> None:
     """Remove the stack's containers and network. Keeps .env, certs/ and model volumes."""
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
     removed = project.down(volumes=volumes)
     if json_out:
         from .ui import emit_json
@@ -400,7 +398,7 @@ def rotate_key(
     started = time.monotonic()
     seconds = rotate.parse_grace(grace)
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
 
     def progress(message: str) -> None:
         typer.echo(f"rotate-key: {message}", err=True)
@@ -514,14 +512,11 @@ def main() -> None:
     except KeyboardInterrupt:
         _fail("interrupted", "run the command again; `llmstack up` converges from any state",
               130, json_mode)
-    except Exception as exc:  # an engine error not wrapped yet: no traceback for users
+    except Exception as exc:  # a bug (engine errors arrive as EngineError): no traceback
         if os.environ.get("LLMSTACK_DEBUG"):
             raise
-        _engine_exc = type(exc).__module__.startswith(("docker", "requests", "urllib3"))
         _fail(f"{type(exc).__name__}: {exc}",
-              "set LLMSTACK_DEBUG=1 for a traceback and report it" if not _engine_exc else
-              "the Docker engine refused the operation; `llmstack doctor` checks the host",
-              2, json_mode)
+              "set LLMSTACK_DEBUG=1 for a traceback and report it", 2, json_mode)
 
 
 def _fail(message: str, hint: str, code: int, json_mode: bool,

@@ -51,6 +51,9 @@ class ServiceSpec:
     probe: tuple[int, str] | None = None  # (port, path) answered 200 when ready
     depends_on: tuple[str, ...] = ()
     secret_env: tuple[str, ...] = ()
+    # Services that must be ready before `up` starts this one. Start order only, so not part
+    # of the config hash; `depends_on` says what a service uses at run time (compose, reloads).
+    start_after: tuple[str, ...] = ()
 
     @property
     def config_mount(self) -> str:
@@ -59,6 +62,7 @@ class ServiceSpec:
     def config_hash(self) -> str:
         """Stable digest of every setting; secret values enter only as their own digests."""
         data = asdict(self)
+        del data["start_after"]
         data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
                        for k, v in sorted(self.env.items())}
         data["config"] = {k: _digest(v) for k, v in sorted(self.config.items())}
@@ -88,6 +92,10 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         resources=Resources(memory="128m", pids=64), **_hardening(health_image),  # type: ignore[arg-type]
         probe=(names.HEALTH_PORT, "/live"),
     )]
+    # Start order: health first (readiness probes run in its container); the models and
+    # LiteLLM together (LiteLLM needs no backend to start, so a cold `up` takes about as long
+    # as its slowest service); nginx last, once everything behind it answers.
+    after_health = (names.HEALTH,)
     model_services = []
     for model in spec.models:
         backend = BACKENDS[model.backend]
@@ -100,7 +108,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
             env=dict(launch.env), mounts=launch.mounts, gpus=model.gpu_ids,
             # Every container has a memory limit: a model's defaults to its estimated needs.
             shm_size=launch.shm_size, resources=sizing.model_resources(model),
-            probe=(backend.port, backend.health_path), **_hardening(image),  # type: ignore[arg-type]
+            probe=(backend.port, backend.health_path), start_after=after_health,
+            **_hardening(image),  # type: ignore[arg-type]
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                    "HOME": "/tmp", "LITELLM_LOG": "ERROR"}
@@ -111,7 +120,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         env=litellm_env, secret_env=("LITELLM_MASTER_KEY",),
         config=rendered.services[names.LITELLM], resources=spec.resources.litellm,
         probe=(names.LITELLM_PORT, "/health/readiness"),
-        depends_on=tuple(model_services), **_hardening(spec.images.litellm),  # type: ignore[arg-type]
+        depends_on=tuple(model_services), start_after=after_health,
+        **_hardening(spec.images.litellm),  # type: ignore[arg-type]
     ))
     ports = {f"{names.NGINX_PORTS[n]}/tcp": (lst.bind, lst.port)
              for n, lst in spec.listeners if lst.enabled}
@@ -124,7 +134,9 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         command=["-c", f"{cfg}/{names.NGINX}/nginx.conf", "-g", "daemon off;"],
         ports=ports, config=rendered.services[names.NGINX], resources=spec.resources.nginx,
         probe=nginx_probe, mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS),
-        depends_on=(names.LITELLM, names.HEALTH), **_hardening(spec.images.nginx),  # type: ignore[arg-type]
+        depends_on=(names.LITELLM, names.HEALTH),
+        start_after=(names.HEALTH, *model_services, names.LITELLM),
+        **_hardening(spec.images.nginx),  # type: ignore[arg-type]
     ))
     return services
 
