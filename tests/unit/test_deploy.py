@@ -305,3 +305,52 @@ def test_engine_errors_exit_2_with_the_engine_hint(loaded: Loaded, engine: FakeE
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "error: APIError: 500 Server Error" in err and "llmstack doctor" in err
+
+
+# --- the edge ----------------------------------------------------------------------------------
+
+
+class StuckNginx(FakeEngine):
+    """nginx whose workers never change (or, with shell=False, an image without sh)."""
+
+    shell: bool = True
+
+    def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
+             ) -> tuple[int, str]:
+        if cmd[:2] == ["sh", "-c"]:
+            return (0, "101 nginx: worker process\n") if self.shell else (127, "no sh")
+        return super().exec(service, cmd, environment)
+
+
+def test_graceful_reload_waits_for_new_workers_then_gives_up(loaded: Loaded) -> None:
+    engine = StuckNginx(project=loaded.spec.project)
+    up(loaded, engine)
+    nginx = next(s for s in plan.desired(loaded.spec, loaded.rendered, "k")
+                 if s.service == names.NGINX)
+    with pytest.raises(DeployError, match="did not switch to its new configuration"):
+        edge.graceful_reload(engine, nginx, 0.01)
+    engine.shell = False  # nothing to watch: the reload signal is all there is
+    edge.graceful_reload(engine, nginx, 0.01)
+    assert edge.serving_workers(engine) == set()
+    engine.nginx_test = (0, "")
+    fake = FakeEngine(project=loaded.spec.project)
+    up(loaded, fake)
+    assert edge.serving_workers(fake) == {str(100 + fake.generation)}
+    edge.graceful_reload(fake, nginx, 1.0)
+    assert edge.serving_workers(fake) == {str(100 + fake.generation)}
+
+
+def test_a_failed_reload_is_a_deploy_error(loaded: Loaded) -> None:
+    class Refusing(FakeEngine):
+        def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
+                 ) -> tuple[int, str]:
+            if cmd[:3] == ["nginx", "-s", "reload"]:
+                return 1, "nginx: [error] invalid PID number"
+            return super().exec(service, cmd, environment)
+
+    engine = Refusing(project=loaded.spec.project)
+    up(loaded, engine)
+    nginx = next(s for s in plan.desired(loaded.spec, loaded.rendered, "k")
+                 if s.service == names.NGINX)
+    with pytest.raises(DeployError, match="nginx reload failed: nginx: \\[error\\] invalid"):
+        edge.reload_nginx(engine, nginx, loaded.nginx_secret_files())

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from llmstack import names, plan, rotate, secrets
+from llmstack.engine.api import ContainerInfo
 from llmstack.errors import DeployError, UserError
 from llmstack.initialize import init
 from llmstack.project import Loaded, load
@@ -40,14 +41,8 @@ def accepts(keys_conf: bytes, key: str, now: float) -> bool:
 
 
 @dataclass
-class FakeContainer:
-    labels: dict[str, str]
-    status: str = "running"
-
-
-@dataclass
 class FakeEngine:
-    """Just enough of engine.containers.Project for a rotation."""
+    """Just enough of the engine interface (engine.api.Engine) for a rotation."""
 
     loaded: Loaded
     volume: bytes  # secrets/keys.conf in nginx's config volume
@@ -68,11 +63,12 @@ class FakeEngine:
     def state(self, service: str) -> tuple[str, int | None]:
         return "running", None
 
-    def container(self, service: str) -> FakeContainer:
+    def container(self, service: str) -> ContainerInfo:
         keys = self.loaded.keys()
         wanted = {s.service: s for s in plan.desired(self.loaded.spec, self.loaded.rendered,
                                                      keys.internal)}
-        return FakeContainer({names.LABEL_HASH: wanted[service].config_hash()})
+        return ContainerInfo(service, f"p-{service}", "0" * 12, wanted[service].image,
+                             "running", labels={names.LABEL_HASH: wanted[service].config_hash()})
 
     def write_config(self, svc: plan.ServiceSpec, extra: dict[str, tuple[bytes, int]]) -> None:
         self._check("before ship")
