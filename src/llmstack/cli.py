@@ -494,6 +494,8 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except LlmstackError as exc:
+        if os.environ.get("LLMSTACK_DEBUG") and exc.__cause__ is not None:
+            raise  # the engine library's own error and traceback, for a bug report
         _fail(exc.message, exc.hint, exc.exit_code, json_mode, exc.to_dict())
     # typer vendors its own click: catch typer's classes, not the `click` package's.
     except typer.Exit as exc:
