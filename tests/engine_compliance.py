@@ -149,7 +149,18 @@ def case_logs_of_a_service(engine: Engine) -> None:
     assert isinstance(chunk, bytes) and chunk
 
 
-CASES = [case_start_state_labels_remove, case_start_replaces_the_old_container,
+def case_host_facts_through_the_engine(engine: Engine) -> None:
+    up(engine, service("svc-a"))
+    assert engine.running_services() == {"svc-a": "running"}
+    assert engine.present_images([IMAGE, "llmstack/no-such-image:0"]) == {
+        IMAGE: True, "llmstack/no-such-image:0": False}
+    assert engine.engine_facts().version
+    assert all({"port", "ip", "container", "project"} <= set(p)
+               for p in engine.published_ports())
+    assert isinstance(engine.is_local(), bool)
+
+
+CASES = [case_host_facts_through_the_engine, case_start_state_labels_remove, case_start_replaces_the_old_container,
          case_down_removes_everything, case_config_round_trip,
          case_exec_exit_codes_output_and_environment, case_missing_things_raise_engine_error,
          case_probe_from_inside_the_network, case_logs_of_a_service]

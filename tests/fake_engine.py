@@ -14,11 +14,12 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from llmstack import names
 from llmstack.engine.api import ContainerInfo
-from llmstack.engine.host import GpuProbe, HostSnapshot
+from llmstack.engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
 from llmstack.errors import EngineError
 from llmstack.plan import Actual, ServiceSpec
 
@@ -218,3 +219,23 @@ class FakeEngine:
 
     def query_gpus(self, candidates: list[str]) -> GpuProbe:
         return GpuProbe("no-runtime", detail="the fake engine has no GPUs")
+
+    def engine_facts(self) -> EngineFacts:
+        return EngineFacts(version="27.0.0", api_version="1.47", os="linux", arch="amd64",
+                           kernel="6.1", operating_system="Fake", root_dir="/var/lib/docker",
+                           runtimes=["runc"], default_runtime="runc", system_time=None,
+                           skew_s=None, name="fake", ncpu=2, mem_bytes=8 << 30)
+
+    def present_images(self, tags: list[str]) -> dict[str, bool]:
+        return {t: i is not None for t, i in self.image_ids(tags).items()}
+
+    def published_ports(self) -> list[dict[str, Any]]:
+        return [{"port": int(p.split("->")[0].rsplit(":", 1)[1]), "ip": p.rsplit(":", 1)[0],
+                 "container": c.name, "project": self.project}
+                for c in self.containers.values() if c.status == "running" for p in c.ports]
+
+    def running_services(self) -> dict[str, str]:
+        return {c.service: c.status for c in self.containers.values()}
+
+    def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
+        return SourceStat(True, 1, False)

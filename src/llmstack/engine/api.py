@@ -20,7 +20,7 @@ from ..errors import EngineError, LlmstackError
 
 if TYPE_CHECKING:
     from ..plan import Actual, ServiceSpec
-    from .host import GpuProbe, HostSnapshot
+    from .host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
 
 # Modules whose exceptions mean "the engine (or the way to it) failed".
 ENGINE_MODULES = ("docker", "requests", "urllib3")
@@ -163,3 +163,18 @@ class Engine(Protocol):
 
     def query_gpus(self, candidates: list[str]) -> GpuProbe:
         """The host's GPUs, from nvidia-smi in the first present image of `candidates`."""
+
+    def engine_facts(self) -> EngineFacts:
+        """The engine's version, OS, data root, runtimes, clock."""
+
+    def present_images(self, tags: list[str]) -> dict[str, bool]:
+        """Whether each tag is on the engine."""
+
+    def published_ports(self) -> list[dict[str, Any]]:
+        """Every published port of running containers: {port, ip, container, project}."""
+
+    def running_services(self) -> dict[str, str]:
+        """{service: state} of the project's containers."""
+
+    def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
+        """Whether a model's volume:/host: source exists on the engine's host, its size."""

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
 
-    from .host import GpuProbe, HostSnapshot
+    from .host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
 
 __all__ = ["ContainerInfo", "Project", "open_project", "port_free_here"]
 
@@ -359,6 +359,34 @@ class Project:
         from .host import query_gpus
 
         return query_gpus(self.client, candidates, self.project)
+
+    @mapped
+    def engine_facts(self) -> EngineFacts:
+        from .host import engine_facts
+
+        return engine_facts(self.client)
+
+    @mapped
+    def present_images(self, tags: list[str]) -> dict[str, bool]:
+        return {tag: image_id is not None for tag, image_id in self.image_ids(tags).items()}
+
+    @mapped
+    def published_ports(self) -> list[dict[str, Any]]:
+        from .host import published_ports
+
+        return published_ports(self.client)
+
+    @mapped
+    def running_services(self) -> dict[str, str]:
+        from .host import running_services
+
+        return running_services(self.client, self.project)
+
+    @mapped
+    def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
+        from .host import stat_source
+
+        return stat_source(self.client, image, kind, location, path, self.project)
 
 
 def _mount(source: str, target: str, kind: str, read_only: bool) -> Any:
