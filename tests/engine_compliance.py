@@ -160,7 +160,7 @@ def case_host_facts_through_the_engine(engine: Engine) -> None:
     assert isinstance(engine.is_local(), bool)
 
 
-CASES = [case_host_facts_through_the_engine, case_start_state_labels_remove, case_start_replaces_the_old_container,
-         case_down_removes_everything, case_config_round_trip,
+CASES = [case_start_state_labels_remove, case_start_replaces_the_old_container,
+         case_host_facts_through_the_engine, case_down_removes_everything, case_config_round_trip,
          case_exec_exit_codes_output_and_environment, case_missing_things_raise_engine_error,
          case_probe_from_inside_the_network, case_logs_of_a_service]

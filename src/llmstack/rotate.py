@@ -40,8 +40,8 @@ from typing import Any
 
 from . import names, plan, render, secrets
 from .edge import KEYS_FILE, Edge
-from .engine.api import Engine
-from .errors import DeployError, LlmstackError, UserError
+from .engine.api import Engine, is_engine_exception
+from .errors import DeployError, EngineError, LlmstackError, UserError
 from .fsutil import backup
 from .project import Loaded
 
@@ -196,11 +196,12 @@ def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progre
             progress("verified through nginx: the new key answers 200")
         except BaseException as exc:
             note = _roll_back(edge, old_conf, other_files, reloaded, progress)
-            if isinstance(exc, LlmstackError):
+            if isinstance(exc, LlmstackError) and _foreign(exc) is None:
                 exc.message = f"key rotation failed: {exc.message}{note}"
                 raise
-            if isinstance(exc, Exception):  # an engine error: same contract, exit 2
-                raise DeployError(f"key rotation failed: {type(exc).__name__}: {exc}{note}",
+            if isinstance(exc, Exception):  # the engine failed (or a bug): exit 2
+                cause = _foreign(exc) or exc
+                raise DeployError(f"key rotation failed: {type(cause).__name__}: {cause}{note}",
                                   "`llmstack status`; run the command again") from exc
             raise
 
@@ -242,6 +243,13 @@ def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progre
                         cutover_ms, round((time.monotonic() - started) * 1000), new_master)
 
 
+def _foreign(exc: BaseException) -> BaseException | None:
+    """The engine library's exception behind an EngineError the boundary mapped, if any."""
+    cause = exc.__cause__
+    return cause if isinstance(exc, EngineError) and cause is not None and \
+        is_engine_exception(cause) else None
+
+
 def _roll_back(edge: Edge, old_conf: bytes, other_files: dict[str, tuple[bytes, int]],
                reloaded: bool, progress: Progress) -> str:
     """Put the old key file back (reload it too if nginx may run the transitional one);
@@ -253,7 +261,9 @@ def _roll_back(edge: Edge, old_conf: bytes, other_files: dict[str, tuple[bytes, 
             edge.test_config()
             edge.reload()
     except Exception as again:  # report both; the first error is the one to raise
-        text = again.message if isinstance(again, LlmstackError) else str(again)
+        foreign = _foreign(again)
+        text = str(foreign) if foreign else again.message if isinstance(again, LlmstackError) \
+            else str(again)
         return f" (putting the old key file back failed too: {text}; the old key still " \
                "works: .env is unchanged and nginx accepts it; `llmstack up` re-syncs nginx)"
     return " (rolled back: .env is unchanged and the old key works)"
