@@ -78,9 +78,16 @@ class Container:
         code, out = self.client.exec_result
         return type("R", (), {"exit_code": code, "output": out})()
 
-    def logs(self, tail: int = 50, stream: bool = False, follow: bool = False) -> Any:
+    def logs(self, tail: int = 50, stream: bool = False, follow: bool = False,
+             **kw: Any) -> Any:
         lines = [b"line 1\n", b"line 2\n"][-tail:]
+        if self.kwargs.get("entrypoint") == ["/bin/sh"]:  # host_snapshot's probe
+            lines = [b"Filesystem 1024-blocks Used Available Capacity Mounted on\n",
+                     b"overlay 100 50 50 50% /\n@@\n", b"sl local_address\n"]
         return iter(lines) if stream else b"".join(lines)
+
+    def wait(self, timeout: int = 0) -> dict[str, int]:
+        return {"StatusCode": 0}
 
 
 class Collection:
@@ -155,7 +162,20 @@ class DockerClient:
         self.broken = False
         self.containers, self.images = Containers(self), Images(self)
         self.volumes, self.networks = Volumes(self), Networks(self)
-        self.api = type("API", (), {"base_url": "http+docker://localhost"})()
+        client = self
+
+        class API:
+            base_url = "http+docker://localhost"
+
+            def containers(self, all: bool = False, filters: dict[str, str] | None = None
+                           ) -> list[dict[str, Any]]:
+                return [{"Names": ["/" + c.name], "Labels": c.labels, "State": c.status,
+                         "Ports": [{"PublicPort": int(b[0]["HostPort"]), "IP": b[0]["HostIp"]}
+                                   for b in c.attrs["NetworkSettings"]["Ports"].values()]}
+                        for c in Containers(client).list(all=all, filters=filters)
+                        if all or c.status == "running"]
+
+        self.api = API()
 
 
 @pytest.fixture
@@ -295,3 +315,41 @@ def test_mapped_generators_map_errors_raised_while_iterating() -> None:
     assert next(it) == b"a"
     with pytest.raises(EngineError, match="NotFound: gone"):
         next(it)
+
+
+# --- host facts through the engine ---------------------------------------------------------------
+
+
+def test_host_facts_read_through_the_project(project: Project, docker: DockerClient,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    project.start(svc("nginx", ports={"8080/tcp": ("127.0.0.1", 4000)}))
+    assert project.running_services() == {"nginx": "running"}
+    assert project.published_ports() == [{"port": 4000, "ip": "127.0.0.1",
+                                          "container": "p-nginx", "project": "p"}]
+    assert project.present_images(["img:1", "img:2"]) == {"img:1": True, "img:2": False}
+    snapshot = project.host_snapshot(["img:2", "img:1"])
+    assert snapshot is not None and snapshot.image == "img:1"
+    assert snapshot.df.startswith("Filesystem") and "local_address" in snapshot.net
+    assert project.host_snapshot(["img:2"]) is None
+    assert list(docker.all) == ["p-nginx"]  # probe containers are removed
+    assert project.query_gpus(["img:2"]).status == "no-image"
+    assert project.stat_source("img:1", "volume", "models", "m.gguf").exists is False
+    docker.volumes.create("models", labels={})
+    monkeypatch.setattr("llmstack.engine.host.path_stat",
+                        lambda c, p: {"size": 7, "mode": 1 << 31})
+    found = project.stat_source("img:1", "volume", "models", "m.gguf")
+    assert (found.exists, found.size, found.is_dir) == (True, 7, True)
+    monkeypatch.setattr("llmstack.engine.host.path_stat", lambda c, p: None)
+    assert not project.stat_source("img:1", "host", "/srv", "/srv/m.gguf").exists
+    assert not project.stat_source("img:missing", "host", "/srv", "/srv/m.gguf").exists
+
+
+def test_an_unreachable_engine_is_an_engine_error_with_the_fix(tmp_path: Any) -> None:
+    from llmstack.engine.client import connect, describe_target
+
+    target = f"unix://{tmp_path}/no-such.sock"
+    with pytest.raises(EngineError) as err:
+        connect(target, timeout=2)
+    assert err.value.message.startswith(f"cannot reach the Docker engine at {target}: ")
+    assert "llmstack doctor" in err.value.hint and err.value.exit_code == 2
+    assert describe_target(target) == f"{target} (--host)"
