@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from . import __version__
 from .errors import LlmstackError
+
+if TYPE_CHECKING:
+    from .engine.containers import Project
 
 EPILOG = """Exit codes: 0 ok; 1 invalid input or configuration (the message names the file,
 field and fix); 2 engine or runtime failure (daemon down, a service not ready).
@@ -70,8 +73,8 @@ def _load(directory: Path | None, file: Path | None) -> Any:
     return load(root, file.resolve() if file else None)
 
 
-def _engine(host: str | None, project: str) -> Any:
-    """The project on the engine (an `engine.api.Engine`)."""
+def _engine(host: str | None, project: str) -> Project:
+    """The project on the engine (implements `engine.api.Engine`)."""
     from .engine.containers import open_project
 
     return open_project(host, project)
