@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from . import __version__
 from .errors import ExitCode, LlmstackError
+
+if TYPE_CHECKING:
+    from .engine.containers import Project
 
 EPILOG = """Exit codes: 0 ok; 1 invalid input or configuration (the message names the file,
 field and fix); 2 engine or runtime failure (daemon down, a service not ready).
@@ -70,12 +73,11 @@ def _load(directory: Path | None, file: Path | None) -> Any:
     return load(root, file.resolve() if file else None)
 
 
-def _engine(host: str | None, project: str) -> tuple[Any, bool]:
-    from .engine.client import connect, is_local
-    from .engine.containers import Project
+def _engine(host: str | None, project: str) -> Project:
+    """The project on the engine (implements `engine.api.Engine`)."""
+    from .engine.containers import open_project
 
-    client = connect(host)
-    return Project(client, project), is_local(client)
+    return open_project(host, project)
 
 
 @app.command()
@@ -153,10 +155,10 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[ass
     from .gpu import budget_lines
 
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
     actions = plan_only(loaded, project)
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
-    gpu_findings, budget = gpu_plan(project.client, loaded.spec)
+    gpu_findings, budget = gpu_plan(project, loaded.spec)
     fails = failing(gpu_findings)
     code = exit_code(gpu_findings)
     if json_out:
@@ -190,8 +192,8 @@ def up(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignmen
 
     started = time.monotonic()
     loaded = _load(directory, file)
-    project, local = _engine(host, loaded.spec.project)
-    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=local)
+    project = _engine(host, loaded.spec.project)
+    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local())
     elapsed = time.monotonic() - started
     endpoints = _endpoints(loaded.spec)
     if json_out:
@@ -238,27 +240,26 @@ def status(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
     from . import deploy
 
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
     report = deploy.status(loaded, project)
     if json_out:
         from .ui import emit_json
-        emit_json(report)
+        emit_json(report.to_dict())
     else:
         typer.echo(f"{'SERVICE':<28} {'STATE':<10} {'HEALTH':<9} {'UPTIME':>8}  PORTS / IMAGE")
-        for s in report["services"]:
-            health = {True: "healthy", False: "unhealthy", None: "-"}[s["healthy"]]
-            uptime = f"{s.get('uptime_s', 0)}s"
-            extra = ", ".join(s.get("ports", [])) or s.get("image", "")
-            typer.echo(f"{s['service']:<28} {s['state']:<10} {health:<9} {uptime:>8}  {extra}"
-                       + (f"  ({s['note']})" if s.get("note") else ""))
-        cert = report["certificate"]
-        warn = "  WARNING: renew soon (llmstack init --force)" if cert["expiring_soon"] else ""
-        typer.echo(f"certificate: valid until {cert['not_after']} ({cert['days_left']} days)"
-                   + warn)
-        if report["rotation"]:
+        for s in report.services:
+            health = {True: "healthy", False: "unhealthy", None: "-"}[s.healthy]
+            uptime = f"{s.uptime_s or 0}s"
+            extra = ", ".join(s.ports) or s.image or ""
+            typer.echo(f"{s.service:<28} {s.state:<10} {health:<9} {uptime:>8}  {extra}"
+                       + (f"  ({s.note})" if s.note else ""))
+        cert = report.certificate
+        warn = "  WARNING: renew soon (llmstack init --force)" if cert.expiring_soon else ""
+        typer.echo(f"certificate: valid until {cert.not_after} ({cert.days_left} days)" + warn)
+        if report.rotation:
             typer.echo(f"key rotation in progress: old key accepted until "
-                       f"{report['rotation']['old_key_expires'] or 'rotate-key --finish'}")
-    if not report["healthy"]:
+                       f"{report.rotation.old_key_expires or 'rotate-key --finish'}")
+    if not report.healthy:
         raise typer.Exit(ExitCode.RUNTIME)
 
 
@@ -274,7 +275,7 @@ def logs(service: Annotated[str, typer.Argument(help="Service: nginx, litellm, h
     from . import names
 
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
     if service not in (names.NGINX, names.LITELLM, names.HEALTH) and \
             not service.startswith("model-"):
         service = names.model_service(service)  # accept a model's public name too
@@ -294,7 +295,7 @@ def down(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignm
          json_out: JsonOpt = False) -> None:
     """Remove the stack's containers and network. Keeps .env, certs/ and model volumes."""
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
     removed = project.down(volumes=volumes)
     if json_out:
         from .ui import emit_json
@@ -402,7 +403,7 @@ def rotate_key(
     started = time.monotonic()
     seconds = rotate.parse_grace(grace)
     loaded = _load(directory, file)
-    project, _ = _engine(host, loaded.spec.project)
+    project = _engine(host, loaded.spec.project)
 
     def progress(message: str) -> None:
         typer.echo(f"rotate-key: {message}", err=True)
@@ -498,6 +499,8 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except LlmstackError as exc:
+        if os.environ.get("LLMSTACK_DEBUG") and exc.__cause__ is not None:
+            raise  # the engine library's own error and traceback, for a bug report
         _fail(exc.message, exc.hint, exc.exit_code, json_mode, exc.to_dict())
     # typer vendors its own click: catch typer's classes, not the `click` package's.
     except typer.Exit as exc:
@@ -516,14 +519,11 @@ def main() -> None:
     except KeyboardInterrupt:
         _fail("interrupted", "run the command again; `llmstack up` converges from any state",
               ExitCode.INTERRUPTED, json_mode)
-    except Exception as exc:  # an engine error not wrapped yet: no traceback for users
+    except Exception as exc:  # a bug (engine errors arrive as EngineError): no traceback
         if os.environ.get("LLMSTACK_DEBUG"):
             raise
-        _engine_exc = type(exc).__module__.startswith(("docker", "requests", "urllib3"))
         _fail(f"{type(exc).__name__}: {exc}",
-              "set LLMSTACK_DEBUG=1 for a traceback and report it" if not _engine_exc else
-              "the Docker engine refused the operation; `llmstack doctor` checks the host",
-              ExitCode.RUNTIME, json_mode)
+              "set LLMSTACK_DEBUG=1 for a traceback and report it", ExitCode.RUNTIME, json_mode)
 
 
 def _fail(message: str, hint: str, code: int, json_mode: bool,

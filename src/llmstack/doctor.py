@@ -21,6 +21,7 @@ from .checks import DISK_RESERVE_BYTES, GIB, Finding, exit_code, parse_df
 from .errors import LlmstackError
 
 if TYPE_CHECKING:
+    from .engine.api import Engine
     from .engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
     from .project import Loaded
     from .spec import StackSpec
@@ -387,35 +388,32 @@ def probe_images(spec: StackSpec | None, gpu_image: str | None = None) -> list[s
     return list(dict.fromkeys(out))
 
 
-def gather(client: Any, target: str, spec: StackSpec | None, gpu_image: str | None = None
+def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str | None = None
            ) -> Facts:
-    from .engine import host
-
-    project = spec.project if spec else "llmstack"
     facts = Facts(target=target)
-    facts.engine = host.engine_facts(client)
-    facts.gpu = host.query_gpus(client, probe_images(spec, gpu_image), project)
+    facts.engine = engine.engine_facts()
+    facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
     # Any image present can run df and cat; the stack's own are the likely ones.
     helpers = list(dict.fromkeys([*(stack_images(spec) if spec else []), *probe_images(spec)]))
-    facts.snapshot = host.host_snapshot(client, helpers, project)
-    facts.published = host.published_ports(client)
+    facts.snapshot = engine.host_snapshot(helpers)
+    facts.published = engine.published_ports()
     if spec is None:
         return facts
-    facts.images = host.present_images(client, stack_images(spec))
-    facts.services = host.running_services(client, project)
+    facts.images = engine.present_images(stack_images(spec))
+    facts.services = engine.running_services()
     helper = facts.snapshot.image if facts.snapshot else None
     for m in spec.models:
         src = m.parsed_source
         if src.kind in ("volume", "host") and helper:
-            facts.sources[m.name] = host.stat_source(client, helper, src.kind, src.location,
-                                                     src.path, project)
+            facts.sources[m.name] = engine.stat_source(helper, src.kind, src.location, src.path)
     return facts
 
 
 def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
         host_arg: str | None, gpu_image: str | None = None) -> Report:
     """Every check; never raises for a problem it can report as a finding."""
-    from .engine.client import connect, describe_target
+    from .engine.client import describe_target
+    from .engine.containers import open_project
 
     spec = loaded.spec if loaded else None
     findings: list[Finding] = []
@@ -433,15 +431,15 @@ def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
         findings += local_findings(root, spec)
     target = describe_target(host_arg)
     try:
-        client = connect(host_arg)
+        engine = open_project(host_arg, spec.project if spec else "llmstack")
     except LlmstackError as exc:
         facts = Facts(target=target, engine_error=exc.message, engine_hint=exc.hint)
         findings += evaluate(spec, facts)[0]
         return Report(target, findings)
     try:
-        facts = gather(client, target, spec, gpu_image)
+        facts = gather(engine, target, spec, gpu_image)
     finally:
-        client.close()
+        engine.close()
     engine_findings, report = evaluate(spec, facts)
     findings += engine_findings
     gpus = [g.to_dict() for g in facts.gpu.gpus] if facts.gpu else None
@@ -450,28 +448,26 @@ def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
                   budget_lines=gpumod.budget_lines(report) if report else [])
 
 
-def gpu_plan(client: Any, spec: StackSpec, gpu_image: str | None = None
+def gpu_plan(engine: Engine, spec: StackSpec, gpu_image: str | None = None
              ) -> tuple[list[Finding], gpumod.GpuReport | None]:
     """The GPU part of doctor for `plan`: the host's GPUs against stack.yaml (only when a
     model has GPUs; ([], None) otherwise)."""
-    facts = gather_gpus(client, spec, gpu_image)
+    facts = gather_gpus(engine, spec, gpu_image)
     return evaluate_gpus(spec, facts) if facts else ([], None)
 
 
-def gather_gpus(client: Any, spec: StackSpec, gpu_image: str | None = None) -> Facts | None:
+def gather_gpus(engine: Engine, spec: StackSpec, gpu_image: str | None = None
+                ) -> Facts | None:
     """The facts `evaluate_gpus` needs, for `plan` and `up`; None when no model has GPUs."""
-    from .engine import host
-
     if not gpumod.needs_gpus(spec):
         return None
     facts = Facts(target="")
-    facts.gpu = host.query_gpus(client, probe_images(spec, gpu_image), spec.project)
-    facts.services = host.running_services(client, spec.project)
-    present = host.present_images(client, stack_images(spec))
+    facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
+    facts.services = engine.running_services()
+    present = engine.present_images(stack_images(spec))
     helper = next((t for t, ok in present.items() if ok), None)
     for m in spec.models:
         src = m.parsed_source
         if m.gpu_ids and src.kind in ("volume", "host") and helper:
-            facts.sources[m.name] = host.stat_source(client, helper, src.kind, src.location,
-                                                     src.path, spec.project)
+            facts.sources[m.name] = engine.stat_source(helper, src.kind, src.location, src.path)
     return facts

@@ -65,6 +65,9 @@ class ServiceSpec:
     probe: tuple[int, str] | None = None  # (port, path) answered 200 when ready
     depends_on: tuple[str, ...] = ()
     secret_env: tuple[str, ...] = ()
+    # Services that must be ready before `up` starts this one. Start order only, so not part
+    # of the config hash; `depends_on` says what a service uses at run time (compose, reloads).
+    start_after: tuple[str, ...] = ()
 
     @property
     def config_mount(self) -> str:
@@ -78,6 +81,7 @@ class ServiceSpec:
     def config_hash(self) -> str:
         """Stable digest of every setting; secret values enter only as their own digests."""
         data = asdict(self)
+        del data["start_after"]
         data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
                        for k, v in sorted(self.env.items())}
         data["config"] = {k: _digest(v) for k, v in sorted(self.config.items())}
@@ -119,6 +123,10 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         **_hardening(health_image, Resources(memory="128m", pids=64)),
         probe=(names.HEALTH_PORT, "/live"),
     )]
+    # Start order: health first (readiness probes run in its container); the models and
+    # LiteLLM together (LiteLLM needs no backend to start, so a cold `up` takes about as long
+    # as its slowest service); nginx last, once everything behind it answers.
+    after_health = (names.HEALTH,)
     model_services = []
     for model in spec.models:
         backend = BACKENDS[model.backend]
@@ -131,7 +139,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
             env=dict(launch.env), mounts=launch.mounts, gpus=model.gpu_ids,
             # Every container has a memory limit: a model's defaults to its estimated needs.
             shm_size=launch.shm_size, probe=(backend.port, backend.health_path),
-            **_hardening(image, sizing.model_resources(model)),
+            start_after=after_health, **_hardening(image, sizing.model_resources(model)),
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                    "HOME": "/tmp", "LITELLM_LOG": "ERROR"}
@@ -141,7 +149,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
                  "--port", str(names.LITELLM_PORT), "--num_workers", "1"],
         env=litellm_env, secret_env=("LITELLM_MASTER_KEY",),
         config=rendered.services[names.LITELLM], probe=(names.LITELLM_PORT, "/health/readiness"),
-        depends_on=tuple(model_services),
+        depends_on=tuple(model_services), start_after=after_health,
         **_hardening(spec.images.litellm, spec.resources.litellm),
     ))
     ports = {f"{names.NGINX_PORTS[n]}/tcp": (lst.bind, lst.port)
@@ -156,6 +164,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         ports=ports, config=rendered.services[names.NGINX], probe=nginx_probe,
         mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS),
         depends_on=(names.LITELLM, names.HEALTH),
+        start_after=(names.HEALTH, *model_services, names.LITELLM),
         **_hardening(spec.images.nginx, spec.resources.nginx),
     ))
     return services

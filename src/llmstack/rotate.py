@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import json
 import os
 import re
 import time
@@ -39,9 +38,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import deploy, names, plan, render, secrets
-from .engine.containers import Project
-from .errors import DeployError, LlmstackError, UserError
+from . import names, plan, render, secrets
+from .edge import KEYS_FILE, Edge
+from .engine.api import Engine, is_engine_exception
+from .errors import DeployError, EngineError, LlmstackError, UserError
 from .fsutil import backup
 from .project import Loaded
 
@@ -52,23 +52,6 @@ UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_GRACE = 30 * 86400
 SWAP_DEADLINE = 20.0  # seconds for nginx to replace its workers after a reload
 VERIFY_DEADLINE = 20.0  # seconds for the keys to answer as expected through nginx
-# Runs in the health container: GET URL with each key (taken from the environment, never from
-# the arguments) on a fresh connection, so it lands on a worker that accepts new connections.
-KEYS_PROBE = (
-    "import json,os,ssl,sys,urllib.request,urllib.error\n"
-    "ctx=ssl._create_unverified_context()\n"
-    "out=[]\n"
-    "for name in sys.argv[2:]:\n"
-    "    auth={'Authorization':'Bearer '+os.environ[name]}\n"
-    "    req=urllib.request.Request(sys.argv[1],headers=auth)\n"
-    "    try:\n"
-    "        out.append(str(urllib.request.urlopen(req,timeout=10,context=ctx).status))\n"
-    "    except urllib.error.HTTPError as e:\n"
-    "        out.append(str(e.code))\n"
-    "    except Exception as e:\n"
-    "        out.append('ERR '+type(e).__name__)\n"
-    "print(json.dumps(out))\n"
-)
 
 
 def parse_grace(text: str) -> int:
@@ -135,55 +118,7 @@ class Finish:
 # --- the stack, seen from inside its network --------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Edge:
-    project: Project
-    nginx: plan.ServiceSpec  # with config={}: only secret files are shipped, see _ship
-    url: str  # an authenticated URL on nginx, reachable from the health container
-
-    def statuses(self, keys: list[str]) -> list[str]:
-        env = {f"K{i}": key for i, key in enumerate(keys)}
-        code, out = self.project.exec(names.HEALTH, ["python3", "-c", KEYS_PROBE, self.url,
-                                                     *env], environment=env)
-        if code != 0:
-            return [f"ERR probe exit {code}"] * len(keys)
-        try:
-            return [str(s) for s in json.loads(out.strip().splitlines()[-1])]
-        except (ValueError, IndexError):
-            return [f"ERR {out.strip()[:100]}"] * len(keys)
-
-    def expect(self, wanted: dict[str, str], labels: dict[str, str]) -> None:
-        """Poll until each key answers its wanted status; `labels` name keys in errors."""
-        keys = list(wanted)
-        deadline = time.monotonic() + VERIFY_DEADLINE
-        while True:
-            got = self.statuses(keys)
-            if got == [wanted[k] for k in keys]:
-                return
-            if time.monotonic() > deadline:
-                detail = ", ".join(f"{labels[k]} key -> {g} (want {wanted[k]})"
-                                   for k, g in zip(keys, got, strict=True))
-                raise DeployError(f"GET {self.url} through nginx: {detail}",
-                                  "`llmstack status` and `llmstack logs nginx`")
-            time.sleep(0.2)
-
-    def ship(self, keys_conf: bytes, files: dict[str, tuple[bytes, int]]) -> None:
-        """Write nginx's secret files into its config volume (not loaded until a reload).
-
-        Only the secret files: nginx.conf stays as `up` left it, so a rotation never applies
-        unrelated stack.yaml edits behind the user's back.
-        """
-        self.project.write_config(self.nginx, {**files, "secrets/keys.conf": (keys_conf, 0o600)})
-
-    def test_config(self) -> None:
-        deploy.check_nginx_config(self.project, self.nginx, "the new key file",
-                                  "`llmstack logs nginx`; `llmstack up` re-syncs nginx")
-
-    def reload(self) -> None:
-        deploy.graceful_reload(self.project, self.nginx, SWAP_DEADLINE)
-
-def _edge(loaded: Loaded, project: Project, keys: secrets.Keys, progress: Progress
-          ) -> _Edge:
+def _edge(loaded: Loaded, project: Engine, keys: secrets.Keys, progress: Progress) -> Edge:
     """The running stack's edge, or a UserError saying how to bring it up."""
     stack = loaded.spec.project
     for service in (names.NGINX, names.HEALTH):
@@ -199,15 +134,10 @@ def _edge(loaded: Loaded, project: Project, keys: secrets.Keys, progress: Progre
         # and `nginx -t` plus the probes below catch a running config that cannot use it.
         progress("note: nginx runs an older configuration than stack.yaml; only the keys "
                  "change now (`llmstack up` applies the rest)")
-    lst = loaded.spec.listeners
-    plain = [n for n in ("local", "lan") if getattr(lst, n).enabled]
-    host = names.container(stack, names.NGINX)
-    url = (f"http://{host}:{names.NGINX_PORTS[plain[0]]}/v1/models" if plain
-           else f"https://{host}:{names.NGINX_PORTS['https']}/v1/models")
-    return _Edge(project, replace(nginx, config={}), url)
+    return Edge.of(loaded.spec, nginx, project, SWAP_DEADLINE, VERIFY_DEADLINE)
 
 
-def _check_serving(edge: _Edge, keys: secrets.Keys) -> None:
+def _check_serving(edge: Edge, keys: secrets.Keys) -> None:
     got = edge.statuses([keys.master])[0]
     if got == "401":
         raise UserError("nginx refuses the key in .env (was .env edited by hand or "
@@ -236,7 +166,7 @@ def _exclusive(root: Path) -> Iterator[None]:
 # --- the commands -----------------------------------------------------------------------------
 
 
-def rotate(loaded: Loaded, project: Project, grace_seconds: int, progress: Progress,
+def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progress,
            started: float | None = None) -> Rotation:
     """Replace the client key on the running stack; see the module docstring for the order."""
     started = time.monotonic() if started is None else started
@@ -246,7 +176,7 @@ def rotate(loaded: Loaded, project: Project, grace_seconds: int, progress: Progr
         edge = _edge(loaded, project, old, progress)
         _check_serving(edge, old)
         other_files = {k: v for k, v in loaded.nginx_secret_files().items()
-                       if k != "secrets/keys.conf"}
+                       if k != KEYS_FILE}
         old_conf = render.render_nginx_keys(old, time.time())
         new_master = secrets.new_key()
         # Transitional: the new key is current, the old one accepted with no end (the
@@ -266,11 +196,12 @@ def rotate(loaded: Loaded, project: Project, grace_seconds: int, progress: Progr
             progress("verified through nginx: the new key answers 200")
         except BaseException as exc:
             note = _roll_back(edge, old_conf, other_files, reloaded, progress)
-            if isinstance(exc, LlmstackError):
+            if isinstance(exc, LlmstackError) and _foreign(exc) is None:
                 exc.message = f"key rotation failed: {exc.message}{note}"
                 raise
-            if isinstance(exc, Exception):  # an engine error: same contract, exit 2
-                raise DeployError(f"key rotation failed: {type(exc).__name__}: {exc}{note}",
+            if isinstance(exc, Exception):  # the engine failed (or a bug): exit 2
+                cause = _foreign(exc) or exc
+                raise DeployError(f"key rotation failed: {type(cause).__name__}: {cause}{note}",
                                   "`llmstack status`; run the command again") from exc
             raise
 
@@ -312,7 +243,14 @@ def rotate(loaded: Loaded, project: Project, grace_seconds: int, progress: Progr
                         cutover_ms, round((time.monotonic() - started) * 1000), new_master)
 
 
-def _roll_back(edge: _Edge, old_conf: bytes, other_files: dict[str, tuple[bytes, int]],
+def _foreign(exc: BaseException) -> BaseException | None:
+    """The engine library's exception behind an EngineError the boundary mapped, if any."""
+    cause = exc.__cause__
+    return cause if isinstance(exc, EngineError) and cause is not None and \
+        is_engine_exception(cause) else None
+
+
+def _roll_back(edge: Edge, old_conf: bytes, other_files: dict[str, tuple[bytes, int]],
                reloaded: bool, progress: Progress) -> str:
     """Put the old key file back (reload it too if nginx may run the transitional one);
     return a note for the error message."""
@@ -323,13 +261,15 @@ def _roll_back(edge: _Edge, old_conf: bytes, other_files: dict[str, tuple[bytes,
             edge.test_config()
             edge.reload()
     except Exception as again:  # report both; the first error is the one to raise
-        text = again.message if isinstance(again, LlmstackError) else str(again)
+        foreign = _foreign(again)
+        text = str(foreign) if foreign else again.message if isinstance(again, LlmstackError) \
+            else str(again)
         return f" (putting the old key file back failed too: {text}; the old key still " \
                "works: .env is unchanged and nginx accepts it; `llmstack up` re-syncs nginx)"
     return " (rolled back: .env is unchanged and the old key works)"
 
 
-def finish(loaded: Loaded, project: Project, progress: Progress,
+def finish(loaded: Loaded, project: Engine, progress: Progress,
            started: float | None = None) -> Finish:
     """End a grace window now, and in any case make nginx accept exactly `.env`'s key.
 
@@ -345,7 +285,7 @@ def finish(loaded: Loaded, project: Project, progress: Progress,
         in_progress = bool(keys.previous) and keys.previous in keys.accepted(time.time())
         _check_serving(edge, keys)
         other_files = {k: v for k, v in loaded.nginx_secret_files().items()
-                       if k != "secrets/keys.conf"}
+                       if k != KEYS_FILE}
         final = replace(keys, previous=None, previous_expires=None)
         # nginx first: if this fails or is killed, `.env` still says a window is open, which
         # is true, and its master key works either way.

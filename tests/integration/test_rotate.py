@@ -190,19 +190,20 @@ def test_failed_emergency_rotation_is_mended_by_finish(
     """`--grace 0` whose final reload fails (patched in, on the real nginx): the leaked key
     still works until the command the error names, `rotate-key --finish`, which ends it."""
     from llmstack import rotate
+    from llmstack.edge import Edge
     from llmstack.errors import DeployError
 
     leaked = stack.key
-    real_reload = rotate._Edge.reload
+    real_reload = Edge.reload
     calls: list[int] = []
 
-    def reload_failing_the_second(edge: rotate._Edge) -> None:
+    def reload_failing_the_second(edge: Edge) -> None:
         calls.append(1)
         if len(calls) == 2:
             raise DeployError("nginx reload failed: injected", "")
         real_reload(edge)
 
-    monkeypatch.setattr(rotate._Edge, "reload", reload_failing_the_second)
+    monkeypatch.setattr(Edge, "reload", reload_failing_the_second)
     project = Project(docker_client, stack.project)  # type: ignore[arg-type]
     with pytest.raises(DeployError) as err:
         rotate.rotate(load(stack.root), project, 0, lambda _: None)

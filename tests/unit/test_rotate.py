@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from llmstack import names, plan, rotate, secrets
+from llmstack.engine.api import ContainerInfo
 from llmstack.errors import DeployError, UserError
 from llmstack.initialize import init
 from llmstack.project import Loaded, load
@@ -40,14 +41,8 @@ def accepts(keys_conf: bytes, key: str, now: float) -> bool:
 
 
 @dataclass
-class FakeContainer:
-    labels: dict[str, str]
-    status: str = "running"
-
-
-@dataclass
 class FakeEngine:
-    """Just enough of engine.containers.Project for a rotation."""
+    """Just enough of the engine interface (engine.api.Engine) for a rotation."""
 
     loaded: Loaded
     volume: bytes  # secrets/keys.conf in nginx's config volume
@@ -68,11 +63,12 @@ class FakeEngine:
     def state(self, service: str) -> tuple[str, int | None]:
         return "running", None
 
-    def container(self, service: str) -> FakeContainer:
+    def container(self, service: str) -> ContainerInfo:
         keys = self.loaded.keys()
         wanted = {s.service: s for s in plan.desired(self.loaded.spec, self.loaded.rendered,
                                                      keys.internal)}
-        return FakeContainer({names.LABEL_HASH: wanted[service].config_hash()})
+        return ContainerInfo(service, f"p-{service}", "0" * 12, wanted[service].image,
+                             "running", labels={names.LABEL_HASH: wanted[service].config_hash()})
 
     def write_config(self, svc: plan.ServiceSpec, extra: dict[str, tuple[bytes, int]]) -> None:
         self._check("before ship")
@@ -256,3 +252,25 @@ def test_a_failed_final_reload_is_mended_by_the_command_its_hint_names(
     assert engine.volume == engine.running
     assert not done.was_in_progress
     assert engine.violations == []
+
+
+def test_an_engine_failure_reads_as_before_the_boundary(project_dir: Loaded) -> None:
+    """A docker error mapped to EngineError keeps the message and hint a rotation gave it
+    when docker's exception reached rotate itself."""
+    from docker.errors import APIError
+
+    from llmstack.engine.api import map_exceptions
+
+    class Broken(FakeEngine):
+        def write_config(self, svc: plan.ServiceSpec,
+                         extra: dict[str, tuple[bytes, int]]) -> None:
+            with map_exceptions():
+                raise APIError("500 Server Error: no space left on device")
+
+    engine = Broken(project_dir, *[project_dir.nginx_secret_files()["secrets/keys.conf"][0]] * 2)
+    with pytest.raises(DeployError) as err:
+        rotate.rotate(project_dir, engine, 0, quiet)  # type: ignore[arg-type]
+    assert err.value.message.startswith(
+        "key rotation failed: APIError: 500 Server Error: no space left on device (putting "
+        "the old key file back failed too: 500 Server Error: no space left on device;")
+    assert err.value.hint == "`llmstack status`; run the command again"

@@ -6,16 +6,20 @@ import io
 import socket
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import gpu, names
 from ..errors import EngineError
 from ..plan import Actual, ServiceSpec, parse_user
+from .api import ContainerInfo, mapped
 
 if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
+
+    from .host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
+
+__all__ = ["ContainerInfo", "Project", "open_project", "port_free_here"]
 
 PROBE_SCRIPT = (
     "import sys,urllib.request,urllib.error\n"
@@ -27,19 +31,6 @@ PROBE_SCRIPT = (
     "except Exception as e:\n"
     "    print('ERR', type(e).__name__, str(e)[:200])\n"
 )
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    service: str
-    name: str
-    id: str
-    image: str
-    status: str
-    started_at: str
-    ports: dict[str, Any]
-    labels: dict[str, str]
-    restart_count: int
 
 
 def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int) -> bytes:
@@ -63,8 +54,33 @@ def _uid(user: str | None) -> tuple[int, int]:
     return parse_user(user) or (0, 0)
 
 
+def open_project(host: str | None, project: str) -> Project:
+    """The project on the engine at `host` (DOCKER_HOST, the context or the local socket)."""
+    from .client import connect
+
+    return Project(connect(host), project)
+
+
+def _ports(c: Container) -> tuple[str, ...]:
+    """Docker's NetworkSettings.Ports as sorted "HOSTIP:HOSTPORT->PORT/PROTO" strings."""
+    ports = c.attrs.get("NetworkSettings", {}).get("Ports") or {}
+    return tuple(sorted(f"{b['HostIp']}:{b['HostPort']}->{p}"
+                        for p, bs in ports.items() for b in (bs or [])))
+
+
+def _info(c: Container) -> ContainerInfo:
+    state = c.attrs.get("State", {})
+    return ContainerInfo(
+        service=c.labels.get(names.LABEL_SERVICE, c.name), name=c.name, id=c.id[:12],
+        image=c.attrs.get("Config", {}).get("Image", ""), status=c.status,
+        started_at=state.get("StartedAt", ""), ports=_ports(c), labels=dict(c.labels),
+        restart_count=int(c.attrs.get("RestartCount", 0)), exit_code=state.get("ExitCode"))
+
+
 class Project:
-    """One project's objects on one engine; the only place that creates or removes them."""
+    """One project's objects on one engine; the only place that creates or removes them.
+    Implements `api.Engine`: it returns llmstack's types, and every public method raises
+    EngineError (never docker's or requests' exceptions)."""
 
     def __init__(self, client: docker.DockerClient, project: str) -> None:
         from docker import errors as docker_errors
@@ -73,12 +89,17 @@ class Project:
         self.project = project
         self.errors = docker_errors
 
+    def close(self) -> None:
+        """Release the connection to the engine (an SSH tunnel for remote engines)."""
+        self.client.close()
+
     # --- reading --------------------------------------------------------------------------
 
     def _containers(self) -> list[Container]:
         return self.client.containers.list(
             all=True, filters={"label": f"{names.LABEL_PROJECT}={self.project}"})
 
+    @mapped
     def actual(self) -> list[Actual]:
         out = []
         for c in self._containers():
@@ -88,18 +109,11 @@ class Project:
                               image_id=c.attrs.get("Image", ""), status=c.status))
         return out
 
+    @mapped
     def info(self) -> list[ContainerInfo]:
-        out = []
-        for c in self._containers():
-            state = c.attrs.get("State", {})
-            out.append(ContainerInfo(
-                service=c.labels.get(names.LABEL_SERVICE, c.name), name=c.name, id=c.id[:12],
-                image=c.attrs.get("Config", {}).get("Image", ""), status=c.status,
-                started_at=state.get("StartedAt", ""),
-                ports=c.attrs.get("NetworkSettings", {}).get("Ports") or {},
-                labels=c.labels, restart_count=int(c.attrs.get("RestartCount", 0))))
-        return out
+        return [_info(c) for c in self._containers()]
 
+    @mapped
     def image_ids(self, tags: list[str]) -> dict[str, str | None]:
         ids: dict[str, str | None] = {}
         for tag in dict.fromkeys(tags):
@@ -109,16 +123,22 @@ class Project:
                 ids[tag] = None
         return ids
 
-    def container(self, service: str) -> Container | None:
+    def _get(self, service: str) -> Container | None:
         try:
             return self.client.containers.get(names.container(self.project, service))
         except self.errors.NotFound:
             return None
 
+    @mapped
+    def container(self, service: str) -> ContainerInfo | None:
+        c = self._get(service)
+        return _info(c) if c is not None else None
+
+    @mapped
     def read_tree(self, service: str, path: str) -> dict[str, bytes]:
         """The regular files under `path` in a container, keyed by their path relative to
         path's parent (a file's own name for a file); one engine call, read to the end."""
-        c = self.container(service)
+        c = self._get(service)
         if c is None:
             return {}
         try:
@@ -133,6 +153,7 @@ class Project:
                     files[member.name] = handle.read()
         return files
 
+    @mapped
     def volume_has(self, volume: str, path: str, image: str) -> bool:
         """Whether `path` exists in named volume `volume` (checked through a stopped container)."""
         try:
@@ -147,6 +168,7 @@ class Project:
         finally:
             c.remove(force=True)
 
+    @mapped
     def published_elsewhere(self) -> dict[int, str]:
         """Host ports published by containers of other projects: {port: container name}."""
         used: dict[int, str] = {}
@@ -161,6 +183,7 @@ class Project:
 
     # --- writing --------------------------------------------------------------------------
 
+    @mapped
     def ensure_network(self) -> None:
         name = names.network(self.project)
         if not self.client.networks.list(names=[name]):
@@ -174,6 +197,7 @@ class Project:
         except self.errors.NotFound:
             self.client.volumes.create(volume, labels={names.LABEL_PROJECT: self.project})
 
+    @mapped
     def write_config(self, svc: ServiceSpec, extra: dict[str, tuple[bytes, int]] | None = None
                      ) -> None:
         """Fill the service's config volume through the engine API (works on remote engines)."""
@@ -194,11 +218,13 @@ class Project:
         finally:
             door.remove(force=True)
 
+    @mapped
     def remove(self, service: str) -> None:
-        c = self.container(service)
+        c = self._get(service)
         if c is not None:
             c.remove(force=True)
 
+    @mapped
     def start(self, svc: ServiceSpec) -> str:
         """Create and start the service's container: a translation of `svc`, deciding nothing
         (every setting is in the ServiceSpec, as `export.compose` translates it too)."""
@@ -248,24 +274,27 @@ class Project:
         container.start()
         return str(container.id)
 
+    @mapped
     def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
              ) -> tuple[int, str]:
         """Run `cmd` in the service's container. Pass secrets in `environment`, never in
         `cmd`: arguments show up in `ps` and in the engine's exec records."""
-        c = self.container(service)
+        c = self._get(service)
         if c is None or c.status != "running":
             raise EngineError(f"{service} is not running", "run `llmstack up`")
         result = c.exec_run(cmd, demux=False, environment=environment)
         return int(result.exit_code or 0), (result.output or b"").decode(errors="replace")
 
+    @mapped
     def probe(self, url: str, timeout: float = 2.0) -> str:
         """GET `url` from inside the project network (via the health container): the status
         code as text, or 'ERR ...'. Works the same on a remote engine."""
         code, out = self.exec(names.HEALTH, ["python3", "-c", PROBE_SCRIPT, url, str(timeout)])
         return out.strip() if code == 0 else f"ERR exec exit {code}"
 
+    @mapped
     def logs(self, service: str, tail: int = 50, follow: bool = False) -> Iterator[bytes]:
-        c = self.container(service)
+        c = self._get(service)
         if c is None:
             raise EngineError(f"no container for service {service!r}",
                               "`llmstack status` lists the services")
@@ -274,19 +303,22 @@ class Project:
         else:
             yield c.logs(tail=tail)
 
+    @mapped
     def state(self, service: str) -> tuple[str, int | None]:
-        c = self.container(service)
+        c = self._get(service)
         if c is None:
             return "missing", None
         c.reload()
         return c.status, c.attrs.get("State", {}).get("ExitCode")
 
+    @mapped
     def tail_logs(self, service: str, lines: int = 20) -> str:
-        c = self.container(service)
+        c = self._get(service)
         if c is None:
             return ""
         return c.logs(tail=lines).decode(errors="replace").rstrip()
 
+    @mapped
     def down(self, volumes: bool = False) -> list[str]:
         removed = []
         for c in self._containers():
@@ -302,6 +334,53 @@ class Project:
                     filters={"label": f"{names.LABEL_PROJECT}={self.project}"}):
                 vol.remove(force=True)
         return removed
+
+    # --- the host, seen through the engine ------------------------------------------------
+
+    def is_local(self) -> bool:
+        from .client import is_local
+
+        return is_local(self.client)
+
+    @mapped
+    def host_snapshot(self, candidates: list[str]) -> HostSnapshot | None:
+        from .host import host_snapshot
+
+        return host_snapshot(self.client, candidates, self.project)
+
+    @mapped
+    def query_gpus(self, candidates: list[str]) -> GpuProbe:
+        from .host import query_gpus
+
+        return query_gpus(self.client, candidates, self.project)
+
+    @mapped
+    def engine_facts(self) -> EngineFacts:
+        from .host import engine_facts
+
+        return engine_facts(self.client)
+
+    @mapped
+    def present_images(self, tags: list[str]) -> dict[str, bool]:
+        return {tag: image_id is not None for tag, image_id in self.image_ids(tags).items()}
+
+    @mapped
+    def published_ports(self) -> list[dict[str, Any]]:
+        from .host import published_ports
+
+        return published_ports(self.client)
+
+    @mapped
+    def running_services(self) -> dict[str, str]:
+        from .host import running_services
+
+        return running_services(self.client, self.project)
+
+    @mapped
+    def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
+        from .host import stat_source
+
+        return stat_source(self.client, image, kind, location, path, self.project)
 
 
 def _mount(source: str, target: str, kind: str, read_only: bool) -> Any:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import gpu as gpumod
 from .. import names
+from .api import mapped
 from .containers import path_stat
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def parse_engine_time(value: str) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
+@mapped
 def engine_facts(client: docker.DockerClient) -> EngineFacts:
     version = client.version()
     before = time.time()
@@ -92,6 +94,7 @@ def engine_facts(client: docker.DockerClient) -> EngineFacts:
         mem_bytes=int(info.get("MemTotal") or 0))
 
 
+@mapped
 def present_images(client: docker.DockerClient, tags: list[str]) -> dict[str, bool]:
     from docker.errors import ImageNotFound
 
@@ -137,6 +140,7 @@ class GpuProbe:
                 "gpus": [g.to_dict() for g in self.gpus]}
 
 
+@mapped
 def query_gpus(client: docker.DockerClient, candidates: list[str], project: str = "llmstack"
                ) -> GpuProbe:
     """The host's GPUs from nvidia-smi run in the first present image of `candidates`.
@@ -183,6 +187,7 @@ class HostSnapshot:
     net: str
 
 
+@mapped
 def host_snapshot(client: docker.DockerClient, candidates: list[str],
                   project: str = "llmstack") -> HostSnapshot | None:
     present = present_images(client, candidates)
@@ -195,6 +200,7 @@ def host_snapshot(client: docker.DockerClient, candidates: list[str],
     return HostSnapshot(image, df, net)
 
 
+@mapped
 def published_ports(client: docker.DockerClient) -> list[dict[str, Any]]:
     """Every published port of running containers: {port, ip, container, project} (one
     list call, cheap over ssh)."""
@@ -216,6 +222,7 @@ class SourceStat:
     is_dir: bool = False
 
 
+@mapped
 def stat_source(client: docker.DockerClient, image: str, kind: str, location: str, path: str,
                 project: str = "llmstack") -> SourceStat:
     """Whether a model's volume:/host: source exists on the target, and its size."""
@@ -247,6 +254,7 @@ def stat_source(client: docker.DockerClient, image: str, kind: str, location: st
     return SourceStat(True, int(stat.get("size", 0)), bool(mode & MODE_DIR))
 
 
+@mapped
 def running_services(client: docker.DockerClient, project: str) -> dict[str, str]:
     """{service: state} of the project's containers (one list call)."""
     out = {}

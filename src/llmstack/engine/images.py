@@ -36,6 +36,7 @@ from llmstack.errors import EngineError
 from llmstack.images import BaseImage, BuiltImage
 from llmstack.resources import data_dir
 
+from .api import mapped
 from .containers import path_stat
 
 Progress = Callable[[str], None]
@@ -70,6 +71,7 @@ def _image_id(client: docker.DockerClient, tag: str) -> str | None:
         return None
 
 
+@mapped
 def missing_images(client: docker.DockerClient, tags: list[str]) -> list[str]:
     """The tags in ``tags`` that the engine does not have, in the given order."""
     return [tag for tag in tags if not image_exists(client, tag)]
@@ -79,6 +81,7 @@ def missing_images(client: docker.DockerClient, tags: list[str]) -> list[str]:
 # building
 
 
+@mapped
 def build_images(
     client: docker.DockerClient,
     *,
@@ -417,6 +420,7 @@ def _tail(lines: Iterable[str]) -> str:
 # the demo model volume
 
 
+@mapped
 def ensure_demo_model(client: docker.DockerClient, *, progress: Progress = print) -> str:
     """Put the tiny SmolLM2 GGUF at the root of the ``llmstack-models`` volume; return its name.
 

@@ -1,0 +1,183 @@
+"""The engine boundary: what llmstack asks of a container engine, in llmstack's own types.
+
+`Engine` is the interface `deploy`, `edge`, `rotate` and the CLI program against. The real one
+is `containers.Project` (Docker through the SDK); `tests/fake_engine.py` is an in-memory one,
+and `tests/engine_compliance.py` runs the same cases against both. Nothing here imports docker:
+engine objects never leave the package, and the engine's own exceptions (docker's, requests',
+urllib3's) become `EngineError` at the boundary, once (`map_exceptions`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from ..errors import EngineError, LlmstackError
+
+if TYPE_CHECKING:
+    from ..plan import Actual, ServiceSpec
+    from .host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
+
+# Modules whose exceptions mean "the engine (or the way to it) failed".
+ENGINE_MODULES = ("docker", "requests", "urllib3")
+ENGINE_HINT = "the Docker engine refused the operation; `llmstack doctor` checks the host"
+
+# Container states, as the engine reports them; "missing" when there is no container.
+MISSING = "missing"
+STOPPED_STATES = ("exited", "dead", MISSING, "restarting")
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container of the project. `ports` are "HOSTIP:HOSTPORT->PORT/PROTO" strings,
+    sorted; `started_at` is the engine's RFC 3339 time ("" when never started)."""
+
+    service: str
+    name: str
+    id: str
+    image: str
+    status: str
+    started_at: str = ""
+    ports: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    restart_count: int = 0
+    exit_code: int | None = None
+
+
+def is_engine_exception(exc: BaseException) -> bool:
+    """Whether `exc` comes from the engine's client libraries (by the module defining it)."""
+    return any(c.__module__.split(".")[0] in ENGINE_MODULES for c in type(exc).__mro__)
+
+
+def engine_error(exc: BaseException) -> EngineError:
+    """The EngineError a foreign engine exception stands for (message as the CLI printed it)."""
+    return EngineError(f"{type(exc).__name__}: {exc}", ENGINE_HINT)
+
+
+@contextlib.contextmanager
+def map_exceptions() -> Iterator[None]:
+    """Translate the engine libraries' exceptions into EngineError (httpx's pattern); our own
+    errors and everything else pass through unchanged."""
+    try:
+        yield
+    except LlmstackError:
+        raise
+    except Exception as exc:
+        if not is_engine_exception(exc):
+            raise
+        raise engine_error(exc) from exc
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def mapped(func: F) -> F:
+    """Decorator: `func` (a generator function too) raises EngineError, never docker's errors."""
+    if inspect.isgeneratorfunction(func):
+        @functools.wraps(func)
+        def gen(*args: Any, **kwargs: Any) -> Any:
+            with map_exceptions():
+                yield from func(*args, **kwargs)
+        return gen  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with map_exceptions():
+            return func(*args, **kwargs)
+    return call  # type: ignore[return-value]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One project's containers, config volumes and network on one engine."""
+
+    project: str
+
+    # --- reading -------------------------------------------------------------------------
+    def actual(self) -> list[Actual]:
+        """The project's containers as the plan compares them."""
+
+    def info(self) -> list[ContainerInfo]:
+        """The project's containers, for status."""
+
+    def container(self, service: str) -> ContainerInfo | None:
+        """The service's container, or None when there is none."""
+
+    def state(self, service: str) -> tuple[str, int | None]:
+        """(status, exit code): "running", "exited", ..., or "missing"."""
+
+    def image_ids(self, tags: list[str]) -> dict[str, str | None]:
+        """Each tag's image id on the engine, None when absent."""
+
+    def read_tree(self, service: str, path: str) -> dict[str, bytes]:
+        """The regular files under `path` in the service's container, keyed by their path
+        relative to path's parent; {} when the container or the path is missing."""
+
+    def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
+             ) -> tuple[int, str]:
+        """Run `cmd` in the running service: (exit code, output). EngineError when the
+        service is not running. Secrets go in `environment`, never in `cmd`."""
+
+    def probe(self, url: str, timeout: float = 2.0) -> str:
+        """GET `url` from inside the project network: the status code as text, or 'ERR ...'."""
+
+    def logs(self, service: str, tail: int = 50, follow: bool = False) -> Iterator[bytes]:
+        """The service's output; EngineError when it has no container."""
+
+    def tail_logs(self, service: str, lines: int = 20) -> str:
+        """The last lines of the service's output ("" without a container)."""
+
+    # --- writing -------------------------------------------------------------------------
+    def ensure_network(self) -> None:
+        """The project's network, created when missing."""
+
+    def write_config(self, svc: ServiceSpec, extra: dict[str, tuple[bytes, int]] | None = None
+                     ) -> None:
+        """Fill the service's config volume with svc.config (0644) and `extra` files."""
+
+    def start(self, svc: ServiceSpec) -> str:
+        """(Re)create and start the service's container; its id."""
+
+    def remove(self, service: str) -> None:
+        """Remove the service's container (no error when there is none)."""
+
+    def down(self, volumes: bool = False) -> list[str]:
+        """Remove every container and the network (and config volumes): removed names."""
+
+    # --- the host, seen through the engine -------------------------------------------------
+    def close(self) -> None:
+        """Release the connection to the engine."""
+
+    def is_local(self) -> bool:
+        """Whether the engine runs on this machine (its published ports are ours)."""
+
+    def volume_has(self, volume: str, path: str, image: str) -> bool:
+        """Whether `path` exists in the named volume."""
+
+    def published_elsewhere(self) -> dict[int, str]:
+        """Host ports published by other projects' containers: {port: container name}."""
+
+    def host_snapshot(self, candidates: list[str]) -> HostSnapshot | None:
+        """df of the data root and the host's listening sockets (None without an image)."""
+
+    def query_gpus(self, candidates: list[str]) -> GpuProbe:
+        """The host's GPUs, from nvidia-smi in the first present image of `candidates`."""
+
+    def engine_facts(self) -> EngineFacts:
+        """The engine's version, OS, data root, runtimes, clock."""
+
+    def present_images(self, tags: list[str]) -> dict[str, bool]:
+        """Whether each tag is on the engine."""
+
+    def published_ports(self) -> list[dict[str, Any]]:
+        """Every published port of running containers: {port, ip, container, project}."""
+
+    def running_services(self) -> dict[str, str]:
+        """{service: state} of the project's containers."""
+
+    def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
+        """Whether a model's volume:/host: source exists on the engine's host, its size."""

@@ -1,0 +1,244 @@
+"""An in-memory engine implementing `llmstack.engine.api.Engine`, for unit tests.
+
+Containers have states, labels and log lines; config volumes hold files; readiness probes are
+answered per service from a script (`answers`); nginx's `-t`, `-s reload` and its worker list
+are simulated (a reload starts a new worker generation). Other exec commands run on this
+machine (`python3` is this interpreter), so exit codes and output are real.
+`tests/engine_compliance.py` checks that it behaves as the real engine does.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from llmstack import names
+from llmstack.engine.api import ContainerInfo
+from llmstack.engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
+from llmstack.errors import EngineError
+from llmstack.plan import Actual, ServiceSpec
+
+NOT_FOUND = "ERR URLError <urlopen error [Errno -2] Name or service not known>"
+REFUSED = "ERR URLError <urlopen error [Errno 111] Connection refused>"
+
+
+@dataclass
+class FakeContainer:
+    service: str
+    name: str
+    id: str
+    image: str
+    image_id: str
+    labels: dict[str, str]
+    ports: tuple[str, ...] = ()
+    status: str = "running"
+    exit_code: int | None = None
+    started_at: str = "2030-01-01T00:00:00.000000000Z"
+    restart_count: int = 0
+    config_mount: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FakeEngine:
+    """One project on a pretend engine. Knobs for tests:
+
+    answers: per service, the probe answers in order (the last one repeats); default "200".
+    crash: services whose container exits (code 1) right after its start.
+    missing_images: tags the engine does not have.
+    nginx_test: (exit code, output) of `nginx -t`.
+    """
+
+    project: str = "p"
+    answers: dict[str, list[str]] = field(default_factory=dict)
+    crash: set[str] = field(default_factory=set)
+    missing_images: set[str] = field(default_factory=set)
+    nginx_test: tuple[int, str] = (0, "")
+    containers: dict[str, FakeContainer] = field(default_factory=dict)
+    volumes: dict[str, dict[str, tuple[bytes, int]]] = field(default_factory=dict)
+    network: bool = False
+    generation: int = 1  # nginx's worker generation: +1 per reload
+    calls: list[str] = field(default_factory=list)  # "start health", "remove nginx", ...
+    other_ports: dict[int, str] = field(default_factory=dict)
+    client: object = None  # no docker client: callers must not need one
+
+    # --- reading -------------------------------------------------------------------------
+
+    def actual(self) -> list[Actual]:
+        return [Actual(c.service, c.id, c.labels.get(names.LABEL_HASH, ""), c.image_id,
+                       c.status) for c in self.containers.values()]
+
+    def info(self) -> list[ContainerInfo]:
+        return [self._info(c) for c in self.containers.values()]
+
+    def container(self, service: str) -> ContainerInfo | None:
+        c = self.containers.get(service)
+        return self._info(c) if c else None
+
+    @staticmethod
+    def _info(c: FakeContainer) -> ContainerInfo:
+        return ContainerInfo(service=c.service, name=c.name, id=c.id[:12], image=c.image,
+                             status=c.status, started_at=c.started_at, ports=c.ports,
+                             labels=dict(c.labels), restart_count=c.restart_count,
+                             exit_code=c.exit_code)
+
+    def state(self, service: str) -> tuple[str, int | None]:
+        c = self.containers.get(service)
+        return (c.status, c.exit_code) if c else ("missing", None)
+
+    def image_ids(self, tags: list[str]) -> dict[str, str | None]:
+        return {t: None if t in self.missing_images else f"sha256:{t}"
+                for t in dict.fromkeys(tags)}
+
+    def read_tree(self, service: str, path: str) -> dict[str, bytes]:
+        c = self.containers.get(service)
+        if c is None or not c.config_mount or not path.startswith(c.config_mount + "/"):
+            return {}
+        rel = path[len(c.config_mount) + 1:].rstrip("/")
+        base = rel.rsplit("/", 1)[-1]
+        files = self.volumes.get(names.config_volume(self.project, service), {})
+        return {base + name[len(rel):]: data for name, (data, _) in files.items()
+                if name == rel or name.startswith(rel + "/")}
+
+    def _running(self, service: str) -> FakeContainer:
+        c = self.containers.get(service)
+        if c is None or c.status != "running":
+            raise EngineError(f"{service} is not running", "run `llmstack up`")
+        return c
+
+    def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
+             ) -> tuple[int, str]:
+        self._running(service)
+        if service == names.NGINX and cmd[:2] == ["nginx", "-t"]:
+            self.calls.append("nginx -t")
+            return self.nginx_test
+        if service == names.NGINX and cmd[:3] == ["nginx", "-s", "reload"]:
+            self.calls.append("nginx reload")
+            self.generation += 1
+            return 0, ""
+        if service == names.NGINX and cmd[:2] == ["sh", "-c"]:
+            return 0, (f"1 /sbin/docker-init -- nginx\n7 nginx: master process nginx\n"
+                       f"{100 + self.generation} nginx: worker process   \n")
+        argv = [sys.executable if cmd[0] == "python3" else cmd[0], *cmd[1:]]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False,
+                              env={**(environment or {}), "PATH": "/usr/bin:/bin"})
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def probe(self, url: str, timeout: float = 2.0) -> str:
+        self._running(names.HEALTH)  # probes run in the health container
+        host = urlsplit(url).hostname or ""
+        service = names.HEALTH if host == "127.0.0.1" else host.removeprefix(f"{self.project}-")
+        c = self.containers.get(service)
+        if c is None or not host.startswith((f"{self.project}-", "127.0.0.1")):
+            return NOT_FOUND
+        if c.status != "running":
+            return REFUSED
+        script = self.answers.get(service) or ["200"]
+        return script.pop(0) if len(script) > 1 else script[0]
+
+    def logs(self, service: str, tail: int = 50, follow: bool = False) -> Iterator[bytes]:
+        c = self.containers.get(service)
+        if c is None:
+            raise EngineError(f"no container for service {service!r}",
+                              "`llmstack status` lists the services")
+        lines = c.log[-tail:] if tail else []
+        if follow:
+            yield from (line.encode() + b"\n" for line in lines)
+        else:
+            yield "".join(line + "\n" for line in lines).encode()
+
+    def tail_logs(self, service: str, lines: int = 20) -> str:
+        c = self.containers.get(service)
+        return "\n".join(c.log[-lines:]) if c else ""
+
+    # --- writing -------------------------------------------------------------------------
+
+    def ensure_network(self) -> None:
+        self.network = True
+
+    def write_config(self, svc: ServiceSpec, extra: dict[str, tuple[bytes, int]] | None = None
+                     ) -> None:
+        self.calls.append(f"write_config {svc.service}")
+        volume = self.volumes.setdefault(names.config_volume(self.project, svc.service), {})
+        volume.update({n: (data, 0o644) for n, data in svc.config.items()})
+        volume.update(extra or {})
+
+    def start(self, svc: ServiceSpec) -> str:
+        if not self.network:
+            raise EngineError(f"NotFound: network {names.network(self.project)} not found",
+                              "the Docker engine refused the operation")
+        if svc.image in self.missing_images:
+            raise EngineError(f"ImageNotFound: No such image: {svc.image}",
+                              "the Docker engine refused the operation")
+        self.remove(svc.service)
+        self.calls.append(f"start {svc.service}")
+        crashed = svc.service in self.crash
+        c = FakeContainer(
+            service=svc.service, name=names.container(self.project, svc.service),
+            id=uuid.uuid4().hex, image=svc.image, image_id=f"sha256:{svc.image}",
+            labels={names.LABEL_PROJECT: self.project, names.LABEL_SERVICE: svc.service,
+                    names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash()},
+            ports=tuple(sorted(f"{bind}:{port}->{inside}"
+                               for inside, (bind, port) in svc.ports.items())),
+            status="exited" if crashed else "running", exit_code=1 if crashed else None,
+            config_mount=svc.config_mount if svc.config else "",
+            log=[f"{svc.service} starting"] + (["fatal: cannot load model"] if crashed else []))
+        self.containers[svc.service] = c
+        return c.id
+
+    def remove(self, service: str) -> None:
+        if self.containers.pop(service, None) is not None:
+            self.calls.append(f"remove {service}")
+
+    def down(self, volumes: bool = False) -> list[str]:
+        removed = [c.name for c in self.containers.values()]
+        self.containers.clear()
+        self.network = False
+        if volumes:
+            self.volumes.clear()
+        return removed
+
+    # --- the host ------------------------------------------------------------------------
+
+    def is_local(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def volume_has(self, volume: str, path: str, image: str) -> bool:
+        return True
+
+    def published_elsewhere(self) -> dict[int, str]:
+        return dict(self.other_ports)
+
+    def host_snapshot(self, candidates: list[str]) -> HostSnapshot | None:
+        return None
+
+    def query_gpus(self, candidates: list[str]) -> GpuProbe:
+        return GpuProbe("no-runtime", detail="the fake engine has no GPUs")
+
+    def engine_facts(self) -> EngineFacts:
+        return EngineFacts(version="27.0.0", api_version="1.47", os="linux", arch="amd64",
+                           kernel="6.1", operating_system="Fake", root_dir="/var/lib/docker",
+                           runtimes=["runc"], default_runtime="runc", system_time=None,
+                           skew_s=None, name="fake", ncpu=2, mem_bytes=8 << 30)
+
+    def present_images(self, tags: list[str]) -> dict[str, bool]:
+        return {t: i is not None for t, i in self.image_ids(tags).items()}
+
+    def published_ports(self) -> list[dict[str, Any]]:
+        return [{"port": int(p.split("->")[0].rsplit(":", 1)[1]), "ip": p.rsplit(":", 1)[0],
+                 "container": c.name, "project": self.project}
+                for c in self.containers.values() if c.status == "running" for p in c.ports]
+
+    def running_services(self) -> dict[str, str]:
+        return {c.service: c.status for c in self.containers.values()}
+
+    def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
+        return SourceStat(True, 1, False)

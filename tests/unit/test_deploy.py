@@ -1,0 +1,354 @@
+"""`up`, its readiness wait, `status` and `down` on the fake engine (tests/fake_engine.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmstack import cli, deploy, edge, names, plan
+from llmstack.errors import DeployError, EngineError
+from llmstack.initialize import init
+from llmstack.project import Loaded, load
+from tests.fake_engine import FakeEngine
+
+CHAT = names.model_service("deepseek-coder")
+EMBED = names.model_service("smollm2-embed")
+ALL = [names.HEALTH, CHAT, EMBED, names.LITELLM, names.NGINX]
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def event(self, service: str, state: str, detail: str = "") -> None:
+        self.seen.append((service, state, detail))
+
+    def states(self, state: str) -> list[str]:
+        return [s for s, st, _ in self.seen if st == state]
+
+
+@pytest.fixture
+def loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loaded:
+    init(tmp_path)
+    monkeypatch.setattr(deploy, "POLL_INTERVAL", 0.0)
+    return load(tmp_path)
+
+
+@pytest.fixture
+def engine(loaded: Loaded) -> FakeEngine:
+    return FakeEngine(project=loaded.spec.project)
+
+
+def up(loaded: Loaded, engine: FakeEngine, events: Events | None = None) -> deploy.UpResult:
+    return deploy.up(loaded, engine, events or Events(), local_engine=False)
+
+
+def starts(engine: FakeEngine) -> list[str]:
+    return [c.split(" ", 1)[1] for c in engine.calls if c.startswith("start ")]
+
+
+# --- up ----------------------------------------------------------------------------------------
+
+
+def test_first_up_creates_every_service_in_dependency_order(loaded: Loaded,
+                                                            engine: FakeEngine) -> None:
+    engine.answers = {CHAT: ["503", "503", "200"], EMBED: ["503", "200"]}
+    events = Events()
+    result = up(loaded, engine, events)
+    assert result.changed
+    assert {a.service: a.kind for a in result.actions} == dict.fromkeys(ALL, "create")
+    assert starts(engine) == ALL
+    assert sorted(result.ready_seconds) == sorted(ALL)
+    assert {s: engine.state(s)[0] for s in ALL} == dict.fromkeys(ALL, "running")
+    assert engine.network
+    order = [(s, st) for s, st, _ in events.seen if st in ("starting", "ready")]
+    # health first; LiteLLM starts with the models, not after them; nginx once all are ready.
+    assert order[:2] == [(names.HEALTH, "starting"), (names.HEALTH, "ready")]
+    assert order.index((names.LITELLM, "starting")) < order.index((CHAT, "ready"))
+    assert order.index((names.NGINX, "starting")) > max(
+        order.index((s, "ready")) for s in (CHAT, EMBED, names.LITELLM))
+    assert ("model-" + "x", "waiting") not in order
+    assert any(s == CHAT and st == "waiting" and "GET /health -> 503" in d
+               for s, st, d in events.seen)
+    # Config volumes hold the rendered files; nginx's also its 0600 secret files.
+    nginx_volume = engine.volumes[names.config_volume(engine.project, names.NGINX)]
+    assert nginx_volume["nginx.conf"] == (loaded.rendered.services[names.NGINX]["nginx.conf"],
+                                          0o644)
+    assert {n: m for n, (_, m) in nginx_volume.items() if n.startswith("secrets/")} == {
+        "secrets/keys.conf": 0o600, "secrets/tls.crt": 0o600, "secrets/tls.key": 0o600}
+
+
+def test_a_second_up_touches_nothing(loaded: Loaded, engine: FakeEngine) -> None:
+    up(loaded, engine)
+    calls = list(engine.calls)
+    again = up(loaded, engine)
+    assert not again.changed
+    assert {a.kind for a in again.actions} == {"keep"}
+    assert engine.calls == calls
+
+
+def test_a_changed_service_is_recreated_and_nginx_reloaded(loaded: Loaded,
+                                                           engine: FakeEngine) -> None:
+    up(loaded, engine)
+    engine.containers[names.LITELLM].labels[names.LABEL_HASH] = "0" * 16  # an older config
+    engine.calls.clear()
+    result = up(loaded, engine)
+    kinds = {a.service: a.kind for a in result.actions}
+    assert kinds == {names.HEALTH: "keep", CHAT: "keep", EMBED: "keep",
+                     names.LITELLM: "recreate", names.NGINX: "reload"}
+    assert starts(engine) == [names.LITELLM]
+    # nginx resolves its upstream at load: shipped, tested, reloaded (not restarted).
+    assert engine.calls[-3:] == ["write_config nginx", "nginx -t", "nginx reload"]
+    assert list(result.ready_seconds) == [names.LITELLM]
+
+
+def test_new_keys_reach_nginx_by_a_reload(loaded: Loaded, engine: FakeEngine) -> None:
+    up(loaded, engine)
+    volume = engine.volumes[names.config_volume(engine.project, names.NGINX)]
+    volume[edge.KEYS_FILE] = (b"# an older key file\n", 0o600)
+    engine.calls.clear()
+    result = up(loaded, engine)
+    assert [(a.kind, a.reason) for a in result.actions if a.service == names.NGINX] == [
+        ("reload", "keys or certificate changed")]
+    assert engine.calls == ["write_config nginx", "nginx -t", "nginx reload"]
+    assert volume[edge.KEYS_FILE] == loaded.nginx_secret_files()[edge.KEYS_FILE]
+
+
+def test_nginx_refusing_its_new_config_keeps_the_old_one(loaded: Loaded,
+                                                         engine: FakeEngine) -> None:
+    up(loaded, engine)
+    engine.volumes[names.config_volume(engine.project, names.NGINX)][edge.KEYS_FILE] = \
+        (b"old", 0o600)
+    engine.nginx_test = (1, "nginx: [emerg] unexpected end of file")
+    with pytest.raises(DeployError) as err:
+        up(loaded, engine)
+    assert "nginx rejected its new configuration: nginx: [emerg]" in err.value.message
+    assert "nginx reload" not in engine.calls
+
+
+def test_a_removed_service_is_removed_first(loaded: Loaded, engine: FakeEngine) -> None:
+    up(loaded, engine)
+    engine.containers["model-old"] = engine.containers[CHAT].__class__(
+        service="model-old", name=f"{engine.project}-model-old", id="f" * 64, image="x",
+        image_id="x", labels={})
+    engine.calls.clear()
+    events = Events()
+    result = up(loaded, engine, events)
+    assert ("remove", "model-old") in {(a.kind, a.service) for a in result.actions}
+    assert engine.calls == ["remove model-old"]
+    assert events.states("removing") == ["model-old"]
+
+
+def test_readiness_timeout_raises_with_the_last_log_lines(
+        loaded: Loaded, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy, "DEADLINES", {**deploy.DEADLINES, "model": 0.01})
+    engine.answers = {CHAT: ["503"]}
+    with pytest.raises(DeployError) as err:
+        up(loaded, engine)
+    message = err.value.message
+    assert message.startswith(f"service {CHAT} failed: not ready after")
+    assert "(GET /health -> 503)" in message
+    assert "probe: GET /health on port 8000" in message
+    assert f"last log lines:\n    {CHAT} starting" in message
+    assert f"`llmstack logs {CHAT}`" in err.value.hint and "llmstack up" in err.value.hint
+    assert err.value.exit_code == 2
+    assert names.NGINX not in starts(engine)
+
+
+def test_a_crashed_container_fails_fast(loaded: Loaded, engine: FakeEngine) -> None:
+    engine.crash = {EMBED}
+    engine.answers = {CHAT: ["503"]}  # would wait 600 s: the crash must not wait for it
+    with pytest.raises(DeployError) as err:
+        up(loaded, engine)
+    assert f"service {EMBED} failed: container exited (exit code 1)" in err.value.message
+    assert "fatal: cannot load model" in err.value.message
+    assert names.NGINX not in starts(engine)
+
+
+def test_missing_images_are_refused_before_anything_starts(loaded: Loaded,
+                                                           engine: FakeEngine) -> None:
+    engine.missing_images = {loaded.spec.images.nginx}
+    with pytest.raises(Exception) as err:
+        up(loaded, engine)
+    assert "images missing on the engine: " + loaded.spec.images.nginx in str(err.value)
+    assert engine.calls == []
+
+
+def test_start_order_follows_start_after_not_roles() -> None:
+    """A service waits only for what its start_after names (a cycle is reported)."""
+    a = plan.ServiceSpec("a", "x", "img", [], probe=None)
+    b = plan.ServiceSpec("b", "x", "img", [], probe=None, start_after=("c",))
+    c = plan.ServiceSpec("c", "x", "img", [], probe=None, start_after=("a", "gone"))
+    engine = FakeEngine(network=True)
+    result = deploy.UpResult([])
+    deploy._start_in_order(engine, [b, c, a], dict.fromkeys("abc", "create"), {}, Events(),
+                           result)
+    assert starts(engine) == ["a", "c", "b"]
+    assert result.ready_seconds == {"a": 0.0, "b": 0.0, "c": 0.0}
+    loop = [plan.ServiceSpec("d", "x", "img", [], start_after=("e",)),
+            plan.ServiceSpec("e", "x", "img", [], start_after=("d",))]
+    with pytest.raises(DeployError, match="cycle"):
+        deploy._start_in_order(engine, loop, dict.fromkeys("de", "create"), {}, Events(),
+                               deploy.UpResult([]))
+
+
+def test_desired_start_order_health_then_models_with_litellm_then_nginx(
+        loaded: Loaded) -> None:
+    wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered, "k")}
+    assert wanted[names.HEALTH].start_after == ()
+    assert wanted[CHAT].start_after == wanted[EMBED].start_after == (names.HEALTH,)
+    assert wanted[names.LITELLM].start_after == (names.HEALTH,)
+    assert set(wanted[names.NGINX].start_after) == {names.HEALTH, CHAT, EMBED, names.LITELLM}
+    # Start order is not a container setting: it does not change the config hash.
+    from dataclasses import replace
+    svc = wanted[CHAT]
+    assert replace(svc, start_after=()).config_hash() == svc.config_hash()
+
+
+# --- status and down ---------------------------------------------------------------------------
+
+
+def test_status_reports_states_health_ports_and_stray_containers(loaded: Loaded,
+                                                                 engine: FakeEngine) -> None:
+    up(loaded, engine)
+    report = deploy.status(loaded, engine)
+    assert report.healthy
+    data = report.to_dict()
+    assert set(data) == {"project", "services", "healthy", "certificate", "rotation"}
+    assert [s["service"] for s in data["services"]] == ALL
+    nginx = data["services"][-1]
+    assert set(nginx) == {"service", "state", "healthy", "image", "container", "restarts",
+                          "uptime_s", "ports", "in_sync"}
+    assert nginx["ports"] == ["127.0.0.1:4000->8080/tcp", "127.0.0.1:443->8443/tcp",
+                              "127.0.0.1:8080->8081/tcp"]
+    assert nginx["in_sync"] and nginx["healthy"] is True and nginx["state"] == "running"
+    assert set(data["certificate"]) == {"not_after", "days_left", "expiring_soon", "names"}
+    assert data["rotation"] is None
+    json.dumps(data)
+
+    engine.answers = {names.LITELLM: ["503"]}
+    engine.remove(EMBED)
+    engine.containers[CHAT].labels[names.LABEL_HASH] = "old"
+    engine.containers["model-old"] = engine.containers[CHAT].__class__(
+        service="model-old", name="p-model-old", id="e" * 64, image="x", image_id="x",
+        labels={}, status="exited")
+    report = deploy.status(loaded, engine)
+    by = {s.service: s for s in report.services}
+    assert not report.healthy
+    assert by[names.LITELLM].healthy is False
+    assert by[EMBED].to_dict() == {"service": EMBED, "state": "missing", "healthy": None}
+    assert by[CHAT].in_sync is False
+    assert by["model-old"].note == "not in stack.yaml; `llmstack up` removes it"
+    assert by["model-old"].healthy is None and by["model-old"].uptime_s == 0
+
+
+def test_status_without_health_probes_nothing(loaded: Loaded, engine: FakeEngine) -> None:
+    up(loaded, engine)
+    engine.containers[names.HEALTH].status = "exited"
+    report = deploy.status(loaded, engine)
+    assert {s.service: s.healthy for s in report.services} == dict.fromkeys(ALL, None)
+    assert not report.healthy
+
+
+def test_down_removes_containers_and_network(loaded: Loaded, engine: FakeEngine) -> None:
+    up(loaded, engine)
+    removed = engine.down(volumes=True)
+    assert sorted(removed) == sorted(names.container(engine.project, s) for s in ALL)
+    assert engine.info() == [] and not engine.network and engine.volumes == {}
+
+
+# --- the CLI on the fake -----------------------------------------------------------------------
+
+
+def test_status_and_up_commands_on_the_fake(loaded: Loaded, engine: FakeEngine,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_engine", lambda host, project: engine)
+    runner = CliRunner()
+    root = str(loaded.paths.root)
+    out = runner.invoke(cli.app, ["up", "-C", root])
+    assert out.exit_code == 0, out.output
+    assert "Stack llmstack is up (5 changes" in out.output
+    out = runner.invoke(cli.app, ["up", "-C", root, "--json"])
+    assert json.loads(out.stdout)["changed"] is False
+    out = runner.invoke(cli.app, ["status", "-C", root])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0].split() == ["SERVICE", "STATE", "HEALTH", "UPTIME", "PORTS", "/", "IMAGE"]
+    assert lines[-2].startswith("nginx") and "127.0.0.1:4000->8080/tcp" in lines[-2]
+    assert lines[-1].startswith("certificate: valid until")
+    engine.remove(names.LITELLM)
+    out = runner.invoke(cli.app, ["status", "-C", root, "--json"])
+    assert out.exit_code == 2
+    data = json.loads(out.stdout)
+    assert {"service": names.LITELLM, "state": "missing", "healthy": None} in data["services"]
+    out = runner.invoke(cli.app, ["down", "-C", root, "--json"])
+    assert len(json.loads(out.stdout)["removed"]) == 4
+
+
+def test_engine_errors_exit_2_with_the_engine_hint(loaded: Loaded, engine: FakeEngine,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*args: object, **kwargs: object) -> list[str]:
+        raise EngineError("APIError: 500 Server Error", "the Docker engine refused the "
+                          "operation; `llmstack doctor` checks the host")
+
+    monkeypatch.setattr(cli, "_engine", lambda host, project: engine)
+    monkeypatch.setattr(engine, "down", broken)
+    monkeypatch.setattr("sys.argv", ["llmstack", "down", "-C", str(loaded.paths.root)])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: APIError: 500 Server Error" in err and "llmstack doctor" in err
+
+
+# --- the edge ----------------------------------------------------------------------------------
+
+
+class StuckNginx(FakeEngine):
+    """nginx whose workers never change (or, with shell=False, an image without sh)."""
+
+    shell: bool = True
+
+    def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
+             ) -> tuple[int, str]:
+        if cmd[:2] == ["sh", "-c"]:
+            return (0, "101 nginx: worker process\n") if self.shell else (127, "no sh")
+        return super().exec(service, cmd, environment)
+
+
+def test_graceful_reload_waits_for_new_workers_then_gives_up(loaded: Loaded) -> None:
+    engine = StuckNginx(project=loaded.spec.project)
+    up(loaded, engine)
+    nginx = next(s for s in plan.desired(loaded.spec, loaded.rendered, "k")
+                 if s.service == names.NGINX)
+    with pytest.raises(DeployError, match="did not switch to its new configuration"):
+        edge.graceful_reload(engine, nginx, 0.01)
+    engine.shell = False  # nothing to watch: the reload signal is all there is
+    edge.graceful_reload(engine, nginx, 0.01)
+    assert edge.serving_workers(engine) == set()
+    engine.nginx_test = (0, "")
+    fake = FakeEngine(project=loaded.spec.project)
+    up(loaded, fake)
+    assert edge.serving_workers(fake) == {str(100 + fake.generation)}
+    edge.graceful_reload(fake, nginx, 1.0)
+    assert edge.serving_workers(fake) == {str(100 + fake.generation)}
+
+
+def test_a_failed_reload_is_a_deploy_error(loaded: Loaded) -> None:
+    class Refusing(FakeEngine):
+        def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
+                 ) -> tuple[int, str]:
+            if cmd[:3] == ["nginx", "-s", "reload"]:
+                return 1, "nginx: [error] invalid PID number"
+            return super().exec(service, cmd, environment)
+
+    engine = Refusing(project=loaded.spec.project)
+    up(loaded, engine)
+    nginx = next(s for s in plan.desired(loaded.spec, loaded.rendered, "k")
+                 if s.service == names.NGINX)
+    with pytest.raises(DeployError, match="nginx reload failed: nginx: \\[error\\] invalid"):
+        edge.reload_nginx(engine, nginx, loaded.nginx_secret_files())
