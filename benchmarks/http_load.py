@@ -72,6 +72,18 @@ class Collected:
         return [s.seconds for s in self.samples if s.target == target and s.status == 200]
 
 
+
+def read_status(sock: socket.socket) -> int:
+    """The status code of the HTTP response arriving on `sock` (0 if none came)."""
+    head = b""
+    while b"\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    parts = head.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
 def chat_body(model: str, max_tokens: int, stream: bool) -> bytes:
     return json.dumps({"model": model, "messages": PROMPT, "max_tokens": max_tokens,
                        "temperature": 0, "stream": stream}).encode()
@@ -260,14 +272,7 @@ def burst_at_once(host: str, port: int, path: str, key: str, count: int) -> dict
             barrier.wait(timeout=TIMEOUT_S)
             sent_at[i] = time.perf_counter()
             sock.sendall(request)
-            head = b""
-            while b"\r\n" not in head:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                head += chunk
-            parts = head.split(b" ", 2)
-            statuses[i] = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            statuses[i] = read_status(sock)
         except OSError:
             statuses[i] = 0
         finally:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from benchmarks.http_load import read_status
 from llmstack.spec import size_bytes
 from tests.helpers import Stack, make_unthrottled_stack, wait_for
 
@@ -169,17 +170,6 @@ def _send_all_but_the_end(stack: Stack, body_size: int) -> socket.socket:
     return sock
 
 
-def _status(sock: socket.socket) -> int:
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    match = re.match(rb"HTTP/1\.[01] (\d{3})", data)
-    return int(match.group(1)) if match else 0
-
-
 def test_many_large_uploads_are_spooled_to_disk_not_memory(edge: Stack,
                                                            docker_client: Any) -> None:
     """90 authenticated uploads of 9.5 MiB, all held open at once before their last KiB:
@@ -193,7 +183,7 @@ def test_many_large_uploads_are_spooled_to_disk_not_memory(edge: Stack,
         assert _ok(edge), "a normal client is served while the uploads are held"
         for sock in sockets:
             sock.sendall(b"x" * 1024)
-        statuses = [_status(sock) for sock in sockets]
+        statuses = [read_status(sock) for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()
