@@ -72,7 +72,6 @@ class Collected:
         return [s.seconds for s in self.samples if s.target == target and s.status == 200]
 
 
-
 def read_status(sock: socket.socket) -> int:
     """The status code of the HTTP response arriving on `sock` (0 if none came)."""
     head = b""
