@@ -37,8 +37,9 @@ export_app = typer.Typer(help="Export the stack for other deployment tools.",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
-DirOpt = Annotated[Path, typer.Option("--dir", "-C", help="Project folder (holds stack.yaml, "
-                                      ".env, certs/, config/).", show_default=False)]
+DirOpt = Annotated[Path | None, typer.Option("--dir", "-C", help="Project folder (holds "
+                                             "stack.yaml, .env, certs/, config/).",
+                                             show_default=False)]
 FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Stack file (default "
                                               "DIR/stack.yaml).", show_default=False)]
 HostOpt = Annotated[str | None, typer.Option("--host", "-H", help="Docker engine, e.g. "
@@ -114,7 +115,7 @@ def init(
 
 
 @app.command()
-def validate(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+def validate(directory: DirOpt = None, file: FileOpt = None,
              json_out: JsonOpt = False) -> None:
     """Check stack.yaml; report every problem with its line, value and fix."""
     loaded = _load(directory, file)
@@ -128,7 +129,7 @@ def validate(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[ass
 
 
 @app.command()
-def render(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+def render(directory: DirOpt = None, file: FileOpt = None,
            stdout: Annotated[bool, typer.Option("--stdout", help="Print instead of writing "
                                                 "config/.")] = False) -> None:
     """Render config/ (nginx.conf, litellm.yaml, health.json) from stack.yaml."""
@@ -146,7 +147,7 @@ def render(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
 
 
 @app.command("plan")
-def plan_cmd(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
              host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
     from .checks import exit_code, failing, finding_lines
@@ -182,7 +183,7 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[ass
 
 
 @app.command()
-def up(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+def up(directory: DirOpt = None, file: FileOpt = None,
        host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """Render config/, start what is missing or changed, and wait until every service is
     ready. Idempotent: with no change it touches nothing."""
@@ -215,6 +216,8 @@ def up(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignmen
 
 
 def _endpoints(spec: Any) -> dict[str, str]:
+    from .spec import url_host
+
     out = {}
     lst = spec.listeners
     if lst.local.enabled:
@@ -223,18 +226,20 @@ def _endpoints(spec: Any) -> dict[str, str]:
         out["lan"] = f"http://{_host(lst.lan.bind, '<this-host-ip>')}:{lst.lan.port}/v1"
     if lst.https.enabled:
         port = "" if lst.https.port == 443 else f":{lst.https.port}"
-        out["https"] = f"https://{spec.domain}{port}/v1"
+        out["https"] = f"https://{url_host(spec.domain)}{port}/v1"
     return out
 
 
 def _host(bind: str, wildcard: str) -> str:
+    from .spec import url_host
+
     if bind in ("0.0.0.0", "::"):
         return wildcard
-    return f"[{bind}]" if ":" in bind else bind
+    return url_host(bind)
 
 
 @app.command()
-def status(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+def status(directory: DirOpt = None, file: FileOpt = None,
            host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """State, health, ports, image and uptime of every service; certificate and rotation."""
     from . import deploy
@@ -266,7 +271,7 @@ def status(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
 @app.command()
 def logs(service: Annotated[str, typer.Argument(help="Service: nginx, litellm, health or "
                                                 "model-<name> (see `llmstack status`).")],
-         directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+         directory: DirOpt = None, file: FileOpt = None,
          host: HostOpt = None,
          follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
          tail: Annotated[int, typer.Option("--tail", "-n", help="Lines from the end.")] = 100,
@@ -288,7 +293,7 @@ def logs(service: Annotated[str, typer.Argument(help="Service: nginx, litellm, h
 
 
 @app.command()
-def down(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+def down(directory: DirOpt = None, file: FileOpt = None,
          host: HostOpt = None,
          volumes: Annotated[bool, typer.Option("--volumes", help="Also remove the project's "
                                                "config volumes.")] = False,
@@ -306,7 +311,7 @@ def down(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignm
 
 
 @app.command()
-def doctor(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+def doctor(directory: DirOpt = None, file: FileOpt = None,
            host: HostOpt = None, json_out: JsonOpt = False,
            gpu_image: Annotated[str | None, typer.Option(
                "--gpu-image", help="Image to run nvidia-smi in (default: the stack's GPU "
@@ -346,7 +351,7 @@ def doctor(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
 
 
 @app.command()
-def verify(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+def verify(directory: DirOpt = None, file: FileOpt = None,
            host: HostOpt = None, json_out: JsonOpt = False,
            address: Annotated[str | None, typer.Option(
                "--address", help="Host name or IP to reach the stack at (default: the "
@@ -382,7 +387,7 @@ def verify(directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assig
 
 @app.command("rotate-key")
 def rotate_key(
-    directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+    directory: DirOpt = None, file: FileOpt = None,
     host: HostOpt = None,
     grace: Annotated[str, typer.Option(help="How long the old key keeps working: 0 (default: "
                                        "refused as soon as the command returns, for a leaked "
@@ -456,7 +461,7 @@ def images_build(
 
 @export_app.command("compose")
 def export_compose(
-    directory: DirOpt = None, file: FileOpt = None,  # type: ignore[assignment]
+    directory: DirOpt = None, file: FileOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default "
                                              "DIR/compose).", show_default=False)] = None,
     json_out: JsonOpt = False,

@@ -22,6 +22,7 @@ from . import gpu, names, secrets
 from .errors import UserError
 from .fsutil import write_atomic
 from .plan import ServiceSpec
+from .spec import url_host
 
 COMPOSE_FILE = "docker-compose.yml"
 COMPOSE_VERSION = "3.8"  # docker-compose 1.27+ reads it (and device reservations) as the spec
@@ -52,8 +53,7 @@ def _esc(value: str) -> str:
 
 
 def _port(container_port: str, bind: str, port: int) -> str:
-    host = f"[{bind}]" if ":" in bind else bind
-    return f"{host}:{port}:{container_port}"
+    return f"{url_host(bind)}:{port}:{container_port}"
 
 
 def _service(spec_project: str, svc: ServiceSpec, env_file: str | None) -> dict[str, Any]:

@@ -59,6 +59,11 @@ def ip_literal(value: str) -> str:
     return str(ipaddress.ip_address(value))
 
 
+def url_host(host: str) -> str:
+    """A host as it stands in a URL or `HOST:PORT`: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def host_name(value: str) -> str:
     """A DNS name (RFC 1123) or an IP address without scope ID, normalised; else ValueError.
 

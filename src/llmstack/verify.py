@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .checks import RUNTIME, Finding, exit_code
+from .spec import url_host
 
 if TYPE_CHECKING:
     import httpx
@@ -61,8 +62,7 @@ class Endpoint:
 
     @property
     def base(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{url_host(self.address)}:{self.port}"
 
 
 @dataclass
