@@ -13,13 +13,12 @@ import json
 import time
 from dataclasses import dataclass, replace
 
-from . import names, plan
+from . import names, plan, render
 from .engine.api import Engine
 from .errors import DeployError
 from .spec import StackSpec
 
-SECRETS_DIR = "secrets"
-KEYS_FILE = f"{SECRETS_DIR}/keys.conf"
+KEYS_FILE = render.KEYS_FILE
 RELOAD_DEADLINE = 30.0  # seconds for nginx to replace its workers after `up`'s reload
 WORKER_TITLE = "nginx: worker process"  # old workers become "... is shutting down"
 # Lists nginx's processes as "PID TITLE" lines (the image has sh but no ps).
@@ -49,7 +48,7 @@ SecretFiles = dict[str, tuple[bytes, int]]
 def secrets_current(engine: Engine, secret_files: SecretFiles) -> bool:
     """Whether nginx's config volume holds exactly these secret files (one archive read of
     the secrets folder instead of one per file)."""
-    live = engine.read_tree(names.NGINX, f"{plan.CONFIG_ROOT}/{names.NGINX}/{SECRETS_DIR}")
+    live = engine.read_tree(names.NGINX, render.SECRETS_DIR)
     return all(live.get(n) == data for n, (data, _) in secret_files.items())
 
 

@@ -50,9 +50,9 @@ class Loaded:
         for key_file in tls.private_files(certs):  # as for .env: a key others can read is refused
             secrets.check_private(key_file)
         return {
-            "secrets/keys.conf": (render.render_nginx_keys(keys, now or time.time()), 0o600),
-            "secrets/tls.crt": ((certs / tls.CERT).read_bytes(), 0o600),
-            "secrets/tls.key": ((certs / tls.KEY).read_bytes(), 0o600),
+            render.KEYS_FILE: (render.render_nginx_keys(keys, now or time.time()), 0o600),
+            render.TLS_CERT_FILE: ((certs / tls.CERT).read_bytes(), 0o600),
+            render.TLS_KEY_FILE: ((certs / tls.KEY).read_bytes(), 0o600),
         }
 
 

@@ -15,7 +15,12 @@ from .secrets import Keys
 from .spec import StackSpec
 
 NGINX_CONF_DIR = names.config_dir(names.NGINX)
-SECRETS_DIR = f"{NGINX_CONF_DIR}/secrets"
+# nginx's secret files, as paths in its config volume (shipped by `edge`, read by `up`):
+SECRETS_SUBDIR = "secrets"
+KEYS_FILE = f"{SECRETS_SUBDIR}/keys.conf"  # accepted client keys, the internal key
+TLS_CERT_FILE = f"{SECRETS_SUBDIR}/tls.crt"
+TLS_KEY_FILE = f"{SECRETS_SUBDIR}/tls.key"
+SECRETS_DIR = f"{NGINX_CONF_DIR}/{SECRETS_SUBDIR}"
 # Seconds old nginx workers get to finish in-flight requests after a reload (key rotation,
 # `up`). Long enough for long LLM streams on slow hardware: 30 s cut streams measured on
 # CPU. Old workers take no new request (keep-alive ends with the request in flight), so

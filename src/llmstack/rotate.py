@@ -137,6 +137,11 @@ def _edge(loaded: Loaded, project: Engine, keys: secrets.Keys, progress: Progres
     return Edge.of(loaded.spec, nginx, project, SWAP_DEADLINE, VERIFY_DEADLINE)
 
 
+def _certificate_files(loaded: Loaded) -> dict[str, tuple[bytes, int]]:
+    """nginx's secret files other than the key map (the TLS pair), shipped along with it."""
+    return {k: v for k, v in loaded.nginx_secret_files().items() if k != KEYS_FILE}
+
+
 def _check_serving(edge: Edge, keys: secrets.Keys) -> None:
     got = edge.statuses([keys.master])[0]
     if got == "401":
@@ -175,8 +180,7 @@ def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progre
         old = loaded.keys()
         edge = _edge(loaded, project, old, progress)
         _check_serving(edge, old)
-        other_files = {k: v for k, v in loaded.nginx_secret_files().items()
-                       if k != KEYS_FILE}
+        other_files = _certificate_files(loaded)
         old_conf = render.render_nginx_keys(old, time.time())
         new_master = secrets.new_key()
         # Transitional: the new key is current, the old one accepted with no end (the
@@ -284,8 +288,7 @@ def finish(loaded: Loaded, project: Engine, progress: Progress,
         edge = _edge(loaded, project, keys, progress)
         in_progress = bool(keys.previous) and keys.previous in keys.accepted(time.time())
         _check_serving(edge, keys)
-        other_files = {k: v for k, v in loaded.nginx_secret_files().items()
-                       if k != KEYS_FILE}
+        other_files = _certificate_files(loaded)
         final = replace(keys, previous=None, previous_expires=None)
         # nginx first: if this fails or is killed, `.env` still says a window is open, which
         # is true, and its master key works either way.
