@@ -41,3 +41,11 @@ def config_dir(service: str) -> str:
 
 def config_volume(project: str, service: str) -> str:
     return f"{project}-{service}-config"
+
+
+SPOOL_SUFFIX = "nginx-spool"
+
+
+def spool_volume(project: str) -> str:
+    """nginx's disk-backed volume for request bodies larger than its buffer."""
+    return f"{project}-{SPOOL_SUFFIX}"

@@ -32,7 +32,7 @@ RESTART_POLICY = "unless-stopped"
 
 
 def nginx_spool(project: str) -> Mount:
-    return Mount(f"{project}-nginx-spool", NGINX_SPOOL_DIR, read_only=False, managed=True)
+    return Mount(names.spool_volume(project), NGINX_SPOOL_DIR, read_only=False, managed=True)
 
 
 @dataclass(frozen=True)

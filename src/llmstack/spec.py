@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from . import images as catalog
+from . import names
 from .backends import BACKENDS
 from .errors import Problem, SpecError
 from .yamlsrc import load
@@ -163,7 +164,7 @@ HOST_SOURCE_FIX = ("keep the model in a directory of its own, e.g. host:/srv/mod
 # Volumes of any llmstack project on the same engine: <project>-<service>-config
 # (names.config_volume) and nginx's request-body spool.
 STACK_VOLUME_RE = re.compile(r"[a-z0-9][a-z0-9-]*-(?:(?:nginx|litellm|health|model-.+)-config"
-                             r"|nginx-spool)")
+                             rf"|{names.SPOOL_SUFFIX})")
 
 
 def is_stack_volume(project: str, name: str) -> bool:
@@ -172,7 +173,8 @@ def is_stack_volume(project: str, name: str) -> bool:
     another project on the engine. A model mounting one would read the edge's keys and
     certificates, or (ollama mounts its volume read-write) rewrite them."""
     own = re.escape(project)
-    return re.fullmatch(rf"{own}-.*-config|{own}-nginx-spool", name) is not None or \
+    return re.fullmatch(rf"{own}-.*-config", name) is not None or \
+        name == names.spool_volume(project) or \
         STACK_VOLUME_RE.fullmatch(name) is not None
 
 
