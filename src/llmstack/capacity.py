@@ -43,10 +43,6 @@ class EdgeCapacity:
     workers: int
     connections: int  # worker_connections: per worker, client and upstream sides together
 
-    @property
-    def total(self) -> int:
-        return self.workers * self.connections
-
 
 def workers_for(res: Resources) -> int:
     """One worker per CPU nginx may use (2 without a CPU limit): `auto` would start one per

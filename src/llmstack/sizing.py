@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from . import gpu
 from .backends import BACKENDS
-from .spec import ModelSpec, Resources
+from .spec import ModelSpec, Resources, size_bytes
 
 GIB = 1024  # MiB
 SAFETY = 1.25  # weights from a name and the KV heuristic are guesses: leave room
@@ -61,10 +61,8 @@ OTHER = HostProfile(1.0, 4 * GIB, 3 * GIB, floor_mib=8 * GIB)  # a backend not l
 
 
 def size_mib(size: str) -> float:
-    """MiB of a Docker size string such as '2g', '512m' or '1048576'."""
-    units = {"k": 1 / 1024, "m": 1.0, "g": float(GIB)}
-    unit = size[-1].lower()
-    return float(size[:-1]) * units[unit] if unit in units else float(size) / (1024 * 1024)
+    """MiB of a size such as '2g', '512m' or '1048576' (stack.yaml's size grammar)."""
+    return size_bytes(size) / (1024 * 1024)
 
 
 def round_limit(mib: float) -> str:
