@@ -151,12 +151,13 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
              host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
     from .checks import exit_code, failing, finding_lines
-    from .deploy import plan_only
+    from .deploy import decide_images, plan_only
     from .doctor import gpu_plan
     from .gpu import budget_lines
 
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
+    loaded, choice = decide_images(loaded, project, progress=lambda m: None, fetch=False)
     actions = plan_only(loaded, project)
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project, loaded.spec)
@@ -164,12 +165,17 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
     code = exit_code(gpu_findings)
     if json_out:
         from .ui import emit_json
-        out: dict[str, Any] = {"actions": [a.to_dict() for a in actions]}
+        out: dict[str, Any] = {"actions": [a.to_dict() for a in actions],
+                               "images": {"source": choice.source, "reason": choice.reason,
+                                          "pull": choice.missing}}
         if gpu_findings:
             out["gpu"] = {**(budget.to_dict() if budget else {}),
                           "findings": [f.to_dict() for f in gpu_findings]}
         emit_json(out)
         raise typer.Exit(code)
+    typer.echo(choice.line)
+    for ref in choice.missing:
+        typer.echo(f"{'pull' if choice.source == 'registry' else 'missing':<9} {ref}")
     for a in actions:
         typer.echo(f"{a.kind:<9} {a.service:<28} {a.reason}")
     if gpu_findings:
@@ -194,7 +200,8 @@ def up(directory: DirOpt = None, file: FileOpt = None,
     started = time.monotonic()
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
-    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local())
+    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local(),
+                       progress=lambda m: typer.echo(m, err=True))
     elapsed = time.monotonic() - started
     endpoints = _endpoints(loaded.spec)
     if json_out:
