@@ -163,12 +163,16 @@ def _debootstrap(spec: BaseImage, tarball: Path, progress: Progress) -> None:
     if debootstrap is None:
         raise ImageBuildError(
             f"building {spec.tag} needs debootstrap, which is not installed",
-            "run scripts/setup-host.sh (or `apt-get install -y debootstrap`) as root",
+            "as root: `apt-get install -y debootstrap` (scripts/install.sh does it on Debian); "
+            "or build nothing here: `llmstack images pull` where a registry answers, or "
+            "`llmstack images load BUNDLE` with a bundle made by `llmstack images save`",
         )
     if os.geteuid() != 0:
         raise ImageBuildError(
             f"building {spec.tag} runs debootstrap, which needs root",
-            "run `llmstack images build` as root (e.g. with sudo)",
+            "run `llmstack images build` as root (e.g. with sudo); or build nothing here: "
+            "`llmstack images pull` where a registry answers, or `llmstack images load "
+            "BUNDLE` with a bundle made by `llmstack images save`",
         )
     mirror, security = host_debian_mirrors()
     tarball.parent.mkdir(parents=True, exist_ok=True)
