@@ -234,7 +234,7 @@ class FakeEngine:
                            skew_s=None, name="fake", ncpu=2, mem_bytes=8 << 30)
 
     def registry_digest(self, ref: str) -> str:
-        from llmstack.errors import ImageNotInRegistry
+        from llmstack.errors import ImageNotInRegistry, RegistryUnreachable
         from llmstack.images import parse_reference
 
         self.calls.append(f"registry {ref}")
@@ -244,6 +244,9 @@ class FakeEngine:
         for key in (f"{parsed.repository}@{parsed.digest}", parsed.tagged):
             if key in self.registry:
                 return self.registry[key]
+        if parsed.registry not in {parse_reference(k).registry for k in self.registry}:
+            raise RegistryUnreachable(f"registry {parsed.registry} did not answer for {ref}: "
+                                      "connection refused")
         raise ImageNotInRegistry(f"registry {parsed.registry} has no {ref}: manifest unknown")
 
     def pull(self, ref: str, progress: Any) -> str:
@@ -252,7 +255,7 @@ class FakeEngine:
 
         digest = self.registry_digest(ref)
         parsed = parse_reference(ref)
-        if parsed.digest and parsed.digest != digest:
+        if parsed.digest and parsed.digest != digest:  # what the engine's own check finds
             raise DigestMismatch(f"{ref}: pulled {digest}, not {parsed.digest}")
         self.calls.append(f"pull {ref}")
         progress(f"  {ref}: pulled")

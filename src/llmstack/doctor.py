@@ -47,6 +47,7 @@ class Facts:
     snapshot: HostSnapshot | None = None
     published: list[dict[str, Any]] = field(default_factory=list)
     images: dict[str, bool] = field(default_factory=dict)
+    image_source: str = ""  # pull.Choice.line: which images and why
     sources: dict[str, SourceStat] = field(default_factory=dict)  # by model name
     services: dict[str, str] = field(default_factory=dict)  # this project's {service: state}
 
@@ -314,9 +315,10 @@ def evaluate_images(facts: Facts) -> list[Finding]:
     from .images import missing_fix
 
     missing = [t for t, ok in facts.images.items() if not ok]
+    why = f" ({facts.image_source})" if facts.image_source else ""
     if not missing:
-        return [Finding("images", "ok", "present: " + ", ".join(facts.images))]
-    return [Finding("images", "fail", "missing on the engine: " + ", ".join(missing),
+        return [Finding("images", "ok", "present: " + ", ".join(facts.images) + why)]
+    return [Finding("images", "fail", "missing on the engine: " + ", ".join(missing) + why,
                     missing_fix(missing))]
 
 
@@ -390,8 +392,15 @@ def probe_images(spec: StackSpec | None, gpu_image: str | None = None) -> list[s
 
 def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str | None = None
            ) -> Facts:
+    from .pull import choose
+
     facts = Facts(target=target)
     facts.engine = engine.engine_facts()
+    if spec is not None:
+        # The images `up` would use here (`images: auto` decided; the registry is only asked
+        # when neither the upstream nor the local images are all present).
+        choice = choose(spec, engine)
+        spec, facts.image_source = choice.spec, choice.line
     facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
     # Any image present can run df and cat; the stack's own are the likely ones.
     helpers = list(dict.fromkeys([*(stack_images(spec) if spec else []), *probe_images(spec)]))
