@@ -29,6 +29,7 @@ import pytest
 from openai import OpenAI
 
 from llmstack import images as catalog
+from llmstack.engine.client import connect
 from tests.helpers import Stack, free_port, make_stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -95,8 +96,10 @@ class Registry:
         target = f"{self.address}/{repository}"
         client.images.get(source).tag(target, tag)
         digest = None
-        for msg in client.images.push(target, tag, stream=True, decode=True,
-                                      auth_config=self.auth):
+        # A push compresses every layer first: minutes on a busy 2-core machine, silently.
+        slow = connect(timeout=1800)
+        for msg in slow.images.push(target, tag, stream=True, decode=True,
+                                    auth_config=self.auth):
             assert "error" not in msg, msg
             digest = (msg.get("aux") or {}).get("Digest", digest)
         client.images.remove(f"{target}:{tag}")
