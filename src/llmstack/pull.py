@@ -105,6 +105,11 @@ def ensure(choice: Choice, engine: Engine, progress: Progress) -> list[str]:
         return []
     pulled = []
     for ref in choice.missing:
+        if ref.startswith(OWN_IMAGE_PREFIX):
+            # llmstack's own builds are in no registry: preflight says how to get them.
+            progress(f"not pulled: {ref} is built here (`llmstack images build`) or loaded "
+                     "from a bundle (`llmstack images load`)")
+            continue
         check_pin(engine, ref)
         progress(f"pulling {ref}")
         engine.pull(ref, progress)

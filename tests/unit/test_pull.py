@@ -173,3 +173,11 @@ def test_a_bundle_is_checked_member_by_member_before_anything_loads(tmp_path: Pa
         tar.addfile(tarfile.TarInfo("x"), io.BytesIO(b""))
     with tarfile.open(path) as tar, pytest.raises(BundleError, match="not an llmstack bundle"):
         read_manifest(tar, path)
+
+
+def test_llmstacks_own_builds_are_never_asked_of_a_registry() -> None:
+    engine = FakeEngine(missing_images={images.NGINX.tag})
+    lines: list[str] = []
+    choice = pull.Choice("registry", "test", stack("registry"), [images.NGINX.tag])
+    assert pull.ensure(choice, engine, lines.append) == []
+    assert engine.calls == [] and "llmstack images build" in lines[0]
