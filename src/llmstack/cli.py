@@ -30,7 +30,8 @@ Examples:
 app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EPILOG,
                   help="Turn stack.yaml into a running, secured, OpenAI-compatible LLM API.",
                   rich_markup_mode=None, pretty_exceptions_enable=False)
-images_app = typer.Typer(help="Build the images the default stack needs (no registry needed).",
+images_app = typer.Typer(help="Get the stack's images: pull them from registries, build them "
+                         "here, or carry them to air-gapped hosts in a bundle.",
                          no_args_is_help=True)
 app.add_typer(images_app, name="images")
 export_app = typer.Typer(help="Export the stack for other deployment tools.",
@@ -151,12 +152,13 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
              host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
     from .checks import exit_code, failing, finding_lines
-    from .deploy import plan_only
+    from .deploy import decide_images, plan_only
     from .doctor import gpu_plan
     from .gpu import budget_lines
 
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
+    loaded, choice = decide_images(loaded, project, progress=lambda m: None, fetch=False)
     actions = plan_only(loaded, project)
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project, loaded.spec)
@@ -164,12 +166,17 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
     code = exit_code(gpu_findings)
     if json_out:
         from .ui import emit_json
-        out: dict[str, Any] = {"actions": [a.to_dict() for a in actions]}
+        out: dict[str, Any] = {"actions": [a.to_dict() for a in actions],
+                               "images": {"source": choice.source, "reason": choice.reason,
+                                          "pull": choice.missing}}
         if gpu_findings:
             out["gpu"] = {**(budget.to_dict() if budget else {}),
                           "findings": [f.to_dict() for f in gpu_findings]}
         emit_json(out)
         raise typer.Exit(code)
+    typer.echo(choice.line)
+    for ref in choice.missing:
+        typer.echo(f"{'pull' if choice.source == 'registry' else 'missing':<9} {ref}")
     for a in actions:
         typer.echo(f"{a.kind:<9} {a.service:<28} {a.reason}")
     if gpu_findings:
@@ -194,7 +201,8 @@ def up(directory: DirOpt = None, file: FileOpt = None,
     started = time.monotonic()
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
-    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local())
+    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local(),
+                       progress=lambda m: typer.echo(m, err=True))
     elapsed = time.monotonic() - started
     endpoints = _endpoints(loaded.spec)
     if json_out:
@@ -457,6 +465,80 @@ def images_build(
     if not no_model:
         ensure_demo_model(client, progress=lambda m: typer.echo(m, err=True))
     typer.echo("built: " + (", ".join(built) if built else "nothing (all images present)"))
+
+
+def _stack_or_default(directory: Path | None, file: Path | None) -> Any:
+    """The stack.yaml of the folder, or the starter stack when there is none."""
+    from . import initialize, spec
+
+    root = _cwd(directory)
+    if file or (root / "stack.yaml").exists():
+        return _load(directory, file).spec
+    return spec.parse(initialize.starter())
+
+
+@images_app.command("pull")
+def images_pull(
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="Skip the demo model "
+                                           "volume.")] = False,
+) -> None:
+    """Pull the upstream images of the stack (the starter stack outside a project folder)
+    through the engine, each by its pinned digest, refusing a tag whose registry digest
+    differs; `docker login` credentials are used. Then the demo model volume."""
+    from . import pull
+    from .engine.client import connect
+    from .engine.images import ensure_demo_model
+
+    stack = _stack_or_default(directory, file).with_image_source("registry")
+    project = _engine(host, stack.project)
+    refs = pull.stack_refs(stack, "registry")
+    missing = [ref for ref, image_id in project.image_ids(refs).items() if image_id is None]
+    choice = pull.Choice("registry", "llmstack images pull", stack, missing)
+    pulled = pull.ensure(choice, project, lambda m: typer.echo(m, err=True))
+    if not no_model and any(m.source.startswith("volume:llmstack-models/")
+                            for m in stack.models):
+        ensure_demo_model(connect(host), progress=lambda m: typer.echo(m, err=True),
+                          image=stack.images.ref("llamacpp", "registry"))
+    typer.echo("pulled: " + (", ".join(pulled) if pulled else "nothing (all present)"))
+
+
+@images_app.command("save")
+def images_save(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write.")],
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="Leave the demo model "
+                                           "out.")] = False,
+) -> None:
+    """Write a bundle for an air-gapped host: the stack's images as this engine has them
+    (built or pulled: `images: auto` decided here) and the demo model, with checksums."""
+    from . import pull
+    from .engine.bundle import save
+    from .engine.client import connect
+
+    stack = _stack_or_default(directory, file)
+    choice = pull.choose(stack, _engine(host, stack.project))
+    typer.echo(choice.line, err=True)
+    refs = pull.stack_refs(choice.spec, choice.source)
+    manifest = save(connect(host, timeout=1800), refs, out, with_model=not no_model,
+                    progress=lambda m: typer.echo(m, err=True))
+    size = out.stat().st_size / 1e6
+    typer.echo(f"wrote {out} ({size:.0f} MB): {len(manifest['images'])} image(s)"
+               + (", the demo model" if manifest.get("model_wheel") else ""))
+
+
+@images_app.command("load")
+def images_load(
+    bundle: Annotated[Path, typer.Argument(help="A file made by `llmstack images save`.")],
+    host: HostOpt = None,
+) -> None:
+    """Check a bundle's checksums, then load its images and demo model onto the engine
+    (`--host ssh://user@gpu-1` for a remote one): no registry needed."""
+    from .engine.bundle import load
+    from .engine.client import connect
+
+    loaded = load(connect(host, timeout=1800), bundle, progress=lambda m: typer.echo(m, err=True))
+    typer.echo("loaded: " + ", ".join(loaded))
 
 
 @export_app.command("compose")

@@ -29,6 +29,7 @@ WORKER_SHUTDOWN_TIMEOUT = 600
 # Request bodies larger than nginx's body buffer are written here: a disk-backed volume (see
 # plan.NGINX_SPOOL), not /tmp, whose tmpfs counts against the container's memory limit.
 NGINX_SPOOL_DIR = "/var/lib/nginx"
+NGINX_SPOOL_BODY = "body"  # request bodies, in a folder owned by nginx's user
 
 
 def _env() -> jinja2.Environment:
@@ -107,7 +108,7 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
         zones=capacity.ZONE_MIB,
         buffers={"body": capacity.BODY_BUFFER, "header": capacity.HEADER_BUFFER,
                  "large_header": "{} {}".format(*capacity.LARGE_HEADER_BUFFERS)},
-        body_spool=f"{NGINX_SPOOL_DIR}/body",
+        body_spool=f"{NGINX_SPOOL_DIR}/{NGINX_SPOOL_BODY}",
     )
     litellm = env.get_template("litellm.yaml.j2").render(
         source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read)

@@ -95,7 +95,7 @@ def test_defaults_from_the_issue() -> None:
     ("    backend: llamacpp\n    task", "    backnd: llamacpp\n    task", "models[1].backnd",
      "backend"),
     ("  local: {port: 4000,", "  local: {prot: 4000,", "listeners.local.prot", "port"),
-    ("  nginx: llmstack/nginx", "  ngnix: llmstack/nginx", "images.ngnix", "nginx"),
+    ("images: auto", "images: {sorce: auto}", "images.sorce", "source"),
 ])
 def test_misspelt_key_gets_did_you_mean_and_its_line(old: str, new: str, path: str,
                                                      suggestion: str) -> None:
@@ -491,7 +491,7 @@ def test_injected_model_name_and_alias_are_rejected(bad: str) -> None:
 
 @pytest.mark.parametrize(("change", "path"), [
     (lambda d: d["models"][0].update(args=["--x\nserver { }"]), "models[0].args[0]"),
-    (lambda d: d["images"].update(nginx="nginx;rm"), "images.nginx"),
+    (lambda d: d.update(images={"nginx": "nginx;rm"}), "images.nginx"),
     (lambda d: d["models"][0].update(image="x y"), "models[0].image"),
     (lambda d: d.update(max_body_size="10m; allow all"), "max_body_size"),
     (lambda d: d["models"][0].update(resources={"memory": "1g;"}), "models[0].resources.memory"),
