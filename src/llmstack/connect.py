@@ -323,5 +323,9 @@ def _curl(a: _Args) -> ClientConfig:
             f"  -H \"Authorization: Bearer \"{a.shell_key} \\\n"
             "  -H 'Content-Type: application/json' \\\n"
             f"  -d {shlex.quote(body)}\n")
-    notes = [] if a.secret or a.key.shell else a.key_note("replace the key")
+    notes = ["one chat request: run it in a shell (llmstack connect curl | sh)"]
+    if not a.secret and a.key.shell:
+        notes.append("the Authorization header reads the key from .env on this host")
+    elif not a.secret:
+        notes += a.key_note("replace the key")
     return ClientConfig("curl", text, "a shell script", a.secret is not None, notes)
