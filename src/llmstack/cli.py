@@ -426,6 +426,10 @@ def connect(
     address: Annotated[str | None, typer.Option(
         "--address", help="Host name or IP clients reach this host by (default: the "
         "listener's bind address; the domain for https).", show_default=False)] = None,
+    ca_path: Annotated[str | None, typer.Option(
+        "--ca-path", help="With --listener https: where a copy of certs/ca.crt lies on the "
+        "machine the client runs on (default: this project's certs/ca.crt).",
+        show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Chat model (chat, edit, apply roles; default: the first chat "
         "model of stack.yaml).", show_default=False)] = None,
@@ -451,7 +455,7 @@ def connect(
     from . import connect as conn
 
     loaded = _load(directory, file)
-    where = conn.target(loaded, listener, address)
+    where = conn.target(loaded, listener, address, ca_path)
     key = conn.client_key(loaded, key_name)
     result = conn.render(client, loaded.spec, where, key, show_key or out is not None,
                          model, autocomplete_model)

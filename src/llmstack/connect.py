@@ -106,8 +106,11 @@ def team_key(loaded: Loaded, name: str) -> ClientKey:
 # --- Target and models ------------------------------------------------------------------------
 
 
-def target(loaded: Loaded, listener: str | None, address: str | None) -> Target:
-    """The listener clients use: the one named, else local, then https, then lan."""
+def target(loaded: Loaded, listener: str | None, address: str | None,
+           ca_path: str | None = None) -> Target:
+    """The listener clients use: the one named, else local, then https, then lan. For https
+    the CA file is the project's certs/ca.crt, or `ca_path`: where a copy of it lies on the
+    machine the client runs on."""
     spec = loaded.spec
     enabled = [n for n in endpoints.LISTENERS if getattr(spec.listeners, n).enabled]
     if listener is None:
@@ -132,7 +135,11 @@ def target(loaded: Loaded, listener: str | None, address: str | None) -> Target:
                         "address), so connect cannot know which one your clients reach",
                         "pass --address HOST: this host's IP or name as clients see it")
     from . import tls
-    ca = loaded.paths.certs / tls.CA_CERT if listener == "https" else None
+    if ca_path is not None and listener != "https":
+        raise UserError(f"--ca-path is for the https listener, not {listener}",
+                        "add --listener https, or leave --ca-path out")
+    ca = (Path(ca_path) if ca_path else loaded.paths.certs / tls.CA_CERT) \
+        if listener == "https" else None
     return Target(listener, endpoints.url(spec, listener, address), ca)
 
 

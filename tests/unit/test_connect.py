@@ -274,3 +274,16 @@ def test_a_stack_without_chat_models(root: Path) -> None:
     (root / "stack.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(UserError, match="serves no chat model"):
         config(root, "continue")
+
+
+def test_ca_path_names_the_ca_where_the_client_runs(root: Path) -> None:
+    """A laptop reaching the stack over HTTPS: the CA is copied there, and the configs name
+    that copy."""
+    proc = run(root, "continue", "--listener", "https", "--address", "llm.example.com",
+               "--ca-path", "/home/me/llmstack-ca.crt")
+    conf = yaml.safe_load(proc.stdout)
+    assert {m["requestOptions"]["caBundlePath"] for m in conf["models"]} == \
+        {"/home/me/llmstack-ca.crt"}
+    assert {m["apiBase"] for m in conf["models"]} == {"https://llm.example.com/v1"}
+    refused = run(root, "continue", "--ca-path", "/x/ca.crt")
+    assert refused.returncode == 1 and "--ca-path is for the https listener" in refused.stderr
