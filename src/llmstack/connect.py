@@ -216,8 +216,8 @@ class _Args:
         if self.secret:
             return []
         if self.key.value is None:
-            return [f"the key: {how} with the value of team key {self.key.name!r} (shown once "
-                    "by `llmstack keys add`)"]
+            return [f"the key: {how} with the value of team key {self.key.name!r} (shown once, "
+                    "when the key was made)"]
         return [f"the key is not shown: {how} with {self.key.where}, or run again with "
                 "--out FILE (written 0600) or --show-key"]
 
