@@ -197,6 +197,7 @@ def up(directory: DirOpt = None, file: FileOpt = None,
     import time
 
     from . import deploy, ui
+    from .endpoints import urls
 
     started = time.monotonic()
     loaded = _load(directory, file)
@@ -204,7 +205,7 @@ def up(directory: DirOpt = None, file: FileOpt = None,
     result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local(),
                        progress=lambda m: typer.echo(m, err=True))
     elapsed = time.monotonic() - started
-    endpoints = _endpoints(loaded.spec)
+    endpoints = urls(loaded.spec)
     if json_out:
         ui.emit_json({"changed": result.changed, "seconds": round(elapsed, 2),
                       "actions": [a.to_dict() for a in result.actions],
@@ -221,29 +222,6 @@ def up(directory: DirOpt = None, file: FileOpt = None,
         typer.echo(f"  {name:<6} {url}")
     typer.echo(f"  key    LITELLM_MASTER_KEY in {loaded.paths.env} (send it as "
                "Authorization: Bearer <key>)")
-
-
-def _endpoints(spec: Any) -> dict[str, str]:
-    from .spec import url_host
-
-    out = {}
-    lst = spec.listeners
-    if lst.local.enabled:
-        out["local"] = f"http://{_host(lst.local.bind, 'localhost')}:{lst.local.port}/v1"
-    if lst.lan.enabled:
-        out["lan"] = f"http://{_host(lst.lan.bind, '<this-host-ip>')}:{lst.lan.port}/v1"
-    if lst.https.enabled:
-        port = "" if lst.https.port == 443 else f":{lst.https.port}"
-        out["https"] = f"https://{url_host(spec.domain)}{port}/v1"
-    return out
-
-
-def _host(bind: str, wildcard: str) -> str:
-    from .spec import url_host
-
-    if bind in ("0.0.0.0", "::"):
-        return wildcard
-    return url_host(bind)
 
 
 @app.command()
@@ -443,6 +421,66 @@ def rotate_key(
         typer.echo(result.key)
     typer.echo(f"Old key: accepted until {data['grace_ends']} (end it early: llmstack rotate-key"
                " --finish)." if result.grace_seconds else "Old key: refused from now on.")
+
+
+@app.command()
+def connect(
+    client: Annotated[str, typer.Argument(help="continue, cline, aider, llm, openai or curl.",
+                                          show_default=False)],
+    directory: DirOpt = None, file: FileOpt = None,
+    listener: Annotated[str | None, typer.Option(
+        "--listener", help="local, lan or https (default: local, else https, else lan).",
+        show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Host name or IP clients reach this host by (default: the "
+        "listener's bind address; the domain for https).", show_default=False)] = None,
+    ca_path: Annotated[str | None, typer.Option(
+        "--ca-path", help="With --listener https: where a copy of certs/ca.crt lies on the "
+        "machine the client runs on (default: this project's certs/ca.crt).",
+        show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Chat model (chat, edit, apply roles; default: the first chat "
+        "model of stack.yaml).", show_default=False)] = None,
+    autocomplete_model: Annotated[str | None, typer.Option(
+        "--autocomplete-model", help="Continue's tab-completion model (default: --model).",
+        show_default=False)] = None,
+    key_name: Annotated[str | None, typer.Option(
+        "--key-name", help="Which key the client sends (default: master, "
+        "LITELLM_MASTER_KEY in .env).", show_default=False)] = None,
+    show_key: Annotated[bool, typer.Option("--show-key", help="Print the key itself "
+                                           "(otherwise a placeholder or a command reading "
+                                           ".env).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write the configuration to this file, with the key (mode 0600 "
+        "when it holds one); an existing different file is backed up first.",
+        show_default=False)] = None,
+) -> None:
+    """A ready configuration for an editor assistant or client: Continue (config.yaml with
+    chat, edit, apply and autocomplete roles), Cline, aider, llm, the OpenAI SDKs'
+    environment, curl. With --listener https the client trusts certs/ca.crt its own way.
+    The key is never printed unless --show-key; --out files get it (mode 0600). Notes on
+    where to put it go to stderr."""
+    from . import connect as conn
+
+    loaded = _load(directory, file)
+    where = conn.target(loaded, listener, address, ca_path)
+    key = conn.client_key(loaded, key_name)
+    result = conn.render(client, loaded.spec, where, key, show_key or out is not None,
+                         model, autocomplete_model)
+    for note in result.notes if out is None else result.notes[1:]:
+        typer.echo(f"# {note}", err=True)
+    if out is None:
+        typer.echo(result.text, nl=False)
+        return
+    from .fsutil import backup, write_atomic
+
+    target = out.expanduser()
+    saved = None
+    if target.exists() and target.read_bytes() != result.text.encode():
+        saved = backup(target)
+    write_atomic(target, result.text, mode=0o600 if result.holds_key else 0o644)
+    typer.echo(f"wrote {target}" + (" (mode 0600: it holds the key)" if result.holds_key
+                                    else "") + (f"; the old file is in {saved}" if saved else ""))
 
 
 @images_app.command("build")

@@ -609,14 +609,14 @@ def test_spec_error_to_dict_carries_every_problem() -> None:
 
 
 def test_ipv6_hosts_are_bracketed_wherever_a_url_or_port_names_them() -> None:
-    from llmstack import cli, export
+    from llmstack import endpoints, export
 
     assert [spec.url_host(h) for h in ("::1", "127.0.0.1", "api.example.com")] == \
         ["[::1]", "127.0.0.1", "api.example.com"]
     data = yaml.safe_load(initialize.starter())
     data["domain"] = "::1"
     data["listeners"]["local"]["bind"] = "::1"
-    endpoints = cli._endpoints(spec.parse(yaml.safe_dump(data)))
+    endpoints = endpoints.urls(spec.parse(yaml.safe_dump(data)))
     assert endpoints["https"] == "https://[::1]/v1"
     assert endpoints["local"] == "http://[::1]:4000/v1"
     assert export._port("8080/tcp", "::1", 4000) == "[::1]:4000:8080/tcp"
