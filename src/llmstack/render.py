@@ -75,7 +75,7 @@ def _litellm_entries(spec: StackSpec) -> list[dict[str, str]]:
 
 def health_checks(spec: StackSpec) -> dict[str, str]:
     checks = {names.LITELLM: f"http://{names.container(spec.project, names.LITELLM)}:"
-                             f"{names.LITELLM_PORT}/health/readiness"}
+                             f"{names.LITELLM_PORT}{names.LITELLM_READY_PATH}"}
     for model in spec.models:
         backend = BACKENDS[model.backend]
         host = names.container(spec.project, names.model_service(model.name))
