@@ -529,11 +529,16 @@ def export_k8s(
     if json_out:
         from .ui import emit_json
         emit_json({"kustomization": str(target / KUSTOMIZATION), "files": sorted(exported.files),
-                   "removed": removed, "namespace": options.namespace})
+                   "removed": removed, "namespace": options.namespace,
+                   "published_ports": exported.published})
         return
     typer.echo(f"wrote {target / KUSTOMIZATION} and {len(exported.files) - 1} files it uses")
     for name in removed:
         typer.echo(f"removed {name} (no longer in {loaded.paths.stack.name})")
+    if not exported.published:
+        typer.echo("note: every listener binds a loopback address, so the edge is not "
+                   "published; reach it with kubectl port-forward, or set a listener's bind "
+                   "to 0.0.0.0 in stack.yaml to publish it", err=True)
     if SECRET_FILE in exported.files:
         typer.echo(f"{SECRET_FILE} holds the API keys and the TLS key (0600, git-ignored)")
     typer.echo(f"Apply it: kubectl apply --server-side -k {target}")

@@ -28,6 +28,7 @@ Model weights, per `source:` kind (MODEL_CACHE):
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import re
 from collections.abc import Callable
@@ -110,6 +111,7 @@ class KubeExport:
     files: dict[str, ExportFile]  # path relative to the output folder -> file
     objects: dict[str, list[dict[str, Any]]]  # file -> its objects (every file but the
     #                                            kustomization and .gitignore)
+    published: list[int]  # the edge Service's ports (stack.yaml's listener ports)
 
 
 # --- Conversions --------------------------------------------------------------------------------
@@ -378,7 +380,8 @@ def _probes(svc: ServiceSpec, port_name: str) -> dict[str, Any]:
 
 
 def _ports(spec: StackSpec, svc: ServiceSpec) -> list[tuple[str, int, int]]:
-    """(name, container port, Service port) of a service."""
+    """(name, container port, Service port) of a service: for the edge, every enabled
+    listener (container port, and its stack.yaml port)."""
     if svc.role == names.NGINX:
         by_port = {f"{p}/tcp": n for n, p in names.NGINX_PORTS.items()}
         return [(by_port[cport], int(cport.split("/")[0]), port)
@@ -386,6 +389,21 @@ def _ports(spec: StackSpec, svc: ServiceSpec) -> list[tuple[str, int, int]]:
     if svc.probe is None:
         return []
     return [("http", svc.probe[0], svc.probe[0])]
+
+
+def published(svc: ServiceSpec) -> set[int]:
+    """The edge's container ports clients outside the cluster may reach: listeners bound to a
+    loopback address in stack.yaml (this machine only) are reachable through
+    `kubectl port-forward` alone, as they are from the host alone on one host."""
+    return {int(cport.split("/")[0]) for cport, (bind, _) in svc.ports.items()
+            if not ipaddress.ip_address(bind).is_loopback}
+
+
+def _service_ports(ctx: Context, svc: ServiceSpec) -> list[tuple[str, int, int]]:
+    ports = _ports(ctx.spec, svc)
+    if svc.role == names.NGINX:
+        return [p for p in ports if p[1] in published(svc)]
+    return ports
 
 
 @dataclass(frozen=True)
@@ -532,7 +550,7 @@ def _service(ctx: Context, svc: ServiceSpec) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "type": "ClusterIP", "selector": selector(project, svc),
         "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"}
-                  for n, _, p in _ports(ctx.spec, svc)],
+                  for n, _, p in _service_ports(ctx, svc)],
     }
     if svc.role == names.NGINX:
         # Client addresses reach nginx unchanged, so its per-IP limits count clients, not
@@ -575,15 +593,19 @@ def _network_policies(ctx: Context, services: list[ServiceSpec]) -> list[dict[st
         return {"podSelector": {"matchLabels": {L_INSTANCE: project, L_COMPONENT: role}}}
 
     def policy(name: str, role: str, sources: list[str] | None) -> dict[str, Any]:
-        ports = sorted({c for svc in by_role.get(role, []) for _, c, _ in _ports(ctx.spec, svc)})
+        ports = sorted({c for svc in by_role.get(role, [])
+                        for _, c, _ in _service_ports(ctx, svc)})
         rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": p} for p in ports]}
         if sources is not None:
             rule["from"] = [peer(r) for r in sources]
+        # No port to open (an edge with loopback listeners only): no rule, so deny-all holds
+        # (a rule without ports would open every port).
+        ingress = [rule] if ports else []
         return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                 "metadata": _meta(f"{project}-{name}", ns, base),
                 "spec": {"podSelector": {"matchLabels": {L_INSTANCE: project,
                                                          L_COMPONENT: role}},
-                         "policyTypes": ["Ingress"], "ingress": [rule]}}
+                         "policyTypes": ["Ingress"], "ingress": ingress}}
 
     out = [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": _meta(f"{project}-deny-ingress", ns, base),
@@ -679,7 +701,7 @@ def manifests(spec: StackSpec, services: list[ServiceSpec],
         deployment, needed = _deployment(ctx, svc, models.get(svc.service))
         claims += [c for c in needed if c not in claims]
         docs.append(deployment)
-        if _ports(spec, svc):
+        if _service_ports(ctx, svc):
             docs.append(_service(ctx, svc))
         per_service[f"{svc.service}.yaml"] = docs
     if claims:
@@ -695,7 +717,9 @@ def manifests(spec: StackSpec, services: list[ServiceSpec],
                      "namespace": options.namespace, "resources": list(objects)}
     files[KUSTOMIZATION] = ExportFile(_dump([kustomization], header))
     files[".gitignore"] = ExportFile(GITIGNORE.encode())
-    return KubeExport(spec.project, dict(sorted(files.items())), objects)
+    edge = next(s for s in services if s.role == names.NGINX)
+    ports = sorted(p for _, _, p in _service_ports(ctx, edge))
+    return KubeExport(spec.project, dict(sorted(files.items())), objects, ports)
 
 
 def from_project(loaded: Any, options: Options) -> KubeExport:

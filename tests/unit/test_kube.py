@@ -470,9 +470,23 @@ def test_the_edge_service(service_type: str) -> None:
     assert edge["spec"]["type"] == service_type
     assert edge["spec"]["externalTrafficPolicy"] == "Local"  # client IPs for per-IP limits
     ports = {(p["port"], p["targetPort"]) for p in edge["spec"]["ports"]}
-    assert ports == {(n.port, name) for name, n in stack.listeners if n.enabled}
+    # Only listeners bound beyond loopback are published: here https, not local (127.0.0.1).
+    assert ports == {(443, "https")} == {(n.port, name) for name, n in stack.listeners
+                                         if n.enabled and n.bind != "127.0.0.1"}
     assert {s["spec"]["type"] for s in services.values()} == {"ClusterIP"}
     assert not any(o["kind"] == "Ingress" for o in _objects(export))
+
+
+def test_loopback_listeners_are_not_published() -> None:
+    """The starter binds every listener to 127.0.0.1 (this host only): on a cluster nothing is
+    published and the edge's policy opens no port; kubectl port-forward still reaches it."""
+    stack, _, export = _export("demo")
+    edge = names.container(stack.project, names.NGINX)
+    assert edge not in _by_kind(export, "Service")
+    assert _by_kind(export, "NetworkPolicy")[f"{stack.project}-edge"]["spec"]["ingress"] == []
+    ports = {p["containerPort"] for p in _container(_by_kind(export, "Deployment")[edge])[
+        "ports"]}
+    assert ports == set(names.NGINX_PORTS.values())
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -495,15 +509,21 @@ def test_network_policy_only_the_edge_reaches_litellm_and_only_litellm_the_model
         if p is deny[0]:
             continue
         (target,) = pods(p["spec"]["podSelector"]["matchLabels"])
+        if not p["spec"]["ingress"]:
+            allowed[target] = set()  # nothing published (loopback listeners only)
+            continue
         (rule,) = p["spec"]["ingress"]
         allowed[target] = None if "from" not in rule else \
             set().union(*(pods(f["podSelector"]["matchLabels"]) for f in rule["from"]))
-        # The allowed ports are the target's container ports.
+        # The allowed ports are the target's container ports (the edge's published ones).
         ports = {pt["containerPort"] for d in deployments
                  if d["spec"]["template"]["metadata"]["labels"][kube.L_COMPONENT] == target
                  for pt in _container(d)["ports"]}
+        if target == names.NGINX:
+            ports = {names.NGINX_PORTS["https"]}
         assert {pt["port"] for pt in rule["ports"]} == ports
-    assert allowed == {names.NGINX: None, names.HEALTH: {names.NGINX},
+    edge = None if case == "multigpu" else set()  # multigpu publishes https to everyone
+    assert allowed == {names.NGINX: edge, names.HEALTH: {names.NGINX},
                        names.LITELLM: {names.NGINX, names.HEALTH},
                        "model": {names.LITELLM, names.HEALTH}}
 
