@@ -519,6 +519,15 @@ def _pod(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None
     return pod, cache.claims, uses_secret
 
 
+def strategy(svc: ServiceSpec, claims: list[str]) -> dict[str, Any]:
+    """A GPU model's new pod cannot start while the old one holds the GPUs (a rolling update
+    on a full node deadlocks: the new pod stays Pending), nor a pod mount a ReadWriteOnce
+    cache on another node: replace those. Others roll with no gap."""
+    if svc.gpus or claims:
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
 def _deployment(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None
                 ) -> tuple[dict[str, Any], list[str]]:
     project, ns = ctx.spec.project, ctx.options.namespace
@@ -527,17 +536,13 @@ def _deployment(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | N
     annotations = {CONFIG_HASH_ANNOTATION: svc.config_hash()}
     if uses_secret and ctx.checksum:
         annotations[SECRET_CHECKSUM_ANNOTATION] = ctx.checksum
-    # A GPU model's new pod cannot start while the old one holds the GPUs (nor mount a
-    # ReadWriteOnce cache elsewhere): replace it. Others roll with no gap.
-    strategy: dict[str, Any] = {"type": "Recreate"} if svc.gpus or claims else \
-        {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(object_name(project, svc.service), ns, lab),
         "spec": {
             "replicas": 1, "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector(project, svc)},
-            "strategy": strategy,
+            "strategy": strategy(svc, claims),
             "template": {"metadata": {"labels": lab, "annotations": annotations},
                          "spec": pod},
         },

@@ -315,6 +315,16 @@ def test_gpu_limits_equal_stack_yaml_and_gpu_models_are_recreated(case: str) -> 
     assert total == sum(len(m.gpu_ids) for m in stack.models)
 
 
+def test_strategy_recreates_gpu_pods_and_pods_with_a_cache_claim() -> None:
+    _, services, _ = _export("gpu")
+    by_name = {s.service: s for s in services}
+    recreate = {"type": "Recreate"}
+    assert kube.strategy(by_name["model-deepseek-coder"], []) == recreate  # GPUs, no claim
+    assert kube.strategy(by_name["model-smollm2-embed"], ["llmstack-models"]) == recreate
+    rolling = kube.strategy(by_name[names.LITELLM], [])
+    assert rolling["type"] == "RollingUpdate" and rolling["rollingUpdate"]["maxUnavailable"] == 0
+
+
 def test_multi_gpu_vllm_gets_its_shm_and_tensor_parallel_size() -> None:
     stack, _, export = _export("multigpu")
     c = _container(_deployment(export, stack.project, "model-llama-70b"))
