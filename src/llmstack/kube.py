@@ -62,7 +62,7 @@ SECRET_CHECKSUM_ANNOTATION = "llmstack/secret-checksum"
 # Kubernetes' recommended labels.
 L_NAME, L_INSTANCE = "app.kubernetes.io/name", "app.kubernetes.io/instance"
 L_COMPONENT, L_PART_OF = "app.kubernetes.io/component", "app.kubernetes.io/part-of"
-L_MANAGED_BY, L_VERSION = "app.kubernetes.io/managed-by", "app.kubernetes.io/version"
+L_MANAGED_BY = "app.kubernetes.io/managed-by"
 # Secret keys: nginx's files by their names in its secrets/ folder, environment secrets by
 # their variable's name.
 NGINX_SECRET_KEYS = {path: path.rpartition("/")[2]
@@ -428,6 +428,19 @@ def _config_volume(ctx: Context, svc: ServiceSpec) -> dict[str, Any] | None:
     ]}}
 
 
+# A replaced edge pod (a key rotation, an upgrade) stops as `up` reloads nginx: gracefully.
+# The pause lets the Service drop the pod before nginx closes its listeners; then nginx
+# finishes in-flight requests and streams, for at most its worker_shutdown_timeout.
+NGINX_STOP_PAUSE = 5
+NGINX_STOP_SECONDS = NGINX_STOP_PAUSE + render.WORKER_SHUTDOWN_TIMEOUT + 30
+
+
+def _nginx_graceful_stop(svc: ServiceSpec) -> list[str]:
+    nginx = " ".join([*(svc.entrypoint or ["nginx"]), "-c", f"{svc.config_mount}/nginx.conf"])
+    return ["sh", "-c", f"sleep {NGINX_STOP_PAUSE}; {nginx} -s quit; "
+            f"while [ -e {render.NGINX_PID_FILE} ]; do sleep 1; done"]
+
+
 def _env(ctx: Context, svc: ServiceSpec, extra: dict[str, str]) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     merged = {**svc.env, **extra}
@@ -496,6 +509,8 @@ def _pod(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None
     container["securityContext"] = _container_security(svc)
     if ports:
         container.update(_probes(svc, ports[0][0]))
+    if svc.role == names.NGINX:
+        container["lifecycle"] = {"preStop": {"exec": {"command": _nginx_graceful_stop(svc)}}}
     container["volumeMounts"] = mounts
     pod: dict[str, Any] = {
         # No Kubernetes API token and no service environment variables (a Service named
@@ -511,6 +526,8 @@ def _pod(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None
             pod["runtimeClassName"] = kube.runtime_class
         if kube.gpu_product:
             pod["nodeSelector"] = {GPU_PRODUCT_LABEL: kube.gpu_product}
+    if svc.role == names.NGINX:
+        pod["terminationGracePeriodSeconds"] = NGINX_STOP_SECONDS
     if cache.init:
         pod["initContainers"] = cache.init
     pod["containers"] = [container]

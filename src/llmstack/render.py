@@ -29,6 +29,8 @@ WORKER_SHUTDOWN_TIMEOUT = 600
 # Request bodies larger than nginx's body buffer are written here: a disk-backed volume (see
 # plan.NGINX_SPOOL), not /tmp, whose tmpfs counts against the container's memory limit.
 NGINX_SPOOL_DIR = "/var/lib/nginx"
+# nginx's pid file (in its /tmp tmpfs); removed when the master process exits.
+NGINX_PID_FILE = "/tmp/nginx.pid"
 
 
 def _env() -> jinja2.Environment:
@@ -90,6 +92,7 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
     nginx = env.get_template("nginx.conf.j2").render(
         source=source,
         secrets_dir=SECRETS_DIR,
+        pid_file=NGINX_PID_FILE,
         worker_shutdown_timeout=WORKER_SHUTDOWN_TIMEOUT,
         max_body_size=spec.max_body_size,
         timeouts=spec.timeouts,

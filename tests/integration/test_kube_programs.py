@@ -176,3 +176,48 @@ def test_exported_litellm_config_and_key_load_in_litellm(docker_client: Any,
         raise AssertionError(f"{exc}\nLiteLLM log tail:\n{tail}") from exc
     finally:
         running.remove(force=True)
+
+
+def test_edge_pre_stop_hook_stops_nginx_gracefully(docker_client: Any, kube_net: str,
+                                                   tmp_path: Path) -> None:
+    """The edge pod's preStop command, run in nginx as the Deployment runs it: nginx quits by
+    itself (`nginx -s quit`: exit 0, no signal from the engine) within the pod's grace period,
+    and the hook returns only once it has (so the kubelet's SIGTERM never cuts it short)."""
+    stack, _, docs = _export("demo", tmp_path)
+    pod = _find(docs, "Deployment", names.container(stack.project, names.NGINX))["spec"][
+        "template"]["spec"]
+    (container,) = pod["containers"]
+    (config,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    folder = tmp_path / "nginx"
+    _project(docs, config, folder, (0, pod["securityContext"]["fsGroup"]))
+    sc = container["securityContext"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    running = docker_client.containers.run(
+        container["image"], entrypoint=container["command"], command=container["args"],
+        labels=LABEL, network=kube_net, user=f"{sc['runAsUser']}:{sc['runAsGroup']}",
+        group_add=[str(pod["securityContext"]["fsGroup"])],
+        read_only=sc["readOnlyRootFilesystem"], cap_drop=sc["capabilities"]["drop"],
+        security_opt=["no-new-privileges=true"],
+        tmpfs={mounts["tmpfs-0"]: "rw,size=16m", mounts["spool"]: "rw,size=16m,uid=10001"},
+        volumes={str(folder): {"bind": mounts["config"], "mode": "ro"}}, detach=True)
+    try:
+        def started() -> bool:
+            running.reload()
+            assert running.status != "exited", running.logs().decode()
+            return running.exec_run(["sh", "-c", f"test -e {render.NGINX_PID_FILE}"],
+                                    user=f"{sc['runAsUser']}").exit_code == 0
+
+        wait_for(started, 60, what="nginx started")
+        hook = container["lifecycle"]["preStop"]["exec"]["command"]
+        begun = time.monotonic()
+        result = running.exec_run(hook, user=f"{sc['runAsUser']}")
+        took = time.monotonic() - begun
+        assert kube.NGINX_STOP_PAUSE <= took < pod["terminationGracePeriodSeconds"]
+        assert running.wait(timeout=30)["StatusCode"] == 0
+        running.reload()
+        assert running.status == "exited" and not running.attrs["State"]["OOMKilled"]
+        # The exec ended with the container (its process went with nginx) or returned 0.
+        print("hook exit", result.exit_code, "took", time.monotonic() - begun)
+        assert result.exit_code in (0, None, 137), result.output
+    finally:
+        running.remove(force=True)
