@@ -472,6 +472,24 @@ def test_quantities() -> None:
 # --- Edge, network policy, namespace ------------------------------------------------------------
 
 
+def test_the_edge_stops_gracefully_within_its_grace_period() -> None:
+    """A replaced edge pod (key rotation) quits as `up`'s reload does: nginx -s quit, then in-
+    flight streams get worker_shutdown_timeout before the kubelet may kill it."""
+    stack, services, export = _export("demo")
+    nginx = next(s for s in services if s.role == names.NGINX)
+    d = _deployment(export, stack.project, names.NGINX)
+    hook = _container(d)["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:2] == ["sh", "-c"]
+    assert f"nginx -c {nginx.config_mount}/nginx.conf -s quit" in hook[2]
+    assert render.NGINX_PID_FILE in hook[2]
+    grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > kube.NGINX_STOP_PAUSE + render.WORKER_SHUTDOWN_TIMEOUT
+    # Only the edge has a hook.
+    for svc in services:
+        if svc.role != names.NGINX:
+            assert "lifecycle" not in _container(_deployment(export, stack.project, svc.service))
+
+
 @pytest.mark.parametrize("service_type", kube.SERVICE_TYPES)
 def test_the_edge_service(service_type: str) -> None:
     stack, _, export = _export("multigpu", service_type=service_type)
@@ -631,6 +649,8 @@ def test_bad_options_are_refused_naming_the_flag(options: dict[str, str], word: 
 def test_export_k8s_command_writes_the_folder(tmp_path: Path) -> None:
     assert cli("init", str(tmp_path / "p")).returncode == 0
     project = tmp_path / "p"
+    with (project / ".env").open("a") as env:
+        env.write(f"HF_TOKEN={HF_TOKEN_VALUE}\n")
     proc = cli("export", "k8s", "-C", str(project), "--namespace", "llm", "--json")
     assert proc.returncode == 0, proc.stderr
     out = project / "k8s"
@@ -639,7 +659,10 @@ def test_export_k8s_command_writes_the_folder(tmp_path: Path) -> None:
     key = secrets.load_keys(project / ".env").master
     for path in out.iterdir():
         if path.name != kube.SECRET_FILE:
-            assert key not in path.read_text(), path.name
+            assert key not in path.read_text() and HF_TOKEN_VALUE not in path.read_text()
+    (secret,) = yaml.safe_load_all((out / kube.SECRET_FILE).read_text())
+    assert base64.b64decode(secret["data"][kube.HF_TOKEN]).decode() == HF_TOKEN_VALUE
+    assert key.encode() in base64.b64decode(secret["data"]["keys.conf"])
     docs = [o for p in out.glob("*.yaml") if p.name != kube.KUSTOMIZATION
             for o in yaml.safe_load_all(p.read_text())]
     assert {o["metadata"].get("namespace", "llm") for o in docs} == {"llm"}
