@@ -250,7 +250,7 @@ def _model_hf(ctx: CacheContext, cache: Cache) -> None:
     backend = BACKENDS[ctx.model.backend]
     home = backend.cache_dir or "/cache"
     repo = ctx.model.parsed_source.path
-    revision = ""  # issue 15 (pinned revisions in stack.lock) fills this in
+    revision = ""  # the default branch; a pinned revision (a lock file) goes here
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", f"{repo}@{revision or 'default'}")
     cache.claims.append(ctx.claim)
     cache.volumes.append({"name": "model-cache",
@@ -294,8 +294,9 @@ def _model_host(ctx: CacheContext, cache: Cache) -> None:
         "PersistentVolumeClaim NAME, see docs/KUBERNETES.md), or use hf:")])
 
 
-# How each `source:` kind gets its weights into the pod. Issue 15's pinned hf: revisions and
-# its fetch image replace _model_hf only.
+# How each `source:` kind gets its weights into the pod: one function per kind, so pinned hf:
+# revisions, single-file hf: sources (llama.cpp) or a fetch image of llmstack's own change
+# _model_hf only.
 MODEL_CACHE: dict[str, Callable[[CacheContext, Cache], None]] = {
     "volume": _model_volume, "hf": _model_hf, "ollama": _model_ollama, "host": _model_host,
 }
