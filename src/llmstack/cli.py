@@ -612,6 +612,58 @@ def export_compose(
     typer.echo(f"Run it: cd {target} && docker-compose up -d")
 
 
+@export_app.command("k8s")
+def export_k8s(
+    directory: DirOpt = None, file: FileOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default "
+                                             "DIR/k8s).", show_default=False)] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="Namespace of every "
+                                                  "object (default: the project name).",
+                                                  show_default=False)] = None,
+    storage_class: Annotated[str | None, typer.Option(
+        "--storage-class", help="StorageClass of the model caches (default: the cluster's "
+        "default class).", show_default=False)] = None,
+    service_type: Annotated[str, typer.Option(
+        "--service-type", help="How clients reach the edge: LoadBalancer or NodePort.")
+    ] = "LoadBalancer",
+    secret_ref: Annotated[str | None, typer.Option(
+        "--secret-ref", help="Use this Secret of the cluster instead of writing secret.yaml "
+        "(keys: see docs/KUBERNETES.md).", show_default=False)] = None,
+    cache_size: Annotated[str, typer.Option(
+        "--cache-size", help="Size of each model cache volume the export creates.")] = "100Gi",
+    json_out: JsonOpt = False,
+) -> None:
+    """Write Kubernetes manifests and a kustomization.yaml equivalent to `llmstack up`
+    (apply with kubectl apply --server-side -k OUT). Secrets go to secret.yaml (0600) only."""
+    from .errors import UserError
+    from .kube import KUSTOMIZATION, SECRET_FILE, Options, from_project, write
+
+    loaded = _load(directory, file)
+    target = (out or loaded.paths.root / "k8s").resolve()
+    if target == loaded.paths.root.resolve():
+        raise UserError("--out must not be the project folder", "use e.g. -o k8s")
+    options = Options(namespace=namespace or loaded.spec.project, storage_class=storage_class,
+                      service_type=service_type, secret_ref=secret_ref, cache_size=cache_size)
+    exported = from_project(loaded, options)
+    removed = write(exported, target)
+    if json_out:
+        from .ui import emit_json
+        emit_json({"kustomization": str(target / KUSTOMIZATION), "files": sorted(exported.files),
+                   "removed": removed, "namespace": options.namespace,
+                   "published_ports": exported.published})
+        return
+    typer.echo(f"wrote {target / KUSTOMIZATION} and {len(exported.files) - 1} files it uses")
+    for name in removed:
+        typer.echo(f"removed {name} (no longer in {loaded.paths.stack.name})")
+    if not exported.published:
+        typer.echo("note: every listener binds a loopback address, so the edge is not "
+                   "published; reach it with kubectl port-forward, or set a listener's bind "
+                   "to 0.0.0.0 in stack.yaml to publish it", err=True)
+    if SECRET_FILE in exported.files:
+        typer.echo(f"{SECRET_FILE} holds the API keys and the TLS key (0600, git-ignored)")
+    typer.echo(f"Apply it: kubectl apply --server-side -k {target}")
+
+
 def main() -> None:
     """Entry point: the one place that turns errors into messages and exit codes."""
     json_mode = "--json" in sys.argv

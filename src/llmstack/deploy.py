@@ -19,7 +19,7 @@ from .errors import DeployError
 from .project import Loaded, write_config
 
 # How long each kind of service may take to become ready (seconds).
-DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0}
+DEADLINES = plan.READY_DEADLINES
 POLL_INTERVAL = 0.25  # seconds between two rounds of readiness probes
 HINTS = {
     "model": "check the model source and server args in stack.yaml; `llmstack logs {svc}`",
@@ -152,7 +152,7 @@ def _poll(project: Engine, item: _Starting, report: Reporter) -> float | None:
         report.event(svc.service, "ready", f"{elapsed:.1f}s")
         return elapsed
     detail = f"GET {svc.probe[1]} -> {outcome}"  # type: ignore[index]
-    if elapsed > DEADLINES.get(svc.role, 120.0):
+    if elapsed > DEADLINES.get(svc.role, plan.DEFAULT_READY_DEADLINE):
         raise _failure(project, svc, f"not ready after {elapsed:.0f}s ({detail})")
     report.event(svc.service, "waiting", f"{elapsed:.0f}s {detail}")
     return None

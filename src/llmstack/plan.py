@@ -29,6 +29,10 @@ ROOT_IMAGE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
 # Process limit of a container whose resources name none.
 DEFAULT_PIDS = 4096
 RESTART_POLICY = "unless-stopped"
+# How long each kind of service may take to become ready (seconds): `up` waits this long,
+# and Kubernetes' startup probe allows as much.
+READY_DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0}
+DEFAULT_READY_DEADLINE = 120.0
 
 
 def nginx_spool(project: str) -> Mount:
@@ -153,7 +157,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         command=["--config", f"{names.config_dir(names.LITELLM)}/litellm.yaml", "--host", "0.0.0.0",
                  "--port", str(names.LITELLM_PORT), "--num_workers", "1"],
         env=litellm_env, secret_env=("LITELLM_MASTER_KEY",),
-        config=rendered.services[names.LITELLM], probe=(names.LITELLM_PORT, "/health/readiness"),
+        config=rendered.services[names.LITELLM],
+        probe=(names.LITELLM_PORT, names.LITELLM_READY_PATH),
         depends_on=tuple(model_services), start_after=after_health,
         **_hardening("litellm", spec.resources.litellm),
     ))

@@ -271,6 +271,38 @@ class ServiceResources(Strict):
     litellm: Resources = Resources(memory="2g", pids=512)
 
 
+# Kubernetes names: a RuntimeClass is a DNS subdomain; a node label value is at most 63
+# characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit.
+K8S_SUBDOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
+K8S_LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+
+
+class Kubernetes(Strict):
+    """Read only by `llmstack export k8s`; `up` on one host ignores them."""
+
+    # The RuntimeClass GPU pods run with (e.g. `nvidia` on k3s with the NVIDIA runtime).
+    runtime_class: str | None = None
+    # Schedule GPU models only on nodes whose nvidia.com/gpu.product label (set by NVIDIA's
+    # GPU feature discovery) has this value, e.g. NVIDIA-H100-80GB-HBM3.
+    gpu_product: str | None = None
+
+    @field_validator("runtime_class")
+    @classmethod
+    def _runtime_class(cls, value: str | None) -> str | None:
+        if value is not None and not K8S_SUBDOMAIN_RE.fullmatch(value):
+            raise ValueError("must be a Kubernetes object name: lowercase letters, digits, "
+                             "'-' and '.', e.g. nvidia")
+        return value
+
+    @field_validator("gpu_product")
+    @classmethod
+    def _gpu_product(cls, value: str | None) -> str | None:
+        if value is not None and not K8S_LABEL_VALUE_RE.fullmatch(value):
+            raise ValueError("must be a node label value: at most 63 letters, digits, '-', "
+                             "'_' and '.', e.g. NVIDIA-H100-80GB-HBM3")
+        return value
+
+
 class Images(Strict):
     """Where the stack's images come from (`source`), and any image named by hand.
 
@@ -344,6 +376,7 @@ class StackSpec(Strict):
     models: list[ModelSpec] = Field(min_length=1, max_length=64)
     images: Images = Images()
     resources: ServiceResources = ServiceResources()
+    kubernetes: Kubernetes = Kubernetes()
 
     @field_validator("domain")
     @classmethod

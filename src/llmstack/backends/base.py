@@ -45,6 +45,9 @@ class Backend(Protocol):
     supports_embeddings: bool
     needs_gpu: bool
     source_kinds: tuple[str, ...]  # accepted `source:` schemes
+    # Where the server keeps weights it fetches itself (hf: repos, ollama: tags); None for a
+    # backend that only reads files it is given.
+    cache_dir: str | None
 
     def launch(self, model: ModelSpec) -> Launch: ...
 
