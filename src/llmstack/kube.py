@@ -749,12 +749,15 @@ def from_project(loaded: Any, options: Options) -> KubeExport:
     """The export of a loaded project folder (reads its .env and certificates)."""
     from . import secrets
 
-    services = plan.desired(loaded.spec, loaded.rendered, loaded.keys().internal)
+    # A cluster's nodes pull from registries: `images: auto` means the upstream images there
+    # (`images: local` keeps the local builds, for nodes they were loaded onto).
+    spec = loaded.spec.with_image_source("registry") if loaded.spec.images.source == "auto" \
+        else loaded.spec
+    services = plan.desired(spec, loaded.rendered, loaded.keys().internal)
     secret_files = {} if options.secret_ref else loaded.nginx_secret_files()
     hf_token = None if options.secret_ref else \
         secrets.read_env(loaded.paths.env).get(HF_TOKEN) or None
-    return manifests(loaded.spec, services, secret_files, options, loaded.paths.stack.name,
-                     hf_token)
+    return manifests(spec, services, secret_files, options, loaded.paths.stack.name, hf_token)
 
 
 def write(export: KubeExport, out: Path) -> list[str]:
