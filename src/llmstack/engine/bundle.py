@@ -110,11 +110,16 @@ def _has(client: docker.DockerClient, ref: str) -> bool:
     return True
 
 
-def read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes] | None:
+    """The regular file `name` of the bundle, or None when it has none."""
     try:
-        member = tar.extractfile(MANIFEST)
+        return tar.extractfile(name)
     except KeyError:
-        member = None
+        return None
+
+
+def read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
+    member = _member(tar, MANIFEST)
     if member is None:
         raise BundleError(f"{path} is not an llmstack bundle (no {MANIFEST})",
                           "make one with `llmstack images save -o FILE`")
@@ -129,10 +134,7 @@ def verify(tar: tarfile.TarFile, manifest: dict[str, Any], path: Path,
            progress: Progress) -> None:
     """Every member the manifest lists is there with its sha256, else BundleError."""
     for member, expected in manifest["files"].items():
-        try:
-            handle = tar.extractfile(member)
-        except KeyError:
-            handle = None
+        handle = _member(tar, member)
         if handle is None:
             raise BundleError(f"{path}: {member} is missing: the bundle is incomplete",
                               "copy the whole file again")
