@@ -26,9 +26,10 @@ overhead  per GPU: CUDA context, activations and graphs: 2 GiB for vLLM/TGI, 0.5
 split     tensor parallel (vLLM, TGI --num-shard, llama.cpp's layer split) divides weights
           and KV cache evenly over the model's GPUs; overhead is paid on each.
 claims    vLLM reserves gpu_memory_utilization x the GPU's total memory at start and fails
-          when that much is not free: that reservation is exact. llama.cpp and Ollama take what
-          they need; TGI needs its estimate and then fills what is free with KV cache (capped
-          by --cuda-memory-fraction), so it is counted by its estimate.
+          when that much is not free: that reservation is exact. TGI fills what is free with
+          KV cache up to --cuda-memory-fraction, which llmstack derives from the same
+          gpu_memory_utilization (memory_fraction), so it is counted the same way. llama.cpp
+          and Ollama take what they need: counted by their estimate.
 """
 
 from __future__ import annotations
@@ -136,6 +137,64 @@ def device_request(gpu_ids: Sequence[int | str]) -> dict[str, Any]:
     return {"device_ids": ids, "capabilities": [["gpu"]]}
 
 
+# --- Sharing a GPU: start order and memory shares ----------------------------------------------
+
+
+def _is_uuid(gpu_id: str) -> bool:
+    return not gpu_id.isdigit()
+
+
+def may_share(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two models may be on one GPU, judged from stack.yaml alone: they name a GPU
+    alike, or (both with gpu_share) one names GPUs by index and the other by UUID, which only
+    the host can tell apart, so they count as sharing."""
+    ids_a, ids_b = set(a.gpu_ids), set(b.gpu_ids)
+    if not ids_a or not ids_b:
+        return False
+    if ids_a & ids_b:
+        return True
+    mixed = any(_is_uuid(g) != _is_uuid(h) for g in ids_a for h in ids_b)
+    return a.gpu_share and b.gpu_share and mixed
+
+
+def start_order(models: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """GPU models in the order they start when they share a GPU: stack.yaml order, TGI last
+    (it takes what the others leave, see memory_fraction)."""
+    gpu_models = [m for m in models if m.gpu_ids]
+    return sorted(gpu_models, key=lambda m: (m.backend == "tgi", gpu_models.index(m)))
+
+
+def start_after(models: Sequence[ModelSpec]) -> dict[str, list[str]]:
+    """{model name: the models that must be ready before it starts}: each GPU model waits for
+    the models before it in start_order that may share one of its GPUs. Two servers starting
+    together on one GPU each count the other's memory as free and fail when it is gone
+    (vLLM: "No available memory for the cache blocks"); models on separate GPUs start
+    together."""
+    order = start_order(models)
+    return {m.name: [p.name for p in order[:i] if may_share(p, m)] for i, m in enumerate(order)}
+
+
+def memory_fraction(models: Sequence[ModelSpec], model: ModelSpec) -> float:
+    """The value of the model's GPU-memory flag.
+
+    vLLM's --gpu-memory-utilization is per instance: the model's own gpu_memory_utilization.
+    TGI's --cuda-memory-fraction is per GPU: TGI fills KV cache until (1 - fraction) x total
+    is left free (get_cuda_free_memory in TGI's import_utils.py), counting every process on
+    the GPU. TGI starts after the models it shares a GPU with, so it gets its own share plus
+    theirs, per GPU (the smallest, when its GPUs have different neighbours), at most 1."""
+    own = model.gpu_memory_utilization
+    if model.backend != "tgi" or not model.gpu_ids:
+        return own
+    order = start_order(models)
+    before = order[:next(i for i, m in enumerate(order) if m.name == model.name)]
+    per_gpu = []
+    for gpu_id in model.gpu_ids:
+        neighbours = [p for p in before if may_share(p, model)
+                      and (gpu_id in p.gpu_ids or not set(p.gpu_ids) & set(model.gpu_ids))]
+        per_gpu.append(own + sum(p.gpu_memory_utilization for p in neighbours))
+    return round(min(1.0, min(per_gpu)), 4)
+
+
 # --- Estimates --------------------------------------------------------------------------------
 
 
@@ -192,8 +251,13 @@ def kv_bytes_per_token(params: float) -> float:
     return 2 * layers * width * KV_BYTES
 
 
+# Backends that hold a share of each GPU (gpu_memory_utilization): vLLM reserves it at start,
+# TGI fills its KV cache up to it (--cuda-memory-fraction, see memory_fraction).
+RESERVING_BACKENDS = ("vllm", "tgi")
+
+
 def _reserve(model: ModelSpec) -> float | None:
-    return float(model.gpu_memory_utilization) if model.backend == "vllm" else None
+    return float(model.gpu_memory_utilization) if model.backend in RESERVING_BACKENDS else None
 
 
 @dataclass(frozen=True)

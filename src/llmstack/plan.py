@@ -7,8 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import images, names, sizing
-from .backends import BACKENDS, Mount
+from . import gpu, images, names, sizing
+from .backends import BACKENDS, Mount, Placement
 from .render import NGINX_SPOOL_BODY, NGINX_SPOOL_DIR, Rendered
 from .spec import Resources, StackSpec
 
@@ -131,13 +131,16 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
     )]
     # Start order: health first (readiness probes run in its container); the models and
     # LiteLLM together (LiteLLM needs no backend to start, so a cold `up` takes about as long
-    # as its slowest service); nginx last, once everything behind it answers.
+    # as its slowest service), except that models sharing a GPU start one at a time
+    # (gpu.start_after); nginx last, once everything behind it answers.
     after_health = (names.HEALTH,)
+    gpu_waits = gpu.start_after(spec.models)
     model_services = []
     for model in spec.models:
         backend = BACKENDS[model.backend]
-        launch = backend.launch(model)
         image = spec.image_for(model)
+        launch = backend.launch(model, Placement(
+            image=image, memory_fraction=gpu.memory_fraction(spec.models, model)))
         service = names.model_service(model.name)
         model_services.append(service)
         services.append(ServiceSpec(
@@ -145,7 +148,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
             env=dict(launch.env), mounts=launch.mounts, gpus=model.gpu_ids,
             # Every container has a memory limit: a model's defaults to its estimated needs.
             shm_size=launch.shm_size, probe=(backend.port, backend.health_path),
-            start_after=after_health,
+            start_after=after_health + tuple(names.model_service(m)
+                                             for m in gpu_waits.get(model.name, [])),
             **_hardening(spec.image_key(model), sizing.model_resources(model)),
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",

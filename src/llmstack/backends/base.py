@@ -35,6 +35,20 @@ class Launch:
     shm_size: str | None = None
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What the plan decides about a model beyond its own stack.yaml entry: the image it runs
+    (the backend's flags may depend on its version) and the share of each GPU it may take."""
+
+    image: str = ""
+    # The value of the backend's GPU-memory flag (vLLM --gpu-memory-utilization, TGI
+    # --cuda-memory-fraction); None: the model's own gpu_memory_utilization.
+    memory_fraction: float | None = None
+
+
+DEFAULT_PLACEMENT = Placement()
+
+
 class Backend(Protocol):
     name: str
     image_key: str  # key in stack.yaml `images:` when the model runs on CPU
@@ -49,7 +63,7 @@ class Backend(Protocol):
     # backend that only reads files it is given.
     cache_dir: str | None
 
-    def launch(self, model: ModelSpec) -> Launch: ...
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch: ...
 
     def served_name(self, model: ModelSpec) -> str: ...
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Launch, model_mount
+from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -14,7 +14,9 @@ class LlamaCpp:
     name = "llamacpp"
     image_key = "llamacpp"
     gpu_image_key = "llamacpp-cuda"
-    port = 8000
+    # The port upstream's images (server, server-cuda) are built for: their HEALTHCHECK curls
+    # http://localhost:8080/health, so serving anywhere else shows the container unhealthy.
+    port = 8080
     health_path = "/health"  # 503 while loading, 200 when ready
     api_base_path = "/v1"
     supports_embeddings = True
@@ -25,7 +27,7 @@ class LlamaCpp:
     def served_name(self, model: ModelSpec) -> str:
         return model.name
 
-    def launch(self, model: ModelSpec) -> Launch:
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch:
         mounts, path = model_mount(model)
         cmd = ["--host", "0.0.0.0", "--port", str(self.port), "-m", path,
                "--alias", model.name, "--ctx-size", str(model.context)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Launch, Mount
+from .base import DEFAULT_PLACEMENT, Launch, Mount, Placement
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -26,11 +26,17 @@ class Ollama:
         src = model.parsed_source
         return src.path if src.kind == "ollama" else model.name
 
-    def launch(self, model: ModelSpec) -> Launch:
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch:
         src = model.parsed_source
         mounts = [Mount(src.location, self.cache_dir, read_only=False)] if src.kind == "volume" \
             else []
-        env = {"OLLAMA_HOST": f"0.0.0.0:{self.port}", "OLLAMA_KEEP_ALIVE": "-1"}
+        env = {"OLLAMA_HOST": f"0.0.0.0:{self.port}", "OLLAMA_KEEP_ALIVE": "-1",
+               # The context of every model it loads (its own default is 4096).
+               "OLLAMA_CONTEXT_LENGTH": str(model.context)}
+        if model.gpus == "cpu":
+            # The image sets NVIDIA_VISIBLE_DEVICES=all: on a host whose default runtime is
+            # nvidia that hands a CPU model every GPU. "void" gives it none.
+            env["NVIDIA_VISIBLE_DEVICES"] = "void"
         return Launch(command=["serve", *model.args], mounts=mounts, env=env)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Launch, model_mount
+from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -25,11 +25,16 @@ class Tgi:
     def served_name(self, model: ModelSpec) -> str:
         return "tgi"  # TGI serves one model and ignores the requested name
 
-    def launch(self, model: ModelSpec) -> Launch:
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch:
         mounts, path = model_mount(model, target="/data/models")
         gpus = 0 if model.gpus == "cpu" else len(model.gpus)
         cmd = ["--model-id", path, "--port", str(self.port),
                "--max-total-tokens", str(model.context), "--num-shard", str(max(gpus, 1))]
+        # TGI fills the GPU with KV cache until only (1 - fraction) x total is left free, so
+        # its fraction counts what the models started before it on its GPUs hold (the plan
+        # computes it: gpu.memory_fraction); unset, it takes everything that is free.
+        fraction = placement.memory_fraction or model.gpu_memory_utilization
+        cmd += ["--cuda-memory-fraction", f"{fraction:g}"]
         return Launch(command=cmd + list(model.args), mounts=mounts, shm_size="1g")
 
 
