@@ -68,6 +68,9 @@ class ServiceSpec:
     init: bool = True  # a tiny init as PID 1 reaps zombies and forwards signals
     restart: str = RESTART_POLICY
     probe: tuple[int, str] | None = None  # (port, path) answered 200 when ready
+    # A check of the health service (render.health_checks) that `up` polls as
+    # /ready/<check> instead of `probe`, for a server one GET cannot tell ready (Ollama).
+    ready_check: str | None = None
     depends_on: tuple[str, ...] = ()
     secret_env: tuple[str, ...] = ()
     # Services that must be ready before `up` starts this one. Start order only, so not part
@@ -86,7 +89,7 @@ class ServiceSpec:
     def config_hash(self) -> str:
         """Stable digest of every setting; secret values enter only as their own digests."""
         data = asdict(self)
-        del data["start_after"]
+        del data["start_after"], data["ready_check"]  # how `up` waits, not the container
         data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
                        for k, v in sorted(self.env.items())}
         data["config"] = {k: _digest(v) for k, v in sorted(self.config.items())}
@@ -148,6 +151,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
             env=dict(launch.env), mounts=launch.mounts, gpus=model.gpu_ids,
             # Every container has a memory limit: a model's defaults to its estimated needs.
             shm_size=launch.shm_size, probe=(backend.port, backend.health_path),
+            ready_check=(names.model_check(model.name)
+                         if backend.ready_check(model, "") is not None else None),
             start_after=after_health + tuple(names.model_service(m)
                                              for m in gpu_waits.get(model.name, [])),
             **_hardening(spec.image_key(model), sizing.model_resources(model)),

@@ -191,3 +191,21 @@ def test_own_images_run_unprivileged_and_root_images_get_only_their_few_capabili
         assert root["cap_drop"] == ["ALL"], case
         assert root["cap_add"] == list(plan.ROOT_IMAGE_CAPS), case
         assert root["security_opt"] == ["no-new-privileges=true"], case
+
+
+def test_up_waits_for_ollama_through_the_health_services_check() -> None:
+    from llmstack import deploy
+
+    spec = StackSpec.model_validate({"models": [CASES["ollama-cpu-tag"],
+                                                CASES["llamacpp-cpu-chat"]]})
+    wanted = {s.service: s for s in plan.desired(spec, render.render(spec), "sk-internal")}
+    ollama, llama = wanted[names.model_service("llama3")], wanted[
+        names.model_service("deepseek-coder")]
+    health = json.loads(render.render(spec).services[names.HEALTH]["health.json"])
+    assert ollama.ready_check == names.model_check("llama3")
+    assert health["checks"][ollama.ready_check]["kind"] == "ollama"
+    assert deploy._probe_url(spec.project, ollama) == (
+        f"http://{names.container(spec.project, names.HEALTH)}:{names.HEALTH_PORT}"
+        "/ready/model:llama3")
+    assert llama.ready_check is None
+    assert deploy._probe_url(spec.project, llama).endswith(":8080/health")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -66,6 +66,11 @@ class Backend(Protocol):
     def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch: ...
 
     def served_name(self, model: ModelSpec) -> str: ...
+
+    def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
+        """The health service's check for a model that one GET of health_path cannot tell
+        ready (see healthd.make_check); `base` is http://<container>:<port>. None: the GET."""
+        ...
 
 
 def model_mount(model: ModelSpec, target: str = "/models") -> tuple[list[Mount], str]:

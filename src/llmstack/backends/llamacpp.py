@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount
 
@@ -23,6 +23,9 @@ class LlamaCpp:
     needs_gpu = False
     source_kinds = ("volume", "host")
     cache_dir: str | None = None
+
+    def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
+        return None
 
     def served_name(self, model: ModelSpec) -> str:
         return model.name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import DEFAULT_PLACEMENT, Launch, Mount, Placement
 
@@ -25,6 +25,18 @@ class Ollama:
     def served_name(self, model: ModelSpec) -> str:
         src = model.parsed_source
         return src.path if src.kind == "ollama" else model.name
+
+    def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
+        """/api/tags answers before the model is pulled, and Ollama loads a model on its first
+        request: ready is the tag listed and a warm-up answered (an empty prompt only loads
+        a chat model; an embedding model embeds one word)."""
+        tag = self.served_name(model)
+        if model.task == "embedding":
+            warm_path, body = "/api/embed", {"model": tag, "input": "warm-up"}
+        else:
+            warm_path, body = "/api/generate", {"model": tag, "prompt": ""}
+        return {"kind": "ollama", "url": f"{base}{self.health_path}", "tag": tag,
+                "warm_url": f"{base}{warm_path}", "warm_up": body}
 
     def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch:
         src = model.parsed_source

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount
 
@@ -21,6 +21,9 @@ class Tgi:
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
     cache_dir = "/data"  # the image's HF_HOME
+
+    def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
+        return None
 
     def served_name(self, model: ModelSpec) -> str:
         return "tgi"  # TGI serves one model and ignores the requested name

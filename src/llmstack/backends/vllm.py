@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import images
 from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount
@@ -44,6 +44,9 @@ class Vllm:
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
     cache_dir = "/root/.cache/huggingface"
+
+    def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
+        return None
 
     def served_name(self, model: ModelSpec) -> str:
         return model.name
