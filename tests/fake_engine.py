@@ -54,6 +54,7 @@ class FakeEngine:
     registry: what registries serve, {"repo:tag" or "repo@digest": digest}; a pull of a
       served ref makes it present. registry_error: raised by every registry call instead.
     nginx_test: (exit code, output) of `nginx -t`.
+    source_files: what read_source finds, {"volume:NAME/PATH" or "host:/PATH": bytes}.
     """
 
     project: str = "p"
@@ -70,6 +71,7 @@ class FakeEngine:
     calls: list[str] = field(default_factory=list)  # "start health", "remove nginx", ...
     other_ports: dict[int, str] = field(default_factory=dict)
     client: object = None  # no docker client: callers must not need one
+    source_files: dict[str, bytes] = field(default_factory=dict)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -275,3 +277,8 @@ class FakeEngine:
 
     def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
         return SourceStat(True, 1, False)
+
+    def read_source(self, image: str, kind: str, location: str, path: str, limit: int
+                    ) -> bytes | None:
+        data = self.source_files.get(f"{kind}:{location}/{path}".replace("//", "/"))
+        return None if data is None else data[:limit]

@@ -23,8 +23,9 @@ from .errors import LlmstackError
 if TYPE_CHECKING:
     from .engine.api import Engine
     from .engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
+    from .modelarch import Architecture
     from .project import Loaded
-    from .spec import StackSpec
+    from .spec import ModelSpec, StackSpec
 
 MIN_API = (1, 40)  # device requests (GPUs) need Engine 19.03 / API 1.40
 SKEW_WARN_S = 60.0
@@ -50,6 +51,8 @@ class Facts:
     image_source: str = ""  # pull.Choice.line: which images and why
     sources: dict[str, SourceStat] = field(default_factory=dict)  # by model name
     services: dict[str, str] = field(default_factory=dict)  # this project's {service: state}
+    # {model name: its attention shape} from its config.json or GGUF header on the target
+    architectures: dict[str, Architecture] = field(default_factory=dict)
 
 
 @dataclass
@@ -212,7 +215,7 @@ def evaluate_gpus(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
              if s.exists and not s.is_dir and s.size}
     running = {m.name for m in spec.models
                if facts.services.get(names.model_service(m.name)) == "running"}
-    report = gpumod.check(spec, gpus, sizes, running)
+    report = gpumod.check(spec, gpus, sizes, running, facts.architectures)
     out += report.findings
     if not any(f.status != "ok" for f in report.findings):
         out.append(Finding("gpu-memory", "ok", "every GPU model fits: " + "; ".join(
@@ -415,6 +418,10 @@ def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str |
         src = m.parsed_source
         if src.kind in ("volume", "host") and helper:
             facts.sources[m.name] = engine.stat_source(helper, src.kind, src.location, src.path)
+            arch = read_architecture(engine, helper, m, facts.sources[m.name]) \
+                if m.gpu_ids else None
+            if arch is not None:
+                facts.architectures[m.name] = arch
     return facts
 
 
@@ -479,4 +486,29 @@ def gather_gpus(engine: Engine, spec: StackSpec, gpu_image: str | None = None
         src = m.parsed_source
         if m.gpu_ids and src.kind in ("volume", "host") and helper:
             facts.sources[m.name] = engine.stat_source(helper, src.kind, src.location, src.path)
+            arch = read_architecture(engine, helper, m, facts.sources[m.name])
+            if arch is not None:
+                facts.architectures[m.name] = arch
     return facts
+
+
+def read_architecture(engine: Engine, helper: str, model: ModelSpec, stat: SourceStat
+                      ) -> Architecture | None:
+    """The model's attention shape from its config.json (a directory source) or its GGUF
+    header (a .gguf file), read on the target; None when neither can be read."""
+    from .modelarch import GGUF_HEAD_BYTES, ArchitectureError, from_config, from_gguf
+
+    src = model.parsed_source
+    if not stat.exists:
+        return None
+    if stat.is_dir:
+        path, limit, parse = f"{src.path.rstrip('/')}/config.json", 1024 * 1024, from_config
+    elif src.path.lower().endswith(".gguf"):
+        path, limit, parse = src.path, GGUF_HEAD_BYTES, from_gguf
+    else:
+        return None
+    data = engine.read_source(helper, src.kind, src.location, path, limit)
+    try:
+        return parse(data) if data else None
+    except (ArchitectureError, ValueError):
+        return None

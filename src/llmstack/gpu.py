@@ -15,14 +15,18 @@ weights   file size of a GGUF/safetensors file when the source is one file on th
           the name (AWQ/GPTQ/int4 ~0.56, FP8/int8 1.0, GGUF Qn_x by its bits) or the backend's
           default (vLLM/TGI bf16 = 2, GGUF ~Q4 = 0.56).
 kv cache  2 (K and V) x layers x kv width x context x 2 bytes (f16), for one full-length
-          sequence. Layers and width are unknown without the model's config, so they come from
+          sequence. With the model's config.json or GGUF header (modelarch: layers, KV heads,
+          head size, sliding window) that is exact for grouped-query models. Without either,
+          layers and width come from
           the parameter count of a typical dense decoder: params = 12 x layers x width^2 with
           width = 128 x layers (Llama-2-7B: 32 x 4096, estimate 33 x 4224). That assumes full
           multi-head attention, an upper bound: grouped-query models (Llama 3, Qwen2.5, Mistral)
           need 4-8x less. Hence a model that fits only without the KV estimate is a warning,
           and only weights + overhead that cannot fit are an error.
 overhead  per GPU: CUDA context, activations and graphs: 2 GiB for vLLM/TGI, 0.5 GiB for
-          llama.cpp/Ollama.
+          llama.cpp/Ollama. A share-reserving server (vLLM, TGI) also needs about 1 GiB beside
+          its share for its CUDA context (CUDA_CONTEXT_MIB), so two shares adding up to 0.99
+          of a GPU do not fit.
 split     tensor parallel (vLLM, TGI --num-shard, llama.cpp's layer split) divides weights
           and KV cache evenly over the model's GPUs; overhead is paid on each.
 claims    vLLM reserves gpu_memory_utilization x the GPU's total memory at start and fails
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .checks import CONFIG, Finding
+from .modelarch import Architecture
 
 if TYPE_CHECKING:
     from .spec import ModelSpec, StackSpec
@@ -52,6 +57,8 @@ NVIDIA_SMI_QUERY = ["--query-gpu=index,uuid,name,memory.total,memory.used",
 
 # Per-GPU runtime overhead (MiB) by backend; see the module docstring.
 OVERHEAD_MIB = {"vllm": 2048.0, "tgi": 2048.0, "llamacpp": 512.0, "ollama": 512.0}
+# What a CUDA process holds outside a vLLM/TGI share: its context (driver, cuBLAS, NCCL).
+CUDA_CONTEXT_MIB = 1024.0
 KV_BYTES = 2  # f16 K/V cache elements, the default of every backend here
 # Bytes per parameter of a backend's default weights when nothing says otherwise.
 DEFAULT_BYTES = {"vllm": 2.0, "tgi": 2.0, "llamacpp": 0.5625, "ollama": 0.5625}
@@ -271,6 +278,7 @@ class Estimate:
     overhead_mib: float
     reserve_fraction: float | None  # vLLM reserves this share of each GPU's total
     basis: list[str] = field(default_factory=list)
+    kv_source: str | None = None  # config.json | GGUF header | heuristic (None: no estimate)
 
     @property
     def shards(self) -> int:
@@ -295,16 +303,18 @@ class Estimate:
         return {"model": self.model, "gpus": self.gpus, "weights_mib": r(self.weights_mib),
                 "kv_cache_mib": r(self.kv_mib), "overhead_mib": r(self.overhead_mib),
                 "per_gpu_mib": r(self.need_mib), "reserve_fraction": self.reserve_fraction,
-                "basis": self.basis}
+                "kv_cache_source": self.kv_source, "basis": self.basis}
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def estimate(model: ModelSpec, file_bytes: int | None = None) -> Estimate:
+def estimate(model: ModelSpec, file_bytes: int | None = None,
+             arch: Architecture | None = None) -> Estimate:
     """VRAM per GPU for `model`; `file_bytes` is the size of its weights file on the target
-    when the source is a single file (read through the engine), else None."""
+    when the source is a single file (read through the engine), else None; `arch` its
+    attention shape from its config.json or GGUF header, when read."""
     src = model.parsed_source
     params = params_from_name(f"{model.name} {src.path}")
     basis: list[str] = []
@@ -324,15 +334,22 @@ def estimate(model: ModelSpec, file_bytes: int | None = None) -> Estimate:
         basis.append("weights unknown: no parameter count in the name and no single weights "
                      "file (write the size in the name, e.g. my-model-7b, to get an estimate)")
     kv: float | None = None
-    if params is not None:
+    if arch is not None:
+        tokens = arch.cached_tokens(model.context)
+        kv = arch.kv_bytes_per_token() * tokens / MIB
+        basis.append(f"kv cache = {tokens} tokens x {arch.kv_bytes_per_token() / 1024:g} "
+                     f"KiB/token (from {arch.describe()})")
+    elif params is not None:
         kv = kv_bytes_per_token(params) * model.context / MIB
         basis.append(f"kv cache = {model.context} tokens x "
-                     f"{kv_bytes_per_token(params) / 1024:.0f} KiB/token (heuristic upper bound)")
+                     f"{kv_bytes_per_token(params) / 1024:.0f} KiB/token (heuristic upper bound "
+                     "from the parameter count: no config.json or GGUF header was read)")
     overhead = OVERHEAD_MIB.get(model.backend, 1024.0)
     reserve = _reserve(model)
     if reserve is not None:
         basis.append(f"{model.backend} reserves {reserve:g} x each GPU's memory")
-    return Estimate(model.name, model.gpu_ids, weights, kv, overhead, reserve, basis)
+    kv_source = arch.source if arch is not None else ("heuristic" if kv is not None else None)
+    return Estimate(model.name, model.gpu_ids, weights, kv, overhead, reserve, basis, kv_source)
 
 
 # --- Checks against the host -------------------------------------------------------------------
@@ -403,12 +420,15 @@ def resolve(gpu_id: str, gpus: list[Gpu]) -> Gpu | None:
 
 
 def check(spec: StackSpec, gpus: list[Gpu], file_sizes: dict[str, int] | None = None,
-          running: set[str] | frozenset[str] = frozenset()) -> GpuReport:
+          running: set[str] | frozenset[str] = frozenset(),
+          architectures: dict[str, Architecture] | None = None) -> GpuReport:
     """Every GPU model of `spec` against the host's GPUs.
 
     `file_sizes`: {model name: bytes of its weights file}; `running`: names of models whose
-    containers run already (their memory is in nvidia-smi's memory.used, so not added)."""
+    containers run already (their memory is in nvidia-smi's memory.used, so not added);
+    `architectures`: {model name: its attention shape, from its config.json or GGUF header}."""
     file_sizes = file_sizes or {}
+    architectures = architectures or {}
     budgets = {g.index: GpuBudget(g) for g in gpus}
     findings: list[Finding] = []
     estimates: list[Estimate] = []
@@ -421,7 +441,7 @@ def check(spec: StackSpec, gpus: list[Gpu], file_sizes: dict[str, int] | None = 
     for i, model in enumerate(spec.models):
         if not model.gpu_ids:
             continue
-        est = estimate(model, file_sizes.get(model.name))
+        est = estimate(model, file_sizes.get(model.name), architectures.get(model.name))
         estimates.append(est)
         where = f"models[{i}].gpus ({model.name})"
         resolved: list[Gpu] = []
@@ -443,9 +463,9 @@ def check(spec: StackSpec, gpus: list[Gpu], file_sizes: dict[str, int] | None = 
         for gpu in resolved:
             total = gpu.memory_total_mib
             if est.reserve_fraction is not None and total is not None:
-                mib = certain = est.reserve_fraction * total
-                note = f"reserves {est.reserve_fraction:g} x {_gib(total)}; needs " \
-                       f"~{_gib(est.need_mib)}"
+                mib = est.reserve_fraction * total
+                note = f"reserves {est.reserve_fraction:g} x {_gib(total)} + " \
+                       f"{_gib(CUDA_CONTEXT_MIB)} CUDA context; needs ~{_gib(est.need_mib)}"
                 if est.certain_mib is not None and est.certain_mib > mib:
                     add("gpu-memory", "fail", f"{where}: weights and overhead "
                         f"(~{_gib(est.certain_mib)} per GPU) exceed the {_gib(mib)} "
@@ -456,7 +476,10 @@ def check(spec: StackSpec, gpus: list[Gpu], file_sizes: dict[str, int] | None = 
                     add("gpu-memory", "warn", f"{where}: with a {model.context}-token KV cache "
                         f"it may need ~{_gib(est.need_mib)} per GPU, more than the {_gib(mib)} "
                         f"{model.backend} reserves on GPU {gpu.index}",
-                        "lower context or give it more GPUs (the KV estimate is an upper bound)")
+                        "lower context or give it more GPUs" + (
+                            " (the KV estimate is an upper bound)"
+                            if est.kv_source == "heuristic" else ""))
+                mib = certain = mib + CUDA_CONTEXT_MIB
             else:
                 mib, certain = est.need_mib or 0.0, est.certain_mib or 0.0
                 note = f"needs ~{_gib(est.need_mib)}"

@@ -118,8 +118,10 @@ def test_tgi_counts_in_the_gpu_budget_by_its_share() -> None:
     gpus = host((0, 81920, 0))
     spec = stack(model("v", "vllm", [0], 0.5), model("t", "tgi", [0], 0.6))
     report = gpu.check(spec, gpus)
-    assert [c.mib for c in report.budgets[0].claims] == pytest.approx([40960, 49152])
+    # share x total + 1 GiB for each process's CUDA context
+    assert [c.mib for c in report.budgets[0].claims] == pytest.approx([41984, 50176])
     assert any("GPU 0" in f for f in findings(report, "fail"))
     fits = gpu.check(stack(model("v", "vllm", [0], 0.5), model("t", "tgi", [0], 0.4)), gpus)
     assert [c.note.split(";")[0] for c in fits.budgets[0].claims] == [
-        "reserves 0.5 x 80.0 GiB", "reserves 0.4 x 80.0 GiB"]
+        "reserves 0.5 x 80.0 GiB + 1.0 GiB CUDA context",
+        "reserves 0.4 x 80.0 GiB + 1.0 GiB CUDA context"]

@@ -255,6 +255,50 @@ def stat_source(client: docker.DockerClient, image: str, kind: str, location: st
 
 
 @mapped
+def read_source(client: docker.DockerClient, image: str, kind: str, location: str, path: str,
+                limit: int, project: str = "llmstack") -> bytes | None:
+    """The first `limit` bytes of the file `path` of a model's volume:/host: source (its
+    config.json, a GGUF header); None when it cannot be read. Runs `head` in `image` with the
+    source mounted read-only and no network; base64 keeps binary intact through the log."""
+    import base64
+    import binascii
+
+    from docker.errors import APIError, NotFound
+    from docker.types import Mount
+
+    if kind == "volume":
+        try:
+            client.volumes.get(location)
+        except NotFound:
+            return None
+        mount, inside = Mount("/v", location, type="volume", read_only=True), \
+            "/v/" + path.lstrip("/")
+    else:
+        parent, _, leaf = path.rpartition("/")
+        mount, inside = Mount("/v", parent or "/", type="bind", read_only=True), "/v/" + leaf
+    try:
+        c = client.containers.create(
+            image, entrypoint=["sh", "-c", 'head -c "$1" "$2" | base64', "sh"],
+            command=[str(limit), inside], mounts=[mount], network_mode="none",
+            labels={names.LABEL_PROJECT + ".tmp": project})
+    except APIError:
+        return None
+    try:
+        c.start()
+        if c.wait(timeout=120).get("StatusCode") != 0:
+            return None
+        text = c.logs(stdout=True, stderr=False)
+    except APIError:
+        return None
+    finally:
+        c.remove(force=True)
+    try:
+        return base64.b64decode(b"".join(text.split())) or None
+    except binascii.Error:
+        return None
+
+
+@mapped
 def running_services(client: docker.DockerClient, project: str) -> dict[str, str]:
     """{service: state} of the project's containers (one list call)."""
     out = {}
