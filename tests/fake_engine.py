@@ -55,6 +55,7 @@ class FakeEngine:
       served ref makes it present. registry_error: raised by every registry call instead.
     nginx_test: (exit code, output) of `nginx -t`.
     source_files: what read_source finds, {"volume:NAME/PATH" or "host:/PATH": bytes}.
+    image_envs: each image's config Env (image_env).
     """
 
     project: str = "p"
@@ -72,6 +73,7 @@ class FakeEngine:
     other_ports: dict[int, str] = field(default_factory=dict)
     client: object = None  # no docker client: callers must not need one
     source_files: dict[str, bytes] = field(default_factory=dict)
+    image_envs: dict[str, list[str]] = field(default_factory=dict)  # image config Env
 
     # --- reading -------------------------------------------------------------------------
 
@@ -277,6 +279,9 @@ class FakeEngine:
 
     def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
         return SourceStat(True, 1, False)
+
+    def image_env(self, refs: list[str]) -> dict[str, list[str]]:
+        return {r: self.image_envs.get(r, []) for r in refs if r not in self.missing_images}
 
     def read_source(self, image: str, kind: str, location: str, path: str, limit: int
                     ) -> bytes | None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import cudacompat, names, tls
 from . import gpu as gpumod
-from . import names, tls
 from .checks import DISK_RESERVE_BYTES, GIB, Finding, exit_code, parse_df
 from .errors import LlmstackError
 
@@ -53,6 +53,8 @@ class Facts:
     services: dict[str, str] = field(default_factory=dict)  # this project's {service: state}
     # {model name: its attention shape} from its config.json or GGUF header on the target
     architectures: dict[str, Architecture] = field(default_factory=dict)
+    image_env: dict[str, list[str]] = field(default_factory=dict)  # GPU models' images' Env
+    toolkit_config: bytes | None = None  # the NVIDIA toolkit's config.toml (rootless engines)
 
 
 @dataclass
@@ -202,7 +204,12 @@ def evaluate_gpus(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
                         f"({why}): {probe.detail}", "check the driver on the host: nvidia-smi; "
                         "reboot after a driver update")], None
     gpus = probe.gpus
-    out = [Finding("gpu-runtime", "ok" if gpus else bad,
+    out = cudacompat.cuda_findings(facts.image_env, probe.nvidia_smi) if needed else []
+    if needed and facts.engine is not None:
+        e = facts.engine
+        out += cudacompat.host_findings(list(e.security_options), e.cgroup_version,
+                                        e.cgroup_driver, facts.toolkit_config)
+    out += [Finding("gpu-runtime", "ok" if gpus else bad,
                    f"{len(gpus)} GPU(s) visible to containers (nvidia-smi in {probe.image})",
                    "" if gpus else "check nvidia-smi on the host")]
     if gpus:
@@ -405,6 +412,8 @@ def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str |
         choice = choose(spec, engine)
         spec, facts.image_source = choice.spec, choice.line
     facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
+    if spec is not None and gpumod.needs_gpus(spec):
+        gather_gpu_host(engine, spec, facts)
     # Any image present can run df and cat; the stack's own are the likely ones.
     helpers = list(dict.fromkeys([*(stack_images(spec) if spec else []), *probe_images(spec)]))
     facts.snapshot = engine.host_snapshot(helpers)
@@ -479,6 +488,8 @@ def gather_gpus(engine: Engine, spec: StackSpec, gpu_image: str | None = None
         return None
     facts = Facts(target="")
     facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
+    facts.engine = engine.engine_facts()
+    gather_gpu_host(engine, spec, facts)
     facts.services = engine.running_services()
     present = engine.present_images(stack_images(spec))
     helper = next((t for t, ok in present.items() if ok), None)
@@ -490,6 +501,18 @@ def gather_gpus(engine: Engine, spec: StackSpec, gpu_image: str | None = None
             if arch is not None:
                 facts.architectures[m.name] = arch
     return facts
+
+
+def gather_gpu_host(engine: Engine, spec: StackSpec, facts: Facts) -> None:
+    """The GPU models' images' Env (their NVIDIA_REQUIRE_CUDA) and, on a rootless engine,
+    the NVIDIA toolkit's config.toml (read in a present image with /etc/... mounted)."""
+    facts.image_env = engine.image_env([spec.image_for(m) for m in spec.models if m.gpu_ids])
+    facts.engine = facts.engine or engine.engine_facts()
+    if any("name=rootless" in o for o in facts.engine.security_options):
+        helper = next(iter(facts.image_env), None) or (facts.gpu.image if facts.gpu else None)
+        if helper:
+            facts.toolkit_config = engine.read_source(helper, "host", "",
+                                                      cudacompat.TOOLKIT_CONFIG, 65536)
 
 
 def read_architecture(engine: Engine, helper: str, model: ModelSpec, stat: SourceStat
