@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import checks, edge, names, plan, tls
+from . import checks, edge, fetch, names, plan, tls
 from .engine.api import STOPPED_STATES, ContainerInfo, Engine
 from .engine.containers import port_free_here
 from .errors import DeployError
@@ -44,7 +44,7 @@ def compute(loaded: Loaded, project: Engine) -> tuple[list[plan.ServiceSpec], li
                                                      dict[str, tuple[bytes, int]]]:
     """Desired services, the actions to reach them, and nginx's secret files."""
     keys = loaded.keys()
-    wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal)
+    wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal, loaded.pins())
     secret_files = loaded.nginx_secret_files()
     current = edge.secrets_current(project, secret_files)
     image_ids = project.image_ids([s.image for s in wanted])
@@ -178,6 +178,7 @@ def _failure(project: Engine, svc: plan.ServiceSpec, what: str) -> DeployError:
 def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = True
        ) -> UpResult:
     write_config(loaded)
+    fetch.ensure(loaded, project, report)  # hf: sources onto the engine's host, pinned
     wanted, actions, secret_files = compute(loaded, project)
     result = UpResult(actions)
     if plan.is_noop(actions):
@@ -281,7 +282,7 @@ def _uptime(have: ContainerInfo, now: dt.datetime) -> int:
 def status(loaded: Loaded, project: Engine) -> StackStatus:
     """Per service: state, readiness, ports, image, uptime; plus certificate and rotation."""
     wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered,
-                                                 loaded.keys().internal)}
+                                                 loaded.keys().internal, loaded.pins())}
     info = {i.service: i for i in project.info()}
     now = dt.datetime.now(dt.UTC)
     health_up = info.get(names.HEALTH) is not None and info[names.HEALTH].status == "running"

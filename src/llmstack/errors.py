@@ -90,3 +90,12 @@ class DeployError(LlmstackError):
     """A service failed to start or to become ready (exit 2)."""
 
     exit_code = ExitCode.RUNTIME
+
+
+class SourceAccessError(UserError):
+    """A model source the Hub refuses or does not have: gated, private, misspelt (exit 1)."""
+
+
+class FetchError(DeployError):
+    """Fetching a model's weights failed on the engine's host: network, disk, checksum
+    (exit 2)."""

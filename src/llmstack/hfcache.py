@@ -8,8 +8,6 @@ HF_HUB_OFFLINE=1, so a restart never reaches the network.
 
 from __future__ import annotations
 
-import hashlib
-
 from . import names
 
 MOUNT = "/hf"  # where the cache volume is mounted, in the fetch and the model containers
@@ -30,9 +28,12 @@ def snapshot(repo: str, commit: str, file: str = "") -> str:
 
 
 def marker(repo: str, commit: str, file: str = "") -> str:
-    """The completion marker of (repo, commit, file) relative to the volume."""
-    digest = hashlib.sha256(f"{repo}\n{commit}\n{file}".encode()).hexdigest()[:32]
-    return f"{MARKERS}/{digest}.json"
+    """The completion marker of (repo, commit, file) relative to the volume. The fetch is
+    given it with COMMIT_PLACEHOLDER for the commit it resolves ('@' is in no file name)."""
+    return f"{MARKERS}/{repo_folder(repo)}/{commit}/{file or '@repository'}.json"
+
+
+COMMIT_PLACEHOLDER = "{commit}"
 
 
 def in_container(relative: str) -> str:

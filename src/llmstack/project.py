@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import render, secrets, spec, tls
+from . import lock, render, secrets, spec, tls
 from .fsutil import write_atomic
 from .render import Rendered
 from .spec import StackSpec
@@ -25,6 +25,11 @@ class Paths:
         return self.root / ".env"
 
     @property
+    def lock(self) -> Path:
+        """stack.lock: the commits hf: sources were fetched at (lock.py)."""
+        return self.root / "stack.lock"
+
+    @property
     def certs(self) -> Path:
         return self.root / "certs"
 
@@ -41,6 +46,10 @@ class Loaded:
 
     def keys(self) -> secrets.Keys:
         return secrets.load_keys(self.paths.env)
+
+    def pins(self) -> dict[str, str]:
+        """{hf: source: the commit stack.lock pins it at}: what `plan.desired` needs."""
+        return lock.commits(lock.read(self.paths.lock))
 
     def nginx_secret_files(self, now: float | None = None) -> dict[str, tuple[bytes, int]]:
         """Files for nginx's secrets/ folder (mode 0600): key maps and the TLS pair."""

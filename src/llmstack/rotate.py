@@ -126,7 +126,8 @@ def _edge(loaded: Loaded, project: Engine, keys: secrets.Keys, progress: Progres
         if state != "running":
             raise UserError(f"stack {stack!r} is not up: {service} is {state}",
                             "start it with `llmstack up`, then run `llmstack rotate-key` again")
-    wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered, keys.internal)}
+    wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered, keys.internal,
+                                                 loaded.pins())}
     nginx = wanted[names.NGINX]
     running = project.container(names.NGINX)
     if running is not None and running.labels.get(names.LABEL_HASH) != nginx.config_hash():
