@@ -66,7 +66,7 @@ class FakeEngine:
     calls: list[str] = field(default_factory=list)  # "start health", "remove nginx", ...
     other_ports: dict[int, str] = field(default_factory=dict)
     # run_task: per task name, the scripts of its runs in order (the last repeats), each
-    # (exit code, output lines); a task with none runs `tasks_default` (success, no output).
+    # (exit code, output lines); a task with none runs its command here, as exec does.
     tasks: dict[str, list[tuple[int, list[str]]]] = field(default_factory=dict)
     task_runs: list[Task] = field(default_factory=list)
     # stat_source: paths (in any volume or on the host) that do not exist; others do.
@@ -210,7 +210,13 @@ class FakeEngine:
                               "the Docker engine refused the operation")
         self.calls.append(f"run {task.name}")
         self.task_runs.append(task)
-        script = self.tasks.get(task.name) or [(0, [])]
+        script = self.tasks.get(task.name)
+        if script is None:
+            cmd = [*task.entrypoint, *task.command]
+            argv = [sys.executable if cmd[0] == "python3" else cmd[0], *cmd[1:]]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                  check=False, env={**task.env, "PATH": "/usr/bin:/bin"})
+            script = [(proc.returncode, (proc.stdout + proc.stderr).splitlines())]
         code, lines = script.pop(0) if len(script) > 1 else script[0]
         for line in lines:
             on_line(line)
