@@ -54,8 +54,8 @@ def hf_models(spec: StackSpec) -> list[ModelSpec]:
 
 def hub_settings(env_file_values: Mapping[str, str], environ: Mapping[str, str]
                  ) -> dict[str, str]:
-    """HF_TOKEN and HF_ENDPOINT for the fetch container: `.env` first, then the environment
-    llmstack runs in (as huggingface_hub itself reads them)."""
+    """HF_TOKEN and HF_ENDPOINT for the fetch container: `.env` first, then this process's
+    environment (where huggingface_hub itself reads them)."""
     out = {name: value for name in (TOKEN, ENDPOINT)
            if (value := env_file_values.get(name) or environ.get(name, ""))}
     endpoint = out.get(ENDPOINT)
@@ -204,6 +204,62 @@ def explain(model: ModelSpec, error: Mapping[str, Any] | None, code: int, tail: 
                       "run `llmstack up` again (downloads resume); if it repeats, report it")
 
 
+# --- what `plan` shows -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """One hf: source as `plan` reports it: its pin (None before the first fetch) and whether
+    the engine's cache has it (None when not looked for: no image to look with)."""
+
+    model: str
+    source: str
+    commit: str | None = None
+    size: int | None = None
+    cached: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "source": self.source, "commit": self.commit,
+                "size": self.size, "cached": self.cached,
+                "download": 0 if self.cached else self.size}
+
+    def line(self) -> str:
+        if self.commit is None:
+            what = "not pinned yet: `up` fetches it (size known then)"
+        elif self.cached:
+            what = f"pinned at {self.commit[:12]}, {human(self.size or 0)}, in the cache"
+        elif self.cached is None:
+            what = f"pinned at {self.commit[:12]}, {human(self.size or 0)}"
+        else:
+            what = f"pinned at {self.commit[:12]}: `up` downloads {human(self.size or 0)}"
+        return f"  {self.model:<20} {self.source}: {what}"
+
+
+def cached(engine: Engine, image: str, repo: str, pin: lock.Locked) -> bool:
+    """Whether the fetch of `pin` completed in the engine's cache volume (its marker)."""
+    marker = hfcache.marker(repo, pin.commit, pin.file)
+    return engine.stat_source(image, "volume", hfcache.VOLUME, marker).exists
+
+
+def states(loaded: Loaded, engine: Engine) -> list[SourceState]:
+    """Every hf: source of the stack: pinned or not, and in the engine's cache or not."""
+    models = hf_models(loaded.spec)
+    if not models:
+        return []
+    pins = lock.read(loaded.paths.lock)
+    image = loaded.spec.images.litellm
+    can_look = engine.image_ids([image]).get(image) is not None
+    out = []
+    for model in models:
+        pin = pins.get(model.source)
+        if pin is None:
+            out.append(SourceState(model.name, model.source))
+            continue
+        out.append(SourceState(model.name, model.source, pin.commit, pin.size,
+                               cached(engine, image, pin.repo, pin) if can_look else None))
+    return out
+
+
 # --- the step of `up` ----------------------------------------------------------------------------
 
 
@@ -239,12 +295,10 @@ def ensure(loaded: Loaded, engine: Engine, report: Reporter,
         src = model.parsed_source
         service = names.model_service(model.name)
         pin = pins.get(model.source)
-        if pin is not None:
-            marker = hfcache.marker(src.location, pin.commit, src.path)
-            if engine.stat_source(image, "volume", hfcache.VOLUME, marker).exists:
-                report.event(service, "cached", f"{src.ref} at {pin.commit[:12]} "
-                             f"({human(pin.size)})")
-                continue
+        if pin is not None and cached(engine, image, src.location, pin):
+            report.event(service, "cached", f"{src.ref} at {pin.commit[:12]} "
+                         f"({human(pin.size)})")
+            continue
         if settings is None:
             env_file = loaded.paths.env
             settings = hub_settings(secrets.read_env(env_file) if env_file.exists() else {},

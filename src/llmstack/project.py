@@ -15,10 +15,11 @@ from .spec import StackSpec
 @dataclass(frozen=True)
 class Paths:
     root: Path
+    stack_file: Path | None = None  # `--file`; None: stack.yaml in root
 
     @property
     def stack(self) -> Path:
-        return self.root / "stack.yaml"
+        return self.stack_file or self.root / "stack.yaml"
 
     @property
     def env(self) -> Path:
@@ -26,8 +27,9 @@ class Paths:
 
     @property
     def lock(self) -> Path:
-        """stack.lock: the commits hf: sources were fetched at (lock.py)."""
-        return self.root / "stack.lock"
+        """The lock file next to the stack file (stack.yaml -> stack.lock): the commits its hf:
+        sources were fetched at (lock.py)."""
+        return self.stack.with_suffix(".lock")
 
     @property
     def certs(self) -> Path:
@@ -66,8 +68,8 @@ class Loaded:
 
 
 def load(root: Path, stack_file: Path | None = None) -> Loaded:
-    paths = Paths(root)
-    path = stack_file or paths.stack
+    paths = Paths(root, stack_file)
+    path = paths.stack
     stack = spec.load_file(path)
     return Loaded(paths, stack, render.render(stack, path.name))
 

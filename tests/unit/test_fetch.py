@@ -275,3 +275,40 @@ def test_progress_counts_complete_and_partial_blobs(tmp_path: Path) -> None:
     (blobs / "b.incomplete").write_bytes(b"x" * 4)
     files = [{"etag": "a"}, {"etag": "b"}, {"etag": "c"}]
     assert hf_fetch.on_disk(str(blobs), files) == (14, 10)
+
+
+# --- plan ------------------------------------------------------------------------------------
+
+
+def test_plan_shows_each_hf_source_its_pin_size_and_whether_the_host_has_it(
+        loaded: Loaded, engine: FakeEngine) -> None:
+    assert [s.line() for s in fetch.states(loaded, engine)] == [
+        f"  coder                {SOURCE}: not pinned yet: `up` fetches it (size known then)"]
+    engine.tasks[TASK] = [ok_run()]
+    fetch.ensure(loaded, engine, Events())
+    (state,) = fetch.states(loaded, engine)
+    assert state.line().endswith(f"pinned at {COMMIT[:12]}, 4.7 GB, in the cache")
+    engine.absent = {hfcache.marker(REPO_ID, COMMIT, FILE)}
+    (state,) = fetch.states(loaded, engine)
+    assert state.to_dict() == {"model": "coder", "source": SOURCE, "commit": COMMIT,
+                               "size": 4_683_073_888, "cached": False,
+                               "download": 4_683_073_888}
+    assert state.line().endswith(f"pinned at {COMMIT[:12]}: `up` downloads 4.7 GB")
+
+
+def test_plan_cli_lists_the_downloads(loaded: Loaded, engine: FakeEngine,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from llmstack import cli
+
+    monkeypatch.setattr(cli, "_engine", lambda host, project: engine)
+    engine.tasks[TASK] = [ok_run()]
+    fetch.ensure(loaded, engine, Events())
+    engine.absent = {hfcache.marker(REPO_ID, COMMIT, FILE)}
+    text = CliRunner().invoke(cli.app, ["plan", "-C", str(loaded.paths.root)]).output
+    assert "Model downloads (hf: sources, into llmstack-hf-cache on the engine's host" in text
+    assert f"{SOURCE}: pinned at {COMMIT[:12]}: `up` downloads 4.7 GB" in text
+    out = json.loads(CliRunner().invoke(cli.app, ["plan", "-C", str(loaded.paths.root),
+                                                  "--json"]).output)
+    assert out["sources"][0]["download"] == 4_683_073_888
