@@ -182,6 +182,7 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
     wanted, actions, secret_files = compute(loaded, project)
     result = UpResult(actions)
     if plan.is_noop(actions):
+        fetch.pull_ollama(loaded.spec, project, report)  # ollama: tags, pulled when missing
         return result
     preflight(loaded, project, wanted, actions, local_engine)
     result.changed = True
@@ -197,6 +198,7 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
         report.event(names.NGINX, "reloading", next(a.reason for a in actions
                                                     if a.service == names.NGINX))
         edge.reload_nginx(project, nginx, secret_files)
+    fetch.pull_ollama(loaded.spec, project, report)  # ollama: tags, pulled when missing
     return result
 
 

@@ -39,8 +39,9 @@ ENDPOINT_RE = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(?:/[^\s]*)?")
 TAIL_LINES = 12
 
 
-def script() -> str:
-    return resources.files("llmstack").joinpath("hf_fetch.py").read_text(encoding="utf-8")
+def script(name: str = "hf_fetch.py") -> str:
+    """The text of a script that runs in a task container (`python3 -c`)."""
+    return resources.files("llmstack").joinpath(name).read_text(encoding="utf-8")
 
 
 def hf_models(spec: StackSpec) -> list[ModelSpec]:
@@ -314,3 +315,63 @@ def ensure(loaded: Loaded, engine: Engine, report: Reporter,
         lock.write(loaded.paths.lock, pins)  # each one at once: an interrupt keeps it
     lock.write(loaded.paths.lock, pins)
     return pins
+
+
+# --- ollama: sources, pulled through Ollama's API once its container runs ------------------------
+
+
+def ollama_models(spec: StackSpec) -> list[ModelSpec]:
+    return [m for m in spec.models if m.parsed_source.kind == "ollama"]
+
+
+def ollama_url(project: str, model: ModelSpec) -> str:
+    """The model's Ollama server as seen from the project's network."""
+    from .backends import BACKENDS
+
+    service = names.model_service(model.name)
+    return f"http://{names.container(project, service)}:{BACKENDS[model.backend].port}"
+
+
+def pull_task(spec: StackSpec, model: ModelSpec) -> Task:
+    """A container on the project's network running `ollama_pull.py` against the model's
+    Ollama (the pull itself is Ollama's: it downloads into its own volume)."""
+    return Task(name=f"pull-{names.model_service(model.name)}", image=spec.images.litellm,
+                entrypoint=["python3"],
+                command=["-c", script("ollama_pull.py"), ollama_url(spec.project, model),
+                         model.parsed_source.path],
+                env={"HOME": "/tmp", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def explain_pull(model: ModelSpec, error: Mapping[str, Any] | None, code: int,
+                 tail: list[str]) -> LlmstackError:
+    tag = model.parsed_source.path
+    where = f"model {model.name!r} (source: {model.source})"
+    said = (error or {}).get("message") or " | ".join(tail) or "(no output)"
+    kind = (error or {}).get("kind", "")
+    if kind == "not_found":
+        return SourceAccessError(f"{where}: Ollama's registry has no model {tag!r}: {said}",
+                                 "check the name and tag at https://ollama.com/library and "
+                                 "write ollama:NAME:TAG")
+    if kind == "network":
+        return FetchError(f"{where}: Ollama could not download {tag!r}: {said}",
+                          "check the engine host's network, DNS and proxy (Ollama pulls from "
+                          "its registry); then run `llmstack up` again")
+    return FetchError(f"{where}: pulling {tag!r} failed (exit {code}): {said}",
+                      f"`llmstack logs {names.model_service(model.name)}`; then run "
+                      "`llmstack up` again")
+
+
+def pull_ollama(spec: StackSpec, engine: Engine, report: Reporter) -> None:
+    """Every ollama: tag of the stack in its running Ollama (pulled when missing)."""
+    for model in ollama_models(spec):
+        service = names.model_service(model.name)
+        state = _Run(service, report)
+        code = engine.run_task(pull_task(spec, model), state.line)
+        if code != 0 or state.done is None:
+            raise explain_pull(model, state.error, code, state.tail)
+        if state.done.get("pulled"):
+            report.event(service, "pulled", f"{model.parsed_source.path}: "
+                         f"{human(state.done.get('downloaded') or 0)} in "
+                         f"{state.done.get('seconds')}s")
+        else:
+            report.event(service, "present", model.parsed_source.path)

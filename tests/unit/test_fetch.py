@@ -61,7 +61,7 @@ def project(tmp_path: Path, source: str = SOURCE, backend: str = "llamacpp",
     init(tmp_path)
     data = yaml.safe_load((tmp_path / "stack.yaml").read_text())
     data["models"] = [{"name": "coder", "backend": backend, "source": source,
-                       "gpus": [0] if backend != "llamacpp" else "cpu"}]
+                       "gpus": [0] if backend in ("vllm", "tgi") else "cpu"}]
     (tmp_path / "stack.yaml").write_text(yaml.safe_dump(data))
     with (tmp_path / ".env").open("a") as handle:
         handle.writelines(f"{k}={v}\n" for k, v in (env or {}).items())
@@ -312,3 +312,105 @@ def test_plan_cli_lists_the_downloads(loaded: Loaded, engine: FakeEngine,
     out = json.loads(CliRunner().invoke(cli.app, ["plan", "-C", str(loaded.paths.root),
                                                   "--json"]).output)
     assert out["sources"][0]["download"] == 4_683_073_888
+
+
+# --- ollama: tags, pulled through Ollama's API (its documented responses) ----------------------
+# No Ollama image here: a local server answers /api/tags and /api/pull as Ollama's API
+# reference documents them, and the real pull script (ollama_pull.py) runs against it.
+
+
+class OllamaApi:
+    """GET /api/tags and a streamed POST /api/pull, on 127.0.0.1."""
+
+    def __init__(self, have: list[str], pull: list[dict[str, Any]], status: int = 200) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        api = self
+        self.pulled: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def send(self, code: int, body: bytes, kind: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                models = [{"name": t, "model": t, "size": 1} for t in have]
+                self.send(200, json.dumps({"models": models}).encode(), "application/json")
+
+            def do_POST(self) -> None:
+                api.pulled.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                if status != 200:
+                    return self.send(status, json.dumps(pull[0]).encode(), "application/json")
+                return self.send(200, b"".join(json.dumps(x).encode() + b"\n" for x in pull),
+                                 "application/x-ndjson")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+DIGEST = "sha256:" + "c6eb396dbd59" * 5 + "abcd"
+DOCUMENTED_PULL = [
+    {"status": "pulling manifest"},
+    {"status": "pulling c6eb396dbd59", "digest": DIGEST, "total": 4_920_753_328,
+     "completed": 241_970},
+    {"status": "pulling c6eb396dbd59", "digest": DIGEST, "total": 4_920_753_328,
+     "completed": 4_920_753_328},
+    {"status": "verifying sha256 digest"}, {"status": "writing manifest"},
+    {"status": "success"}]
+
+
+def ollama_project(tmp_path: Path, api: OllamaApi, monkeypatch: pytest.MonkeyPatch
+                   ) -> tuple[Loaded, FakeEngine]:
+    loaded = project(tmp_path, source="ollama:llama3.1:8b", backend="ollama")
+    monkeypatch.setattr(fetch, "ollama_url", lambda project, model: api.url)
+    engine = FakeEngine(project=loaded.spec.project)
+    engine.ensure_network()
+    return loaded, engine
+
+
+def test_ollama_tag_is_pulled_through_its_api_after_its_container_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = OllamaApi(have=["other:latest"], pull=DOCUMENTED_PULL)
+    loaded, engine = ollama_project(tmp_path, api, monkeypatch)
+    events = Events()
+    deploy.up(loaded, engine, events, local_engine=False)
+    assert engine.calls.index(f"start {SERVICE}") < engine.calls.index(f"run pull-{SERVICE}")
+    assert api.pulled == [{"model": "llama3.1:8b"}]
+    assert (SERVICE, "downloading", "242.0 kB / 4.9 GB (0%)") in events.seen
+    assert any(e[:2] == (SERVICE, "pulled") and e[2].startswith("llama3.1:8b: 4.9 GB in")
+               for e in events.seen)
+
+
+def test_an_ollama_tag_already_there_is_not_pulled_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = OllamaApi(have=["llama3.1:8b"], pull=DOCUMENTED_PULL)
+    loaded, engine = ollama_project(tmp_path, api, monkeypatch)
+    events = Events()
+    fetch.pull_ollama(loaded.spec, engine, events)
+    assert api.pulled == [] and (SERVICE, "present", "llama3.1:8b") in events.seen
+
+
+@pytest.mark.parametrize(("pull", "status", "error", "message"), [
+    ([{"status": "pulling manifest"},
+      {"error": "pull model manifest: file does not exist"}], 200, SourceAccessError,
+     "Ollama's registry has no model 'llama3.1:8b': pull model manifest: file does not exist"),
+    ([{"error": "pull model manifest: Get \"https://registry.ollama.ai/v2/library/llama3.1/"
+                "manifests/8b\": dial tcp: lookup registry.ollama.ai: no such host"}], 500,
+     FetchError, "Ollama could not download 'llama3.1:8b': pull model manifest"),
+])
+def test_a_failed_ollama_pull_names_the_model_and_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pull: list[dict[str, Any]],
+        status: int, error: type, message: str) -> None:
+    api = OllamaApi(have=[], pull=pull, status=status)
+    loaded, engine = ollama_project(tmp_path, api, monkeypatch)
+    with pytest.raises(error) as info:
+        fetch.pull_ollama(loaded.spec, engine, Events())
+    assert f"model 'coder' (source: ollama:llama3.1:8b): {message}" in info.value.message
