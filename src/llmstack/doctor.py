@@ -419,6 +419,8 @@ def probe_images(spec: StackSpec | None, gpu_image: str | None = None) -> list[s
 
 def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str | None = None,
            pins: dict[str, Locked] | None = None) -> Facts:
+    from .engine.host import SourceStat as Stat
+
     facts = Facts(target=target, pins=dict(pins or {}))
     facts.engine = engine.engine_facts()
     facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
@@ -437,8 +439,10 @@ def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str |
             facts.sources[m.name] = engine.stat_source(helper, src.kind, src.location, src.path)
         pin = facts.pins.get(m.source)
         if pin is not None and helper:  # the fetch's completion marker in the cache volume
-            facts.sources[m.name] = engine.stat_source(
-                helper, "volume", hfcache.VOLUME, hfcache.marker(pin.repo, pin.commit, pin.file))
+            seen = engine.stat_source(helper, "volume", hfcache.VOLUME,
+                                      hfcache.marker(pin.repo, pin.commit, pin.file))
+            # The weights' size is the lock's (the GPU estimate reads a single file's size).
+            facts.sources[m.name] = Stat(seen.exists, pin.size if pin.file else None)
     return facts
 
 

@@ -359,3 +359,23 @@ def test_verify_reaches_listeners_where_a_client_can() -> None:
                              "lan": {"port": 8080, "enabled": False},
                              "https": {"port": 443, "enabled": False}})
     assert endpoints(closed, "gpu-1.example.com")[1] is None
+
+
+def test_gather_takes_a_pinned_gguf_size_from_the_lock_and_looks_for_it_in_the_cache() -> None:
+    from llmstack import hfcache
+    from llmstack.lock import Locked, LockedFile
+    from tests.fake_engine import FakeEngine
+
+    s = spec(models=[{"name": "a", "source": "hf:org/a/a-Q4_K_M.gguf"},
+                     {"name": "b", "backend": "vllm", "source": "hf:org/b-7b", "gpus": [0]}])
+    commit = "c0ffee" * 6 + "abcd"
+    pins = {"hf:org/a/a-Q4_K_M.gguf": Locked("org/a", "a-Q4_K_M.gguf", "main", commit,
+                                             (LockedFile("a-Q4_K_M.gguf", 4_683_073_888,
+                                                         "ab" * 32),)),
+            "hf:org/b-7b": Locked("org/b-7b", "", "main", commit,
+                                  (LockedFile("model.safetensors", 14_000_000_000, "cd" * 32),))}
+    engine = FakeEngine(project=s.project, absent={hfcache.marker("org/b-7b", commit)})
+    engine.host_snapshot = lambda candidates: host.HostSnapshot("img", DF, PROC_NET)  # type: ignore[method-assign]
+    facts = doctor.gather(engine, "local", s, None, pins)
+    assert facts.sources["a"] == host.SourceStat(True, 4_683_073_888)
+    assert facts.sources["b"] == host.SourceStat(False, None)
