@@ -68,7 +68,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write("hub: " + format % args + "\n")
+        sys.stderr.write(f"hub: {self.client_address[0]} " + format % args + "\n")
 
     # --- answers ------------------------------------------------------------------------
 

@@ -19,7 +19,9 @@ import pytest
 from openai import OpenAI
 
 from llmstack import hfcache, images, names
-from tests.helpers import REPO, Stack, make_stack, wait_for
+from tests.helpers import REPO, Stack, cli, make_stack, wait_for
+from tests.integration.test_remote_ssh import Remote
+from tests.integration.test_remote_ssh import remote as ssh_remote  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +204,45 @@ def test_a_corrupted_download_is_refused_and_a_cut_connection_resumes(
         stack.cli("down", "--volumes")
         for hub in hubs:
             hub.remove()
+
+
+def run_remote(stack: Stack, target: Remote, *args: str) -> Any:
+    return cli(*args, "--host", target.url, cwd=stack.root, env=target.env, timeout=600)
+
+
+def test_over_ssh_the_fetch_runs_on_the_remote_engine(
+        ssh_remote: Remote, tmp_path: Path, docker_client: Any) -> None:  # noqa: F811 (fixture)
+    """`--host ssh://...`: the fetch container runs on the engine behind sshd and downloads
+    from the Hub there; the deploying process only talks to the engine API."""
+    stack = make_stack(tmp_path / "only-the-project", prefix="t-hfssh", embed=False)
+    hub = Hub(docker_client, stack)
+    try:
+        data = stack.spec()
+        data["models"] = [{"name": "smol", "backend": "llamacpp", "source": hub.source,
+                           "context": 2048, "args": ["--threads", "1", "--n-predict", "16"]}]
+        stack.write_spec(data)
+        set_env(stack, HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN)
+        up = run_remote(stack, ssh_remote, "up")
+        assert up.returncode == 0, up.stderr
+        assert "fetched" in up.stderr
+        # The one download came from a container on the project's network (the fetch), not
+        # from this machine (which would come through the network's gateway).
+        ipam = docker_client.networks.get(names.network(stack.project)).attrs["IPAM"]
+        gateway = ipam["Config"][0]["Gateway"]
+        prefix = gateway.rsplit(".", 1)[0] + "."
+        gets = [ln.split()[1] for ln in hub.container.logs().decode().splitlines()
+                if '"GET /' in ln]
+        assert len(gets) == 1 and gets[0].startswith(prefix) and gets[0] != gateway, gets
+        assert hub.stats()["bytes"] == images.DEMO_MODEL_SIZE
+        lock = json.loads((stack.root / "stack.lock").read_text())
+        assert lock["sources"][hub.source]["commit"] == hub.commit
+        client = OpenAI(api_key=stack.key, base_url=stack.base_url)
+        reply = client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8)
+        assert reply.choices[0].message.content
+        again = run_remote(stack, ssh_remote, "up")
+        assert again.returncode == 0 and "Nothing to do" in again.stdout
+        assert hub.stats()["get"] == 1
+    finally:
+        stack.cli("down", "--volumes")
+        hub.remove()
