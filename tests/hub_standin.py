@@ -17,9 +17,10 @@ huggingface_hub 1.33's file_download.py / hf_api.py / utils/_http.py:
 For the tests: GET /_stats counts requests and file bytes served; CONFIG's "token" makes every
 repository gated (no token: 401, another token: 403, as the Hub answers an account without
 access); "cut_after" closes the first file download after that many bytes; "corrupt" flips a
-byte of every file download (the ETag still names the true sha256).
+byte of every file download (the ETag still names the true sha256); "rate" sends file bytes
+at most that fast (bytes a second), so that a download can be interrupted midway.
 
-CONFIG: {"port": 8080, "token": null, "cut_after": 0, "corrupt": false,
+CONFIG: {"port": 8080, "token": null, "cut_after": 0, "corrupt": false, "rate": 0,
          "repos": {"ORG/NAME": {"commit": "<40 hex>", "files": {"PATH": "/local/file"}}}}
 """
 
@@ -31,6 +32,7 @@ import os
 import re
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -56,6 +58,7 @@ class Hub:
         self.token = config.get("token")
         self.cut_after = int(config.get("cut_after") or 0)
         self.corrupt = bool(config.get("corrupt"))
+        self.rate = int(config.get("rate") or 0)
         self.repos = {repo: {"commit": r["commit"],
                              "files": {p: file_facts(local) for p, local in r["files"].items()}}
                       for repo, r in config["repos"].items()}
@@ -232,6 +235,8 @@ class Handler(BaseHTTPRequestHandler):
                     self.connection.close()  # the connection drops mid-file
                     return
                 self.wfile.write(chunk)
+                if HUB.rate:
+                    time.sleep(len(chunk) / HUB.rate)
                 sent += len(chunk)
                 left -= len(chunk)
                 with LOCK:

@@ -206,6 +206,49 @@ def test_a_corrupted_download_is_refused_and_a_cut_connection_resumes(
             hub.remove()
 
 
+def test_an_interrupted_up_resumes_the_download(stack_and_hub: tuple[Stack, Hub],
+                                               docker_client: Any) -> None:
+    """Ctrl-C during the fetch: the fetch container goes, the partial file stays in the cache
+    (huggingface_hub's .incomplete, never loaded by a server) and the next `up` asks only for
+    the rest (a Range request)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    stack, first_hub = stack_and_hub
+    first_hub.remove()
+    hub = Hub(docker_client, stack, rate=20_000_000)  # about 5 s for the whole file
+    try:
+        data = stack.spec()
+        data["models"][0]["source"] = hub.source
+        stack.write_spec(data)
+        set_env(stack, HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN)
+        proc = subprocess.Popen([sys.executable, "-m", "llmstack", "up"], cwd=stack.root,
+                                env={**os.environ, "CI": "true"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: hub.stats()["bytes"] > 20_000_000, 120, what="the download to start")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        sent = hub.stats()["bytes"]
+        assert sent < images.DEMO_MODEL_SIZE, "interrupted too late to prove anything"
+        assert not (stack.root / "stack.lock").exists()
+        assert not docker_client.containers.list(
+            all=True, filters={"name": names.container(stack.project, "fetch-model-smol")})
+
+        again = stack.cli("up")
+        assert again.returncode == 0, again.stderr
+        ranged = [ln for ln in hub.container.logs().decode().splitlines()
+                  if '"GET /' in ln and '" 206 ' in ln]
+        assert len(ranged) == 1, hub.container.logs().decode()
+        assert hub.stats()["bytes"] < images.DEMO_MODEL_SIZE + sent  # the rest, not it all
+        entry = json.loads((stack.root / "stack.lock").read_text())["sources"][hub.source]
+        assert entry["files"][0]["sha256"] == images.DEMO_MODEL_SHA256
+    finally:
+        hub.remove()
+
+
 def run_remote(stack: Stack, target: Remote, *args: str) -> Any:
     return cli(*args, "--host", target.url, cwd=stack.root, env=target.env, timeout=600)
 

@@ -269,12 +269,21 @@ def test_digest_checks_an_lfs_sha256_and_a_git_blob_id(tmp_path: Path) -> None:
 
 
 def test_progress_counts_complete_and_partial_blobs(tmp_path: Path) -> None:
+    import os
+
     blobs = tmp_path / "blobs"
     blobs.mkdir()
     (blobs / "a").write_bytes(b"x" * 10)
-    (blobs / "b.incomplete").write_bytes(b"x" * 4)
-    files = [{"etag": "a"}, {"etag": "b"}, {"etag": "c"}]
-    assert hf_fetch.on_disk(str(blobs), files) == (14, 10)
+    (blobs / f"b{hf_fetch.PARTIAL}").write_bytes(b"x" * 4)  # ours, resumable
+    (blobs / "c.1a2b3c4d.incomplete").write_bytes(b"x" * 3)  # huggingface_hub's (Xet)
+    files = [{"etag": "a"}, {"etag": "b"}, {"etag": "c"}, {"etag": "d"}]
+    assert hf_fetch.on_disk(str(blobs), files) == (17, 10)
+    # A temporary file of huggingface_hub's left by a killed run goes; a fresh one stays.
+    (blobs / "d.99999999.incomplete").write_bytes(b"x")
+    old = os.path.getmtime(blobs / "c.1a2b3c4d.incomplete") - hf_fetch.STALE_SECONDS - 1
+    os.utime(blobs / "c.1a2b3c4d.incomplete", (old, old))
+    hf_fetch.drop_stale(str(blobs), files)
+    assert sorted(os.listdir(blobs)) == ["a", f"b{hf_fetch.PARTIAL}", "d.99999999.incomplete"]
 
 
 # --- plan ------------------------------------------------------------------------------------
