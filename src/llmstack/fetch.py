@@ -44,6 +44,12 @@ def script(name: str = "hf_fetch.py") -> str:
     return resources.files("llmstack").joinpath(name).read_text(encoding="utf-8")
 
 
+def task_image(spec: StackSpec) -> str:
+    """The image of the fetch and pull containers: LiteLLM's, as for the health service (it
+    has python3, and huggingface_hub, which its tokenizers package depends on)."""
+    return spec.images.for_key("litellm")
+
+
 def hf_models(spec: StackSpec) -> list[ModelSpec]:
     """The models with an hf: source, one per source (two models may serve the same one)."""
     seen: dict[str, ModelSpec] = {}
@@ -78,8 +84,7 @@ def fetch_task(spec: StackSpec, model: ModelSpec, revision: str,
     env = {"HF_HOME": hfcache.MOUNT, "HOME": "/tmp", "HF_HUB_DISABLE_TELEMETRY": "1",
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1",
            "PYTHONDONTWRITEBYTECODE": "1", **settings}
-    # LiteLLM's image (as for the health service): python3 and huggingface_hub are in it.
-    return Task(name=f"fetch-{names.model_service(model.name)}", image=spec.images.litellm,
+    return Task(name=f"fetch-{names.model_service(model.name)}", image=task_image(spec),
                 entrypoint=["python3"],
                 command=["-c", script(), json.dumps(request, sort_keys=True)], env=env,
                 mounts=[Mount(hfcache.VOLUME, hfcache.MOUNT, read_only=False)],
@@ -248,7 +253,7 @@ def states(loaded: Loaded, engine: Engine) -> list[SourceState]:
     if not models:
         return []
     pins = lock.read(loaded.paths.lock)
-    image = loaded.spec.images.litellm
+    image = task_image(loaded.spec)
     can_look = engine.image_ids([image]).get(image) is not None
     out = []
     for model in models:
@@ -286,7 +291,7 @@ def ensure(loaded: Loaded, engine: Engine, report: Reporter,
     if not models:
         lock.write(loaded.paths.lock, pins)
         return pins
-    image = spec.images.litellm
+    image = task_image(spec)
     if engine.image_ids([image]).get(image) is None:
         raise FetchError(f"image {image} (it runs the model fetch) is missing on the engine",
                          "build it with `llmstack images build`")
@@ -335,7 +340,7 @@ def ollama_url(project: str, model: ModelSpec) -> str:
 def pull_task(spec: StackSpec, model: ModelSpec) -> Task:
     """A container on the project's network running `ollama_pull.py` against the model's
     Ollama (the pull itself is Ollama's: it downloads into its own volume)."""
-    return Task(name=f"pull-{names.model_service(model.name)}", image=spec.images.litellm,
+    return Task(name=f"pull-{names.model_service(model.name)}", image=task_image(spec),
                 entrypoint=["python3"],
                 command=["-c", script("ollama_pull.py"), ollama_url(spec.project, model),
                          model.parsed_source.path],

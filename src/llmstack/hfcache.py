@@ -27,6 +27,11 @@ def snapshot(repo: str, commit: str, file: str = "") -> str:
     return f"{HUB}/{repo_folder(repo)}/snapshots/{commit}/{file}".rstrip("/")
 
 
+def revision_of(path: str) -> str:
+    """The revision (a commit once pinned) a snapshot path names: .../snapshots/REV/..."""
+    return path.split("/snapshots/", 1)[1].split("/", 1)[0]
+
+
 def marker(repo: str, commit: str, file: str = "") -> str:
     """The completion marker of (repo, commit, file) relative to the volume. The fetch is
     given it with COMMIT_PLACEHOLDER for the commit it resolves ('@' is in no file name)."""

@@ -89,7 +89,7 @@ def test_fetch_task_runs_huggingface_hub_into_the_cache_with_the_token_in_its_en
         loaded: Loaded) -> None:
     model = loaded.spec.models[0]
     task = fetch.fetch_task(loaded.spec, model, "main", {"HF_TOKEN": TOKEN})
-    assert task.image == loaded.spec.images.litellm
+    assert task.image == loaded.spec.images.for_key("litellm")
     assert task.entrypoint == ["python3"] and task.command[:2] == ["-c", fetch.script()]
     assert json.loads(task.command[2]) == {
         "repo": REPO_ID, "file": FILE, "revision": "main",
@@ -177,7 +177,7 @@ def test_a_stack_without_hf_sources_fetches_nothing_and_writes_no_lock(tmp_path:
 
 
 def test_missing_fetch_image_is_named_with_its_fix(loaded: Loaded, engine: FakeEngine) -> None:
-    engine.missing_images = {loaded.spec.images.litellm}
+    engine.missing_images = {loaded.spec.images.for_key("litellm")}
     with pytest.raises(FetchError, match="runs the model fetch") as info:
         fetch.ensure(loaded, engine, Events())
     assert "llmstack images build" in info.value.hint

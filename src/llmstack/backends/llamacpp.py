@@ -21,6 +21,7 @@ class LlamaCpp:
     needs_gpu = False
     source_kinds = ("volume", "host", "hf")
     hf_form = "file"
+    cache_dir: str | None = None
 
     def served_name(self, model: ModelSpec) -> str:
         return model.name

@@ -21,6 +21,7 @@ class Ollama:
     needs_gpu = False
     source_kinds = ("ollama", "volume")
     hf_form = ""
+    cache_dir = "/root/.ollama"
 
     def served_name(self, model: ModelSpec) -> str:
         src = model.parsed_source
@@ -28,7 +29,7 @@ class Ollama:
 
     def launch(self, model: ModelSpec, pin: str = "") -> Launch:
         src = model.parsed_source
-        mounts = [Mount(src.location, "/root/.ollama", read_only=False)] if src.kind == "volume" \
+        mounts = [Mount(src.location, self.cache_dir, read_only=False)] if src.kind == "volume" \
             else []
         env = {"OLLAMA_HOST": f"0.0.0.0:{self.port}", "OLLAMA_KEEP_ALIVE": "-1"}
         return Launch(command=["serve", *model.args], mounts=mounts, env=env)

@@ -21,6 +21,7 @@ class Tgi:
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
     hf_form = "repo"
+    cache_dir = "/data"  # the image's HF_HOME
 
     def served_name(self, model: ModelSpec) -> str:
         return "tgi"  # TGI serves one model and ignores the requested name

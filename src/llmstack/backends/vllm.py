@@ -21,6 +21,7 @@ class Vllm:
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
     hf_form = "repo"
+    cache_dir = "/root/.cache/huggingface"
 
     def served_name(self, model: ModelSpec) -> str:
         return model.name
