@@ -12,13 +12,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from llmstack import names
-from llmstack.engine.api import ContainerInfo
+from llmstack.engine.api import ContainerInfo, Task
 from llmstack.engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
 from llmstack.errors import EngineError
 from llmstack.plan import Actual, ServiceSpec
@@ -69,6 +69,12 @@ class FakeEngine:
     generation: int = 1  # nginx's worker generation: +1 per reload
     calls: list[str] = field(default_factory=list)  # "start health", "remove nginx", ...
     other_ports: dict[int, str] = field(default_factory=dict)
+    # run_task: per task name, the scripts of its runs in order (the last repeats), each
+    # (exit code, output lines); a task with none runs its command here, as exec does.
+    tasks: dict[str, list[tuple[int, list[str]]]] = field(default_factory=dict)
+    task_runs: list[Task] = field(default_factory=list)
+    # stat_source: paths (in any volume or on the host) that do not exist; others do.
+    absent: set[str] = field(default_factory=set)
     client: object = None  # no docker client: callers must not need one
 
     # --- reading -------------------------------------------------------------------------
@@ -199,6 +205,27 @@ class FakeEngine:
         if self.containers.pop(service, None) is not None:
             self.calls.append(f"remove {service}")
 
+    def run_task(self, task: Task, on_line: Callable[[str], None]) -> int:
+        if not self.network:
+            raise EngineError(f"NotFound: network {names.network(self.project)} not found",
+                              "the Docker engine refused the operation")
+        if task.image in self.missing_images:
+            raise EngineError(f"ImageNotFound: No such image: {task.image}",
+                              "the Docker engine refused the operation")
+        self.calls.append(f"run {task.name}")
+        self.task_runs.append(task)
+        script = self.tasks.get(task.name)
+        if script is None:
+            cmd = [*task.entrypoint, *task.command]
+            argv = [sys.executable if cmd[0] == "python3" else cmd[0], *cmd[1:]]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                  check=False, env={**task.env, "PATH": "/usr/bin:/bin"})
+            script = [(proc.returncode, (proc.stdout + proc.stderr).splitlines())]
+        code, lines = script.pop(0) if len(script) > 1 else script[0]
+        for line in lines:
+            on_line(line)
+        return code
+
     def down(self, volumes: bool = False) -> list[str]:
         removed = [c.name for c in self.containers.values()]
         self.containers.clear()
@@ -274,4 +301,4 @@ class FakeEngine:
         return {c.service: c.status for c in self.containers.values()}
 
     def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
-        return SourceStat(True, 1, False)
+        return SourceStat(False) if path in self.absent else SourceStat(True, 1, False)

@@ -151,6 +151,7 @@ def render(directory: DirOpt = None, file: FileOpt = None,
 def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
              host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
+    from . import fetch
     from .checks import exit_code, failing, finding_lines
     from .deploy import decide_images, plan_only
     from .doctor import gpu_plan
@@ -160,6 +161,7 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
     project = _engine(host, loaded.spec.project)
     loaded, choice = decide_images(loaded, project, progress=lambda m: None, fetch=False)
     actions = plan_only(loaded, project)
+    sources = fetch.states(loaded, project)  # hf: sources: pinned? in the engine's cache?
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project, loaded.spec)
     fails = failing(gpu_findings)
@@ -169,6 +171,8 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
         out: dict[str, Any] = {"actions": [a.to_dict() for a in actions],
                                "images": {"source": choice.source, "reason": choice.reason,
                                           "pull": choice.missing}}
+        if sources:
+            out["sources"] = [src.to_dict() for src in sources]
         if gpu_findings:
             out["gpu"] = {**(budget.to_dict() if budget else {}),
                           "findings": [f.to_dict() for f in gpu_findings]}
@@ -179,6 +183,11 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
         typer.echo(f"{'pull' if choice.source == 'registry' else 'missing':<9} {ref}")
     for a in actions:
         typer.echo(f"{a.kind:<9} {a.service:<28} {a.reason}")
+    if sources:
+        typer.echo(f"\nModel downloads (hf: sources, into {fetch.hfcache.VOLUME} on the engine's "
+                   "host; pinned in the lock file):")
+        for src in sources:
+            typer.echo(src.line())
     if gpu_findings:
         typer.echo("\nGPU budget (nvidia-smi on the engine's host; estimates: llmstack/gpu.py):")
         for line in (budget_lines(budget) if budget else []) + finding_lines(gpu_findings):

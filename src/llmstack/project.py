@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import render, secrets, spec, tls
+from . import lock, render, secrets, spec, tls
 from .fsutil import write_atomic
 from .render import Rendered
 from .spec import StackSpec
@@ -15,14 +15,21 @@ from .spec import StackSpec
 @dataclass(frozen=True)
 class Paths:
     root: Path
+    stack_file: Path | None = None  # `--file`; None: stack.yaml in root
 
     @property
     def stack(self) -> Path:
-        return self.root / "stack.yaml"
+        return self.stack_file or self.root / "stack.yaml"
 
     @property
     def env(self) -> Path:
         return self.root / ".env"
+
+    @property
+    def lock(self) -> Path:
+        """The lock file next to the stack file (stack.yaml -> stack.lock): the commits its hf:
+        sources were fetched at (lock.py)."""
+        return self.stack.with_suffix(".lock")
 
     @property
     def certs(self) -> Path:
@@ -42,6 +49,10 @@ class Loaded:
     def keys(self) -> secrets.Keys:
         return secrets.load_keys(self.paths.env)
 
+    def pins(self) -> dict[str, str]:
+        """{hf: source: the commit stack.lock pins it at}: what `plan.desired` needs."""
+        return lock.commits(lock.read(self.paths.lock))
+
     def nginx_secret_files(self, now: float | None = None) -> dict[str, tuple[bytes, int]]:
         """Files for nginx's secrets/ folder (mode 0600): key maps and the TLS pair."""
         keys = self.keys()
@@ -57,8 +68,8 @@ class Loaded:
 
 
 def load(root: Path, stack_file: Path | None = None) -> Loaded:
-    paths = Paths(root)
-    path = stack_file or paths.stack
+    paths = Paths(root, stack_file)
+    path = paths.stack
     stack = spec.load_file(path)
     return Loaded(paths, stack, render.render(stack, path.name))
 

@@ -130,7 +130,8 @@ def _edge(loaded: Loaded, project: Engine, keys: secrets.Keys, progress: Progres
 
     # The images `up` decided on this engine (`images: auto`), never a pull.
     loaded = decide_images(loaded, project, lambda _: None, fetch=False)[0]
-    wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered, keys.internal)}
+    wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered, keys.internal,
+                                                 loaded.pins())}
     nginx = wanted[names.NGINX]
     running = project.container(names.NGINX)
     if running is not None and running.labels.get(names.LABEL_HASH) != nginx.config_hash():

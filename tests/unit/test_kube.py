@@ -410,9 +410,7 @@ def test_each_container_gets_the_settings_up_gives_it(case: str) -> None:
         assert d["spec"]["template"]["metadata"]["labels"][kube.L_COMPONENT] == svc.role
         assert c.get("command") == svc.entrypoint and c["args"] == svc.command
         env = _env(c, secret_data)
-        hf = {"HF_HUB_OFFLINE": "1"} if any(
-            i["name"] == "fetch-model" for i in pod.get("initContainers", [])) else {}
-        assert env == {**svc.env, **hf, **({"HF_HOME": env["HF_HOME"]} if hf else {})}
+        assert env == svc.env  # hf: models too: the cache's path and HF_HUB_OFFLINE are in it
         for key in svc.secret_env:
             assert next(e for e in c["env"] if e["name"] == key)["valueFrom"]
         # Hardening: every container of the pod, init containers too.
@@ -446,8 +444,11 @@ def test_each_container_gets_the_settings_up_gives_it(case: str) -> None:
             mounted = mounts[m.target]
             assert mounted.get("readOnly", False) is m.read_only
             source = volumes[mounted["name"]]
+            # The engine host's shared hf: cache is the model's own claim in a cluster.
+            claim = f"{stack.project}-{svc.service}-cache" if m.source == names.HF_CACHE_VOLUME \
+                else m.source
             assert ("emptyDir" in source) if m.managed else \
-                source["persistentVolumeClaim"]["claimName"] == m.source
+                source["persistentVolumeClaim"]["claimName"] == claim
         # Memory and CPUs: stack.yaml's (or the model's estimate), requested as limited.
         res = c["resources"]
         if svc.resources.memory:
@@ -593,7 +594,12 @@ def test_hf_models_fill_a_cache_claim_in_an_init_container_and_serve_it_offline(
     assert next(m for m in init["volumeMounts"] if m["name"] == "model-cache").get(
         "readOnly") is not True
     env = {e["name"]: e.get("value") for e in _container(d)["env"]}
-    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HOME"] == served["mountPath"]
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_CACHE"] == served["mountPath"] + "/hub"
+    # The init container fetches the revision the server's path names, into that path.
+    model_path = _container(d)["args"][1]
+    assert model_path == "/hf/hub/models--deepseek-ai--deepseek-coder-6.7b-instruct/snapshots/main"
+    assert init["command"][-4:] == ["deepseek-ai/deepseek-coder-6.7b-instruct", "", "main",
+                                    model_path]
     assert kube.HF_TOKEN not in env  # the token reaches the fetch only
 
 

@@ -20,13 +20,14 @@ class Ollama:
     supports_embeddings = True
     needs_gpu = False
     source_kinds = ("ollama", "volume")
+    hf_form = ""
     cache_dir = "/root/.ollama"
 
     def served_name(self, model: ModelSpec) -> str:
         src = model.parsed_source
         return src.path if src.kind == "ollama" else model.name
 
-    def launch(self, model: ModelSpec) -> Launch:
+    def launch(self, model: ModelSpec, pin: str = "") -> Launch:
         src = model.parsed_source
         mounts = [Mount(src.location, self.cache_dir, read_only=False)] if src.kind == "volume" \
             else []
