@@ -88,8 +88,7 @@ def _apply(edge: Edge, loaded: Loaded, store: Store, expect: dict[str, str],
     files = loaded.key_files(keys, store=store)
     other = {**rotate.certificate_files(loaded), KEY_LIMITS_FILE: files[KEY_LIMITS_FILE]}
     edge.ship(files[KEYS_FILE][0], other)
-    edge.test_config()
-    edge.reload()
+    edge.swap()
     progress("nginx reloaded")
     edge.expect({keys.master: "200", **expect}, {keys.master: "master", **labels})
 
@@ -102,8 +101,7 @@ def _restore(edge: Edge, loaded: Loaded, store: Store, progress: Progress) -> st
         files = loaded.key_files(keys, store=store)
         edge.ship(files[KEYS_FILE][0], {**rotate.certificate_files(loaded),
                                         KEY_LIMITS_FILE: files[KEY_LIMITS_FILE]})
-        edge.test_config()
-        edge.reload()
+        edge.swap()
     except Exception as again:  # report both; the first error is the one raised
         text = again.message if isinstance(again, LlmstackError) else str(again)
         return f" (putting the previous key files back failed too: {text}; " \
