@@ -1,4 +1,4 @@
-"""`llmstack keys add|list|revoke|rotate`: team keys applied live at the edge, no restart.
+"""`llmstack keys` (add, list, revoke, rotate): team keys applied live at the edge, no restart.
 
 The store (`.keys.json`, see `teamkeys`) is the truth; nginx's key files are rendered from it
 and the master keys in `.env`, shipped, checked with `nginx -t` and loaded by a graceful reload
@@ -81,16 +81,35 @@ def _live_edge(loaded: Loaded, project: Engine | None, progress: Progress) -> Ed
     return rotate.open_edge(loaded, project, loaded.keys(), progress)
 
 
-def _apply(edge: Edge, loaded: Loaded, store: Store, expect: dict[str, str],
-           labels: dict[str, str], progress: Progress) -> None:
-    """Ship nginx's key files for `store`, `nginx -t`, reload, and probe `expect`."""
+@dataclass(frozen=True)
+class KeyFiles:
+    """nginx's key files for one store, rendered before anything is shipped."""
+
+    master: str
+    keys_conf: bytes
+    other: dict[str, tuple[bytes, int]]  # the team keys' limits, the TLS pair
+
+
+def _render(loaded: Loaded, store: Store) -> KeyFiles:
     keys = loaded.keys()
     files = loaded.key_files(keys, store=store)
-    other = {**rotate.certificate_files(loaded), KEY_LIMITS_FILE: files[KEY_LIMITS_FILE]}
-    edge.ship(files[KEYS_FILE][0], other)
+    return KeyFiles(keys.master, files[KEYS_FILE][0],
+                    {**rotate.certificate_files(loaded), KEY_LIMITS_FILE: files[KEY_LIMITS_FILE]})
+
+
+def _push(edge: Edge, files: KeyFiles, expect: dict[str, str], labels: dict[str, str],
+          progress: Progress) -> None:
+    """Ship the key files, `nginx -t` and reload (one exec), then probe `expect` and the
+    master key through nginx."""
+    edge.ship(files.keys_conf, files.other)
     edge.swap()
     progress("nginx reloaded")
-    edge.expect({keys.master: "200", **expect}, {keys.master: "master", **labels})
+    edge.expect({files.master: "200", **expect}, {files.master: "master", **labels})
+
+
+def _apply(edge: Edge, loaded: Loaded, store: Store, expect: dict[str, str],
+           labels: dict[str, str], progress: Progress) -> None:
+    _push(edge, _render(loaded, store), expect, labels, progress)
 
 
 def _restore(edge: Edge, loaded: Loaded, store: Store, progress: Progress) -> str:
@@ -196,12 +215,15 @@ def revoke(loaded: Loaded, project: Engine | None, name: str, progress: Progress
     with rotate.exclusive(loaded.paths.root):
         store = loaded.team_keys()
         new = store.without(name)
+        # Everything that reads or renders comes first, so that between the store write and
+        # nginx refusing the key there is only the shipping and one exec.
+        edge = _live_edge(loaded, project, progress)
+        files = _render(loaded, new) if edge is not None else None
         teamkeys.save(loaded.paths.team_keys, new)  # first: a revoked key never comes back
         progress(f"removed {name!r} from {loaded.paths.team_keys}")
-        edge = _live_edge(loaded, project, progress)
-        if edge is not None:
+        if edge is not None and files is not None:
             try:
-                _apply(edge, loaded, new, {}, {}, progress)
+                _push(edge, files, {}, {}, progress)
             except Exception as exc:
                 text = exc.message if isinstance(exc, LlmstackError) else \
                     f"{type(exc).__name__}: {exc}"
