@@ -245,15 +245,18 @@ def _host(bind: str, wildcard: str) -> str:
 @app.command()
 def status(directory: DirOpt = None, file: FileOpt = None,
            host: HostOpt = None, json_out: JsonOpt = False) -> None:
-    """State, health, ports, image and uptime of every service; certificate and rotation."""
+    """State, health, ports, image and uptime of every service; certificate and rotation;
+    the number of team keys and those expiring within 14 days."""
     from . import deploy
+    from .keyops import summary
 
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
     report = deploy.status(loaded, project)
+    team = summary(loaded)
     if json_out:
         from .ui import emit_json
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "team_keys": team})
     else:
         typer.echo(f"{'SERVICE':<28} {'STATE':<10} {'HEALTH':<9} {'UPTIME':>8}  PORTS / IMAGE")
         for s in report.services:
@@ -268,6 +271,12 @@ def status(directory: DirOpt = None, file: FileOpt = None,
         if report.rotation:
             typer.echo(f"key rotation in progress: old key accepted until "
                        f"{report.rotation.old_key_expires or 'rotate-key --finish'}")
+        if team["count"]:
+            soon = ", ".join(f"{k['name']} ({k['expires']})" for k in team["expiring_soon"])
+            typer.echo(f"team keys: {team['count']}" + (f"; expiring within 14 days: {soon}"
+                                                         if soon else "")
+                       + (f"; expired: {', '.join(team['expired'])}" if team["expired"]
+                          else "") + " (`llmstack keys list`)")
     if not report.healthy:
         raise typer.Exit(ExitCode.RUNTIME)
 

@@ -295,3 +295,14 @@ def test_up_ships_the_team_keys(project: Loaded) -> None:
     files = load(project.paths.root).nginx_secret_files()
     assert k.current.hash.encode() in files[render.KEYS_FILE][0]
     assert b"limit_req zone=llmstack_kr_10s_20" in files[render.KEY_LIMITS_FILE][0]
+
+
+def test_status_counts_keys_and_names_those_expiring_within_14_days(project: Loaded) -> None:
+    now = teamkeys.now_s()
+    _, soon = key("soon", expires=now + 3 * 86400)
+    _, later = key("later", expires=now + 30 * 86400)
+    _, gone = key("gone", expires=now - 1)
+    teamkeys.save(project.paths.team_keys, Store((gone, later, soon)))
+    got = keyops.summary(project)
+    assert got["count"] == 3 and got["expired"] == ["gone"]
+    assert [k["name"] for k in got["expiring_soon"]] == ["soon"]
