@@ -478,8 +478,8 @@ def _show_issued(issued: Any, json_out: bool, what: str) -> None:
     else:
         typer.echo(issued.key)
     if issued.grace_ends:
-        from .keyops import _iso
-        typer.echo(f"the old key works until {_iso(issued.grace_ends)}", err=True)
+        from .keyops import iso
+        typer.echo(f"the old key works until {iso(issued.grace_ends)}", err=True)
 
 
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write the key to this new "
@@ -538,13 +538,13 @@ def keys_list(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = No
     if not rows:
         typer.echo("No team keys. Add one: llmstack keys add NAME")
         return
-    typer.echo(f"{'NAME':<20} {'CREATED':<20} {'EXPIRES':<20} {'LAST USED':<26} "
+    typer.echo(f"{'NAME':<20} {'CREATED':<25} {'EXPIRES':<25} {'LAST USED':<25} "
                f"{'RATE':>8} {'BURST':>5} {'CONC':>5}  MODELS")
     for r in rows:
         expires = (r["expires"] or "never") + (" (EXPIRED)" if r["expired"] else
                                                " (soon)" if r["expiring_soon"] else "")
-        typer.echo(f"{r['name']:<20} {r['created']:<20} {expires:<20} "
-                   f"{r['last_used'] or '-':<26} {r['rate']:>8} {r['burst']:>5} "
+        typer.echo(f"{r['name']:<20} {r['created']:<25} {expires:<25} "
+                   f"{r['last_used'] or '-':<25} {r['rate']:>8} {r['burst']:>5} "
                    f"{r['concurrent']:>5}  {','.join(r['models']) if r['models'] else 'all'}")
 
 

@@ -107,10 +107,10 @@ def swap(engine: Engine, nginx: plan.ServiceSpec, deadline_s: float, what: str,
     script = (f'{WORKERS_SCRIPT}; echo "{SWAP_MARK}"; '
               f'nginx -t -q -c {conf} 2>&1 || exit 3; nginx -s reload -c {conf} 2>&1 || exit 4')
     code, out = engine.exec(names.NGINX, ["sh", "-c", script])
-    listing, _, rest = out.partition(SWAP_MARK)
+    listing, marked, rest = out.partition(SWAP_MARK)
     if code == 3:
         raise DeployError(f"nginx rejected {what}: {rest.strip()[:500]}", hint)
-    if code != 0 or not _:
+    if code != 0 or not marked:
         raise DeployError(f"nginx reload failed: {out.strip()[:500]}", "`llmstack logs nginx`")
     before = _workers(listing)
     if not before:

@@ -43,7 +43,7 @@ LOG_TAIL = 20_000  # nginx access-log lines read for "last used"
 LOG_LINE_RE = re.compile(r"\[(?P<time>[^\]]+)\] .* key=(?P<key>\S+)\s*$")
 
 
-def _iso(ts: float | None) -> str | None:
+def iso(ts: float | None) -> str | None:
     return None if ts is None else \
         dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
@@ -61,7 +61,7 @@ class Issued:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "store": str(self.key_file),
-                                "live": self.live, "grace_ends": _iso(self.grace_ends)}
+                                "live": self.live, "grace_ends": iso(self.grace_ends)}
         if self.out:
             data["out"] = str(self.out)
         else:
@@ -277,7 +277,7 @@ def rotate_key(loaded: Loaded, project: Engine | None, name: str, grace: str,
                     f"the new {name!r} is live and stored, but nginx may still accept the old "
                     f"one with no end: {text}", "run `llmstack up` (it re-applies the key "
                     "store to nginx)") from exc
-            progress(f"old {name!r} " + (f"accepted until {_iso(ends)}, then refused by nginx "
+            progress(f"old {name!r} " + (f"accepted until {iso(ends)}, then refused by nginx "
                                          "itself" if ends else "refused from now on"))
         return Issued(name, key, loaded.paths.team_keys, edge is not None, grace_ends=ends,
                       out=out)
@@ -316,8 +316,8 @@ def listing(loaded: Loaded, used: dict[str, str] | None) -> list[dict[str, Any]]
         prev = key.previous if key.previous and (key.previous.expires is None or
                                                  now < key.previous.expires) else None
         out.append({
-            "name": key.name, "id": key.current.id, "created": _iso(key.created),
-            "expires": _iso(key.expires), "expired": key.expired(now),
+            "name": key.name, "id": key.current.id, "created": iso(key.created),
+            "expires": iso(key.expires), "expired": key.expired(now),
             "expiring_soon": key.expires is not None and not key.expired(now)
             and key.expires - now < teamkeys.EXPIRING_SOON_S,
             "last_used": None if used is None else used.get(key.name),
@@ -325,8 +325,8 @@ def listing(loaded: Loaded, used: dict[str, str] | None) -> list[dict[str, Any]]
             "defaults": [n for n, v in (("rate", key.rate), ("burst", key.burst),
                                         ("concurrent", key.concurrent)) if v is None],
             "models": list(key.models) if key.models is not None else None,
-            "rotated": _iso(key.rotated),
-            "previous_accepted_until": _iso(prev.expires) if prev and prev.expires else
+            "rotated": iso(key.rotated),
+            "previous_accepted_until": iso(prev.expires) if prev and prev.expires else
             ("rotate again or revoke" if prev else None),
         })
     return out
