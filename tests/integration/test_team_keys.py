@@ -5,6 +5,7 @@ per-key 429s naming the limit; a model allow-list (403); expiry; keys never show
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import threading
@@ -45,8 +46,12 @@ def urls(stack: Stack) -> list[str]:
     return [stack.base_url, stack.lan_url, stack.https_url]
 
 
+def trust(stack: Stack) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(stack.ca))
+
+
 def client(stack: Stack) -> httpx.Client:
-    return httpx.Client(verify=str(stack.ca), timeout=60)
+    return httpx.Client(verify=trust(stack), timeout=60)
 
 
 def get_models(c: httpx.Client, base: str, key: str) -> httpx.Response:
@@ -112,7 +117,7 @@ def first_401(stack: Stack, base: str, key: str, stop: threading.Event,
               seen: dict[str, float]) -> None:
     """Poll `base` with `key` (a fresh connection each time, as a new client would) and
     note when it is first refused."""
-    with httpx.Client(verify=str(stack.ca), timeout=10) as c:
+    with httpx.Client(verify=trust(stack), timeout=10) as c:
         while not stop.is_set():
             try:
                 status = c.get(f"{base}/models", headers={"Authorization": f"Bearer {key}",
