@@ -160,7 +160,20 @@ def case_host_facts_through_the_engine(engine: Engine) -> None:
     assert isinstance(engine.is_local(), bool)
 
 
-CASES = [case_start_state_labels_remove, case_start_replaces_the_old_container,
+def case_a_registry_that_does_not_answer(engine: Engine) -> None:
+    """Nothing listens on 127.0.0.1:1: asking and pulling both say so, as llmstack's own
+    error naming the registry (never a Docker SDK exception)."""
+    from llmstack.errors import RegistryUnreachable
+
+    ref = "127.0.0.1:1/llmstack-test/none:1"
+    with pytest.raises(RegistryUnreachable, match="did not answer"):
+        engine.registry_digest(ref)
+    with pytest.raises(RegistryUnreachable):
+        engine.pull(ref, lambda _: None)
+
+
+CASES = [case_a_registry_that_does_not_answer, case_start_state_labels_remove,
+         case_start_replaces_the_old_container,
          case_host_facts_through_the_engine, case_down_removes_everything, case_config_round_trip,
          case_exec_exit_codes_output_and_environment, case_missing_things_raise_engine_error,
          case_probe_from_inside_the_network, case_logs_of_a_service]

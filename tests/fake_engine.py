@@ -51,6 +51,8 @@ class FakeEngine:
     answers: per service, the probe answers in order (the last one repeats); default "200".
     crash: services whose container exits (code 1) right after its start.
     missing_images: tags the engine does not have.
+    registry: what registries serve, {"repo:tag" or "repo@digest": digest}; a pull of a
+      served ref makes it present. registry_error: raised by every registry call instead.
     nginx_test: (exit code, output) of `nginx -t`.
     """
 
@@ -58,6 +60,8 @@ class FakeEngine:
     answers: dict[str, list[str]] = field(default_factory=dict)
     crash: set[str] = field(default_factory=set)
     missing_images: set[str] = field(default_factory=set)
+    registry: dict[str, str] = field(default_factory=dict)
+    registry_error: Exception | None = None
     nginx_test: tuple[int, str] = (0, "")
     containers: dict[str, FakeContainer] = field(default_factory=dict)
     volumes: dict[str, dict[str, tuple[bytes, int]]] = field(default_factory=dict)
@@ -237,6 +241,35 @@ class FakeEngine:
                            kernel="6.1", operating_system="Fake", root_dir="/var/lib/docker",
                            runtimes=["runc"], default_runtime="runc", system_time=None,
                            skew_s=None, name="fake", ncpu=2, mem_bytes=8 << 30)
+
+    def registry_digest(self, ref: str) -> str:
+        from llmstack.errors import ImageNotInRegistry, RegistryUnreachable
+        from llmstack.images import parse_reference
+
+        self.calls.append(f"registry {ref}")
+        if self.registry_error is not None:
+            raise self.registry_error
+        parsed = parse_reference(ref)
+        for key in (f"{parsed.repository}@{parsed.digest}", parsed.tagged):
+            if key in self.registry:
+                return self.registry[key]
+        if parsed.registry not in {parse_reference(k).registry for k in self.registry}:
+            raise RegistryUnreachable(f"registry {parsed.registry} did not answer for {ref}: "
+                                      "connection refused")
+        raise ImageNotInRegistry(f"registry {parsed.registry} has no {ref}: manifest unknown")
+
+    def pull(self, ref: str, progress: Any) -> str:
+        from llmstack.errors import DigestMismatch
+        from llmstack.images import parse_reference
+
+        digest = self.registry_digest(ref)
+        parsed = parse_reference(ref)
+        if parsed.digest and parsed.digest != digest:  # what the engine's own check finds
+            raise DigestMismatch(f"{ref}: pulled {digest}, not {parsed.digest}")
+        self.calls.append(f"pull {ref}")
+        progress(f"  {ref}: pulled")
+        self.missing_images.discard(ref)
+        return f"sha256:{ref}"
 
     def present_images(self, tags: list[str]) -> dict[str, bool]:
         return {t: i is not None for t, i in self.image_ids(tags).items()}

@@ -30,7 +30,8 @@ Examples:
 app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EPILOG,
                   help="Turn stack.yaml into a running, secured, OpenAI-compatible LLM API.",
                   rich_markup_mode=None, pretty_exceptions_enable=False)
-images_app = typer.Typer(help="Build the images the default stack needs (no registry needed).",
+images_app = typer.Typer(help="Get the stack's images: pull them from registries, build them "
+                         "here, or carry them to air-gapped hosts in a bundle.",
                          no_args_is_help=True)
 app.add_typer(images_app, name="images")
 export_app = typer.Typer(help="Export the stack for other deployment tools.",
@@ -155,12 +156,13 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
              host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
     from .checks import exit_code, failing, finding_lines
-    from .deploy import plan_only
+    from .deploy import decide_images, plan_only
     from .doctor import gpu_plan
     from .gpu import budget_lines
 
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
+    loaded, choice = decide_images(loaded, project, progress=lambda m: None, fetch=False)
     actions = plan_only(loaded, project)
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project, loaded.spec)
@@ -168,12 +170,17 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
     code = exit_code(gpu_findings)
     if json_out:
         from .ui import emit_json
-        out: dict[str, Any] = {"actions": [a.to_dict() for a in actions]}
+        out: dict[str, Any] = {"actions": [a.to_dict() for a in actions],
+                               "images": {"source": choice.source, "reason": choice.reason,
+                                          "pull": choice.missing}}
         if gpu_findings:
             out["gpu"] = {**(budget.to_dict() if budget else {}),
                           "findings": [f.to_dict() for f in gpu_findings]}
         emit_json(out)
         raise typer.Exit(code)
+    typer.echo(choice.line)
+    for ref in choice.missing:
+        typer.echo(f"{'pull' if choice.source == 'registry' else 'missing':<9} {ref}")
     for a in actions:
         typer.echo(f"{a.kind:<9} {a.service:<28} {a.reason}")
     if gpu_findings:
@@ -194,13 +201,15 @@ def up(directory: DirOpt = None, file: FileOpt = None,
     import time
 
     from . import deploy, ui
+    from .endpoints import urls
 
     started = time.monotonic()
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
-    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local())
+    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local(),
+                       progress=lambda m: typer.echo(m, err=True))
     elapsed = time.monotonic() - started
-    endpoints = _endpoints(loaded.spec)
+    endpoints = urls(loaded.spec)
     if json_out:
         ui.emit_json({"changed": result.changed, "seconds": round(elapsed, 2),
                       "actions": [a.to_dict() for a in result.actions],
@@ -217,29 +226,6 @@ def up(directory: DirOpt = None, file: FileOpt = None,
         typer.echo(f"  {name:<6} {url}")
     typer.echo(f"  key    LITELLM_MASTER_KEY in {loaded.paths.env} (send it as "
                "Authorization: Bearer <key>)")
-
-
-def _endpoints(spec: Any) -> dict[str, str]:
-    from .spec import url_host
-
-    out = {}
-    lst = spec.listeners
-    if lst.local.enabled:
-        out["local"] = f"http://{_host(lst.local.bind, 'localhost')}:{lst.local.port}/v1"
-    if lst.lan.enabled:
-        out["lan"] = f"http://{_host(lst.lan.bind, '<this-host-ip>')}:{lst.lan.port}/v1"
-    if lst.https.enabled:
-        port = "" if lst.https.port == 443 else f":{lst.https.port}"
-        out["https"] = f"https://{url_host(spec.domain)}{port}/v1"
-    return out
-
-
-def _host(bind: str, wildcard: str) -> str:
-    from .spec import url_host
-
-    if bind in ("0.0.0.0", "::"):
-        return wildcard
-    return url_host(bind)
 
 
 @app.command()
@@ -591,6 +577,65 @@ def keys_rotate(
     issued = keyops.rotate_key(loaded, project, name, grace, out, _keys_progress)
     _show_issued(issued, json_out, "new key for")
 
+@app.command()
+def connect(
+    client: Annotated[str, typer.Argument(help="continue, cline, aider, llm, openai or curl.",
+                                          show_default=False)],
+    directory: DirOpt = None, file: FileOpt = None,
+    listener: Annotated[str | None, typer.Option(
+        "--listener", help="local, lan or https (default: local, else https, else lan).",
+        show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Host name or IP clients reach this host by (default: the "
+        "listener's bind address; the domain for https).", show_default=False)] = None,
+    ca_path: Annotated[str | None, typer.Option(
+        "--ca-path", help="With --listener https: where a copy of certs/ca.crt lies on the "
+        "machine the client runs on (default: this project's certs/ca.crt).",
+        show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Chat model (chat, edit, apply roles; default: the first chat "
+        "model of stack.yaml).", show_default=False)] = None,
+    autocomplete_model: Annotated[str | None, typer.Option(
+        "--autocomplete-model", help="Continue's tab-completion model (default: --model).",
+        show_default=False)] = None,
+    key_name: Annotated[str | None, typer.Option(
+        "--key-name", help="Which key the client sends (default: master, "
+        "LITELLM_MASTER_KEY in .env).", show_default=False)] = None,
+    show_key: Annotated[bool, typer.Option("--show-key", help="Print the key itself "
+                                           "(otherwise a placeholder or a command reading "
+                                           ".env).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write the configuration to this file, with the key (mode 0600 "
+        "when it holds one); an existing different file is backed up first.",
+        show_default=False)] = None,
+) -> None:
+    """A ready configuration for an editor assistant or client: Continue (config.yaml with
+    chat, edit, apply and autocomplete roles), Cline, aider, llm, the OpenAI SDKs'
+    environment, curl. With --listener https the client trusts certs/ca.crt its own way.
+    The key is never printed unless --show-key; --out files get it (mode 0600). Notes on
+    where to put it go to stderr."""
+    from . import connect as conn
+
+    loaded = _load(directory, file)
+    where = conn.target(loaded, listener, address, ca_path)
+    key = conn.client_key(loaded, key_name)
+    result = conn.render(client, loaded.spec, where, key, show_key or out is not None,
+                         model, autocomplete_model)
+    for note in result.notes if out is None else result.notes[1:]:
+        typer.echo(f"# {note}", err=True)
+    if out is None:
+        typer.echo(result.text, nl=False)
+        return
+    from .fsutil import backup, write_atomic
+
+    target = out.expanduser()
+    saved = None
+    if target.exists() and target.read_bytes() != result.text.encode():
+        saved = backup(target)
+    write_atomic(target, result.text, mode=0o600 if result.holds_key else 0o644)
+    typer.echo(f"wrote {target}" + (" (mode 0600: it holds the key)" if result.holds_key
+                                    else "") + (f"; the old file is in {saved}" if saved else ""))
+
 
 @images_app.command("build")
 def images_build(
@@ -612,6 +657,80 @@ def images_build(
     if not no_model:
         ensure_demo_model(client, progress=lambda m: typer.echo(m, err=True))
     typer.echo("built: " + (", ".join(built) if built else "nothing (all images present)"))
+
+
+def _stack_or_default(directory: Path | None, file: Path | None) -> Any:
+    """The stack.yaml of the folder, or the starter stack when there is none."""
+    from . import initialize, spec
+
+    root = _cwd(directory)
+    if file or (root / "stack.yaml").exists():
+        return _load(directory, file).spec
+    return spec.parse(initialize.starter())
+
+
+@images_app.command("pull")
+def images_pull(
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="Skip the demo model "
+                                           "volume.")] = False,
+) -> None:
+    """Pull the upstream images of the stack (the starter stack outside a project folder)
+    through the engine, each by its pinned digest, refusing a tag whose registry digest
+    differs; `docker login` credentials are used. Then the demo model volume."""
+    from . import pull
+    from .engine.client import connect
+    from .engine.images import ensure_demo_model
+
+    stack = _stack_or_default(directory, file).with_image_source("registry")
+    project = _engine(host, stack.project)
+    refs = pull.stack_refs(stack, "registry")
+    missing = [ref for ref, image_id in project.image_ids(refs).items() if image_id is None]
+    choice = pull.Choice("registry", "llmstack images pull", stack, missing)
+    pulled = pull.ensure(choice, project, lambda m: typer.echo(m, err=True))
+    if not no_model and any(m.source.startswith("volume:llmstack-models/")
+                            for m in stack.models):
+        ensure_demo_model(connect(host), progress=lambda m: typer.echo(m, err=True),
+                          image=stack.images.ref("llamacpp", "registry"))
+    typer.echo("pulled: " + (", ".join(pulled) if pulled else "nothing (all present)"))
+
+
+@images_app.command("save")
+def images_save(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write.")],
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="Leave the demo model "
+                                           "out.")] = False,
+) -> None:
+    """Write a bundle for an air-gapped host: the stack's images as this engine has them
+    (built or pulled: `images: auto` decided here) and the demo model, with checksums."""
+    from . import pull
+    from .engine.bundle import save
+    from .engine.client import connect
+
+    stack = _stack_or_default(directory, file)
+    choice = pull.choose(stack, _engine(host, stack.project))
+    typer.echo(choice.line, err=True)
+    refs = pull.stack_refs(choice.spec, choice.source)
+    manifest = save(connect(host, timeout=1800), refs, out, with_model=not no_model,
+                    progress=lambda m: typer.echo(m, err=True))
+    size = out.stat().st_size / 1e6
+    typer.echo(f"wrote {out} ({size:.0f} MB): {len(manifest['images'])} image(s)"
+               + (", the demo model" if manifest.get("model_wheel") else ""))
+
+
+@images_app.command("load")
+def images_load(
+    bundle: Annotated[Path, typer.Argument(help="A file made by `llmstack images save`.")],
+    host: HostOpt = None,
+) -> None:
+    """Check a bundle's checksums, then load its images and demo model onto the engine
+    (`--host ssh://user@gpu-1` for a remote one): no registry needed."""
+    from .engine.bundle import load
+    from .engine.client import connect
+
+    loaded = load(connect(host, timeout=1800), bundle, progress=lambda m: typer.echo(m, err=True))
+    typer.echo("loaded: " + ", ".join(loaded))
 
 
 @export_app.command("compose")
@@ -645,6 +764,58 @@ def export_compose(
                    f"user; run: sudo chown -R {OWN_UID} {target}/config/nginx/secrets",
                    err=True)
     typer.echo(f"Run it: cd {target} && docker-compose up -d")
+
+
+@export_app.command("k8s")
+def export_k8s(
+    directory: DirOpt = None, file: FileOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default "
+                                             "DIR/k8s).", show_default=False)] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="Namespace of every "
+                                                  "object (default: the project name).",
+                                                  show_default=False)] = None,
+    storage_class: Annotated[str | None, typer.Option(
+        "--storage-class", help="StorageClass of the model caches (default: the cluster's "
+        "default class).", show_default=False)] = None,
+    service_type: Annotated[str, typer.Option(
+        "--service-type", help="How clients reach the edge: LoadBalancer or NodePort.")
+    ] = "LoadBalancer",
+    secret_ref: Annotated[str | None, typer.Option(
+        "--secret-ref", help="Use this Secret of the cluster instead of writing secret.yaml "
+        "(keys: see docs/KUBERNETES.md).", show_default=False)] = None,
+    cache_size: Annotated[str, typer.Option(
+        "--cache-size", help="Size of each model cache volume the export creates.")] = "100Gi",
+    json_out: JsonOpt = False,
+) -> None:
+    """Write Kubernetes manifests and a kustomization.yaml equivalent to `llmstack up`
+    (apply with kubectl apply --server-side -k OUT). Secrets go to secret.yaml (0600) only."""
+    from .errors import UserError
+    from .kube import KUSTOMIZATION, SECRET_FILE, Options, from_project, write
+
+    loaded = _load(directory, file)
+    target = (out or loaded.paths.root / "k8s").resolve()
+    if target == loaded.paths.root.resolve():
+        raise UserError("--out must not be the project folder", "use e.g. -o k8s")
+    options = Options(namespace=namespace or loaded.spec.project, storage_class=storage_class,
+                      service_type=service_type, secret_ref=secret_ref, cache_size=cache_size)
+    exported = from_project(loaded, options)
+    removed = write(exported, target)
+    if json_out:
+        from .ui import emit_json
+        emit_json({"kustomization": str(target / KUSTOMIZATION), "files": sorted(exported.files),
+                   "removed": removed, "namespace": options.namespace,
+                   "published_ports": exported.published})
+        return
+    typer.echo(f"wrote {target / KUSTOMIZATION} and {len(exported.files) - 1} files it uses")
+    for name in removed:
+        typer.echo(f"removed {name} (no longer in {loaded.paths.stack.name})")
+    if not exported.published:
+        typer.echo("note: every listener binds a loopback address, so the edge is not "
+                   "published; reach it with kubectl port-forward, or set a listener's bind "
+                   "to 0.0.0.0 in stack.yaml to publish it", err=True)
+    if SECRET_FILE in exported.files:
+        typer.echo(f"{SECRET_FILE} holds the API keys and the TLS key (0600, git-ignored)")
+    typer.echo(f"Apply it: kubectl apply --server-side -k {target}")
 
 
 def main() -> None:

@@ -9,17 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from . import checks, edge, names, plan, tls
+from . import checks, edge, names, plan, pull, tls
 from .engine.api import STOPPED_STATES, ContainerInfo, Engine
 from .engine.containers import port_free_here
 from .errors import DeployError
 from .project import Loaded, write_config
 
 # How long each kind of service may take to become ready (seconds).
-DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0}
+DEADLINES = plan.READY_DEADLINES
 POLL_INTERVAL = 0.25  # seconds between two rounds of readiness probes
 HINTS = {
     "model": "check the model source and server args in stack.yaml; `llmstack logs {svc}`",
@@ -152,7 +152,7 @@ def _poll(project: Engine, item: _Starting, report: Reporter) -> float | None:
         report.event(svc.service, "ready", f"{elapsed:.1f}s")
         return elapsed
     detail = f"GET {svc.probe[1]} -> {outcome}"  # type: ignore[index]
-    if elapsed > DEADLINES.get(svc.role, 120.0):
+    if elapsed > DEADLINES.get(svc.role, plan.DEFAULT_READY_DEADLINE):
         raise _failure(project, svc, f"not ready after {elapsed:.0f}s ({detail})")
     report.event(svc.service, "waiting", f"{elapsed:.0f}s {detail}")
     return None
@@ -175,8 +175,24 @@ def _failure(project: Engine, svc: plan.ServiceSpec, what: str) -> DeployError:
     return DeployError(message, hint)
 
 
-def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = True
-       ) -> UpResult:
+def _quiet(_: str) -> None:
+    pass
+
+
+def decide_images(loaded: Loaded, project: Engine, progress: pull.Progress,
+                  fetch: bool = True) -> tuple[Loaded, pull.Choice]:
+    """The stack with its image source decided for this engine (`images: auto`), one line
+    saying which and why, and (with `fetch`) the missing upstream images pulled."""
+    choice = pull.choose(loaded.spec, project)
+    progress(choice.line)
+    if fetch:
+        pull.ensure(choice, project, progress)
+    return replace(loaded, spec=choice.spec), choice
+
+
+def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = True,
+       progress: pull.Progress = print) -> UpResult:
+    loaded = decide_images(loaded, project, progress)[0]
     write_config(loaded)
     wanted, actions, secret_files = compute(loaded, project)
     result = UpResult(actions)
@@ -280,6 +296,7 @@ def _uptime(have: ContainerInfo, now: dt.datetime) -> int:
 
 def status(loaded: Loaded, project: Engine) -> StackStatus:
     """Per service: state, readiness, ports, image, uptime; plus certificate and rotation."""
+    loaded = decide_images(loaded, project, _quiet, fetch=False)[0]
     wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered,
                                                  loaded.keys().internal)}
     info = {i.service: i for i in project.info()}

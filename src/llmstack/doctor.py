@@ -47,6 +47,7 @@ class Facts:
     snapshot: HostSnapshot | None = None
     published: list[dict[str, Any]] = field(default_factory=list)
     images: dict[str, bool] = field(default_factory=dict)
+    image_source: str = ""  # pull.Choice.line: which images and why
     sources: dict[str, SourceStat] = field(default_factory=dict)  # by model name
     services: dict[str, str] = field(default_factory=dict)  # this project's {service: state}
 
@@ -311,16 +312,14 @@ def evaluate_disk(spec: StackSpec | None, facts: Facts) -> list[Finding]:
 
 
 def evaluate_images(facts: Facts) -> list[Finding]:
-    from .plan import OWN_IMAGE_PREFIX
+    from .images import missing_fix
 
     missing = [t for t, ok in facts.images.items() if not ok]
+    why = f" ({facts.image_source})" if facts.image_source else ""
     if not missing:
-        return [Finding("images", "ok", "present: " + ", ".join(facts.images))]
-    own = [t for t in missing if t.startswith(OWN_IMAGE_PREFIX)]
-    fixes = (["llmstack images build"] if own else []) + \
-        [f"docker pull {t}" for t in missing if t not in own]
-    return [Finding("images", "fail", "missing on the engine: " + ", ".join(missing),
-                    "; ".join(fixes))]
+        return [Finding("images", "ok", "present: " + ", ".join(facts.images) + why)]
+    return [Finding("images", "fail", "missing on the engine: " + ", ".join(missing) + why,
+                    missing_fix(missing))]
 
 
 def evaluate_models(spec: StackSpec, facts: Facts) -> list[Finding]:
@@ -369,7 +368,7 @@ def evaluate(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
 
 
 def stack_images(spec: StackSpec) -> list[str]:
-    images = [spec.images.nginx, spec.images.litellm]
+    images = [spec.images.for_key("nginx"), spec.images.for_key("litellm")]
     images += [spec.image_for(m) for m in spec.models]
     return list(dict.fromkeys(images))
 
@@ -377,21 +376,31 @@ def stack_images(spec: StackSpec) -> list[str]:
 def probe_images(spec: StackSpec | None, gpu_image: str | None = None) -> list[str]:
     """Images to run nvidia-smi in, best first: the one asked for, GPU models' images (CUDA
     images), then any image of the stack (the toolkit mounts nvidia-smi into any glibc image)."""
-    from .spec import DEFAULT_IMAGES
+    from .images import SERVICE_IMAGES
 
+    keys = ("llamacpp-cuda", "llamacpp", "nginx", "litellm")
     out = [i for i in (gpu_image, os.environ.get(ENV_GPU_IMAGE)) if i]
     if spec is not None:
         out += [spec.image_for(m) for m in spec.models if m.gpu_ids]
-        out += [spec.images.llamacpp_cuda, spec.images.llamacpp, spec.images.nginx,
-                spec.images.litellm]
-    out += [DEFAULT_IMAGES["llamacpp"], DEFAULT_IMAGES["nginx"], DEFAULT_IMAGES["litellm"]]
+        out += [spec.images.for_key(key) for key in keys]
+    # Then any catalog image, local build or upstream, that may already be on the engine.
+    for key in keys:
+        entry = SERVICE_IMAGES[key]
+        out += [ref for ref in (entry.local, entry.registry) if ref]
     return list(dict.fromkeys(out))
 
 
 def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str | None = None
            ) -> Facts:
+    from .pull import choose
+
     facts = Facts(target=target)
     facts.engine = engine.engine_facts()
+    if spec is not None:
+        # The images `up` would use here (`images: auto` decided; the registry is only asked
+        # when neither the upstream nor the local images are all present).
+        choice = choose(spec, engine)
+        spec, facts.image_source = choice.spec, choice.line
     facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
     # Any image present can run df and cat; the stack's own are the likely ones.
     helpers = list(dict.fromkeys([*(stack_images(spec) if spec else []), *probe_images(spec)]))

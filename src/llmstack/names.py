@@ -12,6 +12,8 @@ LABEL_ROLE = "llmstack.role"  # model | litellm | health | nginx
 
 LITELLM, HEALTH, NGINX = "litellm", "health", "nginx"
 LITELLM_PORT, HEALTH_PORT = 4000, 8090
+# LiteLLM's own probe routes: ready once its router is up; live while the process is.
+LITELLM_READY_PATH, LITELLM_LIVE_PATH = "/health/readiness", "/health/liveliness"
 # Ports nginx listens on inside its container; stack.yaml's ports are published onto them.
 NGINX_PORTS = {"local": 8080, "lan": 8081, "https": 8443}
 # Where each service finds its config volume inside its container: CONFIG_ROOT/<service>.

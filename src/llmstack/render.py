@@ -32,6 +32,9 @@ WORKER_SHUTDOWN_TIMEOUT = 600
 # Request bodies larger than nginx's body buffer are written here: a disk-backed volume (see
 # plan.NGINX_SPOOL), not /tmp, whose tmpfs counts against the container's memory limit.
 NGINX_SPOOL_DIR = "/var/lib/nginx"
+NGINX_SPOOL_BODY = "body"  # request bodies, in a folder owned by nginx's user
+# nginx's pid file (in its /tmp tmpfs); removed when the master process exits.
+NGINX_PID_FILE = "/tmp/nginx.pid"
 # LiteLLM's callback refusing models a team key may not use; litellm.yaml names its `handler`.
 LITELLM_KEYS_MODULE = "llmstack_keys.py"
 
@@ -87,7 +90,7 @@ def _litellm_entries(spec: StackSpec) -> list[dict[str, str]]:
 
 def health_checks(spec: StackSpec) -> dict[str, str]:
     checks = {names.LITELLM: f"http://{names.container(spec.project, names.LITELLM)}:"
-                             f"{names.LITELLM_PORT}/health/readiness"}
+                             f"{names.LITELLM_PORT}{names.LITELLM_READY_PATH}"}
     for model in spec.models:
         backend = BACKENDS[model.backend]
         host = names.container(spec.project, names.model_service(model.name))
@@ -102,6 +105,7 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
     nginx = env.get_template("nginx.conf.j2").render(
         source=source,
         secrets_dir=SECRETS_DIR,
+        pid_file=NGINX_PID_FILE,
         worker_shutdown_timeout=WORKER_SHUTDOWN_TIMEOUT,
         max_body_size=spec.max_body_size,
         timeouts=spec.timeouts,
@@ -119,7 +123,7 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
         zones=capacity.ZONE_MIB,
         buffers={"body": capacity.BODY_BUFFER, "header": capacity.HEADER_BUFFER,
                  "large_header": "{} {}".format(*capacity.LARGE_HEADER_BUFFERS)},
-        body_spool=f"{NGINX_SPOOL_DIR}/body",
+        body_spool=f"{NGINX_SPOOL_DIR}/{NGINX_SPOOL_BODY}",
     )
     litellm = env.get_template("litellm.yaml.j2").render(
         source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read,

@@ -116,6 +116,10 @@ def open_edge(loaded: Loaded, project: Engine, keys: secrets.Keys, progress: Pro
         if state != "running":
             raise UserError(f"stack {stack!r} is not up: {service} is {state}",
                             "start it with `llmstack up`, then run `llmstack rotate-key` again")
+    from .deploy import decide_images
+
+    # The images `up` decided on this engine (`images: auto`), never a pull.
+    loaded = decide_images(loaded, project, lambda _: None, fetch=False)[0]
     wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered, keys.internal)}
     nginx = wanted[names.NGINX]
     running = project.container(names.NGINX)

@@ -8,7 +8,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -17,6 +17,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from . import images as catalog
@@ -79,18 +80,6 @@ def host_name(value: str) -> str:
         raise ValueError("must be a DNS name (ASCII letters, digits, '-' between dots, at most "
                          "253 characters) or an IP address without a scope ID")
     return value.lower()
-
-# llmstack's own images come from the build catalog (images.py): one place for their tags.
-DEFAULT_IMAGES: dict[str, str] = {
-    "nginx": catalog.NGINX.tag,
-    "litellm": catalog.LITELLM.tag,
-    "llamacpp": catalog.LLAMACPP.tag,
-    "llamacpp-cuda": "ghcr.io/ggml-org/llama.cpp:server-cuda",
-    "vllm": "vllm/vllm-openai:v0.11.0",
-    "ollama": "ollama/ollama:0.12.6",
-    "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
-}
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -282,35 +271,98 @@ class ServiceResources(Strict):
     litellm: Resources = Resources(memory="2g", pids=512)
 
 
+# Kubernetes names: a RuntimeClass is a DNS subdomain; a node label value is at most 63
+# characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit.
+K8S_SUBDOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
+K8S_LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+
+
+class Kubernetes(Strict):
+    """Read only by `llmstack export k8s`; `up` on one host ignores them."""
+
+    # The RuntimeClass GPU pods run with (e.g. `nvidia` on k3s with the NVIDIA runtime).
+    runtime_class: str | None = None
+    # Schedule GPU models only on nodes whose nvidia.com/gpu.product label (set by NVIDIA's
+    # GPU feature discovery) has this value, e.g. NVIDIA-H100-80GB-HBM3.
+    gpu_product: str | None = None
+
+    @field_validator("runtime_class")
+    @classmethod
+    def _runtime_class(cls, value: str | None) -> str | None:
+        if value is not None and not K8S_SUBDOMAIN_RE.fullmatch(value):
+            raise ValueError("must be a Kubernetes object name: lowercase letters, digits, "
+                             "'-' and '.', e.g. nvidia")
+        return value
+
+    @field_validator("gpu_product")
+    @classmethod
+    def _gpu_product(cls, value: str | None) -> str | None:
+        if value is not None and not K8S_LABEL_VALUE_RE.fullmatch(value):
+            raise ValueError("must be a node label value: at most 63 letters, digits, '-', "
+                             "'_' and '.', e.g. NVIDIA-H100-80GB-HBM3")
+        return value
+
+
 class Images(Strict):
+    """Where the stack's images come from (`source`), and any image named by hand.
+
+    `images: auto` (or `images: {source: auto}`, the default) uses the registry when it
+    answers and the images `llmstack images build` made otherwise; `registry` and `local`
+    force one. A key naming an image (`nginx: nginx:1.28`) overrides the catalog for it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    nginx: str = DEFAULT_IMAGES["nginx"]
-    litellm: str = DEFAULT_IMAGES["litellm"]
-    llamacpp: str = DEFAULT_IMAGES["llamacpp"]
-    llamacpp_cuda: str = Field(default=DEFAULT_IMAGES["llamacpp-cuda"], alias="llamacpp-cuda")
-    vllm: str = DEFAULT_IMAGES["vllm"]
-    ollama: str = DEFAULT_IMAGES["ollama"]
-    tgi: str = DEFAULT_IMAGES["tgi"]
+    source: Literal["auto", "registry", "local"] = "auto"
+    nginx: str | None = None
+    litellm: str | None = None
+    llamacpp: str | None = None
+    llamacpp_cuda: str | None = Field(default=None, alias="llamacpp-cuda")
+    vllm: str | None = None
+    ollama: str | None = None
+    tgi: str | None = None
 
-    @field_validator("*")
+    @model_validator(mode="before")
     @classmethod
-    def _image(cls, value: str) -> str:
-        if not IMAGE_RE.fullmatch(value):
-            raise ValueError("is not a valid image reference (e.g. nginx:1.27 or repo/name:tag)")
+    def _shorthand(cls, value: Any) -> Any:
+        # `images: registry` is short for `images: {source: registry}`.
+        return {"source": value} if isinstance(value, str) else value
+
+    @field_validator("nginx", "litellm", "llamacpp", "llamacpp_cuda", "vllm", "ollama", "tgi")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_RE.fullmatch(value):
+            raise ValueError("is not a valid image reference (e.g. nginx:1.28 or repo/name:tag)")
         return value
 
     @field_validator("litellm")
     @classmethod
-    def _litellm(cls, value: str) -> str:
-        bad = catalog.forbidden_litellm_version(value)
+    def _litellm(cls, value: str | None) -> str | None:
+        bad = catalog.forbidden_litellm_version(value) if value else None
         if bad:
             raise ValueError(f"names LiteLLM {bad}, a compromised release that must never run; "
-                             f"use the default {DEFAULT_IMAGES['litellm']}")
+                             "remove it to use the catalog's image")
         return value
 
+    @property
+    def effective_source(self) -> str:
+        """`registry` or `local`: `auto` counts as local until `up` decides (pull.choose)."""
+        return "local" if self.source == "auto" else self.source
+
+    def named(self, key: str) -> str | None:
+        """The image stack.yaml names by hand for `key`, or None."""
+        return cast("str | None", getattr(self, key.replace("-", "_")))
+
+    def ref(self, key: str, source: str) -> str:
+        """The image of `key` from `source` (registry or local): the hand-named one first,
+        then the catalog's local build, else its upstream image (no local build of it)."""
+        named = self.named(key)
+        if named:
+            return named
+        entry = catalog.SERVICE_IMAGES[key]
+        return entry.local if source == "local" and entry.local else entry.registry
+
     def for_key(self, key: str) -> str:
-        return str(getattr(self, key.replace("-", "_")))
+        return self.ref(key, self.effective_source)
 
 
 class StackSpec(Strict):
@@ -324,17 +376,25 @@ class StackSpec(Strict):
     models: list[ModelSpec] = Field(min_length=1, max_length=64)
     images: Images = Images()
     resources: ServiceResources = ServiceResources()
+    kubernetes: Kubernetes = Kubernetes()
 
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
         return host_name(value)
 
-    def image_for(self, model: ModelSpec) -> str:
-        if model.image:
-            return model.image
+    def image_key(self, model: ModelSpec) -> str:
+        """The `images:` key of the model's backend (its CUDA image when it has GPUs)."""
         backend = BACKENDS[model.backend]
-        return self.images.for_key(backend.gpu_image_key if model.gpu_ids else backend.image_key)
+        return backend.gpu_image_key if model.gpu_ids else backend.image_key
+
+    def image_for(self, model: ModelSpec) -> str:
+        return model.image or self.images.for_key(self.image_key(model))
+
+    def with_image_source(self, source: str) -> StackSpec:
+        """This stack with `images.source` decided (registry or local)."""
+        return self.model_copy(update={"images": self.images.model_copy(
+            update={"source": source})})
 
 
 # --- Messages -------------------------------------------------------------------------------

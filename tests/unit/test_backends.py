@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from llmstack import names, plan, render
+from llmstack import images, names, plan, render
 from llmstack.backends import BACKENDS
 from llmstack.spec import StackSpec
 from tests.unit.recording_engine import as_json, started
@@ -106,7 +106,7 @@ def test_llamacpp_uses_its_cuda_image_and_offloads_only_with_gpus() -> None:
     cpu = container(CASES["llamacpp-cpu-chat"])["create"]
     cuda = container(CASES["llamacpp-cuda-host-file"])["create"]
     assert cpu["image"] == "llmstack/llamacpp:forky" and "--n-gpu-layers" not in cpu["command"]
-    assert cuda["image"] == "ghcr.io/ggml-org/llama.cpp:server-cuda"
+    assert cuda["image"] == images.SERVICE_IMAGES["llamacpp-cuda"].registry
     assert cuda["command"][cuda["command"].index("--n-gpu-layers") + 1] == "999"
     assert cuda["mounts"] == [{"Source": "/srv/models", "Target": "/models", "Type": "bind",
                                "ReadOnly": True}]

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmstack import cli, deploy, edge, names, plan
-from llmstack.errors import DeployError, EngineError
+from llmstack.errors import DeployError, EngineError, RegistryUnreachable
 from llmstack.initialize import init
 from llmstack.project import Loaded, load
 from tests.fake_engine import FakeEngine
@@ -171,11 +171,14 @@ def test_a_crashed_container_fails_fast(loaded: Loaded, engine: FakeEngine) -> N
 
 def test_missing_images_are_refused_before_anything_starts(loaded: Loaded,
                                                            engine: FakeEngine) -> None:
-    engine.missing_images = {loaded.spec.images.nginx}
+    local, upstream = (loaded.spec.images.ref("nginx", s) for s in ("local", "registry"))
+    engine.missing_images = {local, upstream}
+    engine.registry_error = RegistryUnreachable("registry docker.io did not answer")
     with pytest.raises(Exception) as err:
         up(loaded, engine)
-    assert "images missing on the engine: " + loaded.spec.images.nginx in str(err.value)
-    assert engine.calls == []
+    assert "images missing on the engine: " + local in str(err.value)
+    assert "llmstack images build" in err.value.hint  # type: ignore[attr-defined]
+    assert engine.calls == [f"registry {upstream}"]  # asked once, nothing started
 
 
 def test_start_order_follows_start_after_not_roles() -> None:

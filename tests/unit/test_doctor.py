@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmstack import doctor, tls
+from llmstack import doctor, images, tls
 from llmstack.doctor import Facts, Finding, Report
 from llmstack.engine import host
 from llmstack.gpu import Gpu
@@ -231,7 +231,8 @@ def test_missing_images_say_how_to_get_them() -> None:
                                                      "vllm/vllm-openai:v0.11.0": False,
                                                      "llmstack/litellm:1.108.7": True}))
     assert f.status == "fail" and f.scope == "host"
-    assert f.fix == "llmstack images build; docker pull vllm/vllm-openai:v0.11.0"
+    assert f.fix == images.missing_fix(["llmstack/nginx:1.22", "vllm/vllm-openai:v0.11.0"])
+    assert "`llmstack images build`" in f.fix and "`llmstack images pull`" in f.fix
 
 
 def test_model_files_present_missing_or_downloaded() -> None:

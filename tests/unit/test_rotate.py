@@ -53,6 +53,10 @@ class FakeEngine:
     generation: int = 1
     project: str = "p"
 
+    def image_ids(self, tags: list[str]) -> dict[str, str | None]:
+        # llmstack's local builds are on this pretend engine, upstream images are not.
+        return {t: f"sha256:{t}" if t.startswith("llmstack/") else None for t in tags}
+
     def _check(self, where: str) -> None:
         key = secrets.load_keys(self.loaded.paths.env).master  # .env must always parse
         for name, conf in (("running nginx", self.running), ("nginx after a restart",

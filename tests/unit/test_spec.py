@@ -95,7 +95,7 @@ def test_defaults_from_the_issue() -> None:
     ("    backend: llamacpp\n    task", "    backnd: llamacpp\n    task", "models[1].backnd",
      "backend"),
     ("  local: {port: 4000,", "  local: {prot: 4000,", "listeners.local.prot", "port"),
-    ("  nginx: llmstack/nginx", "  ngnix: llmstack/nginx", "images.ngnix", "nginx"),
+    ("images: auto", "images: {sorce: auto}", "images.sorce", "source"),
 ])
 def test_misspelt_key_gets_did_you_mean_and_its_line(old: str, new: str, path: str,
                                                      suggestion: str) -> None:
@@ -491,7 +491,7 @@ def test_injected_model_name_and_alias_are_rejected(bad: str) -> None:
 
 @pytest.mark.parametrize(("change", "path"), [
     (lambda d: d["models"][0].update(args=["--x\nserver { }"]), "models[0].args[0]"),
-    (lambda d: d["images"].update(nginx="nginx;rm"), "images.nginx"),
+    (lambda d: d.update(images={"nginx": "nginx;rm"}), "images.nginx"),
     (lambda d: d["models"][0].update(image="x y"), "models[0].image"),
     (lambda d: d.update(max_body_size="10m; allow all"), "max_body_size"),
     (lambda d: d["models"][0].update(resources={"memory": "1g;"}), "models[0].resources.memory"),
@@ -609,14 +609,14 @@ def test_spec_error_to_dict_carries_every_problem() -> None:
 
 
 def test_ipv6_hosts_are_bracketed_wherever_a_url_or_port_names_them() -> None:
-    from llmstack import cli, export
+    from llmstack import endpoints, export
 
     assert [spec.url_host(h) for h in ("::1", "127.0.0.1", "api.example.com")] == \
         ["[::1]", "127.0.0.1", "api.example.com"]
     data = yaml.safe_load(initialize.starter())
     data["domain"] = "::1"
     data["listeners"]["local"]["bind"] = "::1"
-    endpoints = cli._endpoints(spec.parse(yaml.safe_dump(data)))
+    endpoints = endpoints.urls(spec.parse(yaml.safe_dump(data)))
     assert endpoints["https"] == "https://[::1]/v1"
     assert endpoints["local"] == "http://[::1]:4000/v1"
     assert export._port("8080/tcp", "::1", 4000) == "[::1]:4000:8080/tcp"

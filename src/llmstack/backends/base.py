@@ -20,6 +20,9 @@ class Mount:
     # A volume of the stack's own (labelled with the project, removed by `down --volumes`);
     # others, such as model volumes, belong to the user and are never created or removed.
     managed: bool = False
+    # A folder in a managed volume made before the start, owned by the service's user: a new
+    # volume's root belongs to root unless the image has that path (upstream images differ).
+    owned_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class Backend(Protocol):
     supports_embeddings: bool
     needs_gpu: bool
     source_kinds: tuple[str, ...]  # accepted `source:` schemes
+    # Where the server keeps weights it fetches itself (hf: repos, ollama: tags); None for a
+    # backend that only reads files it is given.
+    cache_dir: str | None
 
     def launch(self, model: ModelSpec) -> Launch: ...
 

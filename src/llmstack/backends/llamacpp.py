@@ -20,6 +20,7 @@ class LlamaCpp:
     supports_embeddings = True
     needs_gpu = False
     source_kinds = ("volume", "host")
+    cache_dir: str | None = None
 
     def served_name(self, model: ModelSpec) -> str:
         return model.name

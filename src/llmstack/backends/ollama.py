@@ -20,6 +20,7 @@ class Ollama:
     supports_embeddings = True
     needs_gpu = False
     source_kinds = ("ollama", "volume")
+    cache_dir = "/root/.ollama"
 
     def served_name(self, model: ModelSpec) -> str:
         src = model.parsed_source
@@ -27,7 +28,7 @@ class Ollama:
 
     def launch(self, model: ModelSpec) -> Launch:
         src = model.parsed_source
-        mounts = [Mount(src.location, "/root/.ollama", read_only=False)] if src.kind == "volume" \
+        mounts = [Mount(src.location, self.cache_dir, read_only=False)] if src.kind == "volume" \
             else []
         env = {"OLLAMA_HOST": f"0.0.0.0:{self.port}", "OLLAMA_KEEP_ALIVE": "-1"}
         return Launch(command=["serve", *model.args], mounts=mounts, env=env)

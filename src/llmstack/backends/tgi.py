@@ -20,6 +20,7 @@ class Tgi:
     supports_embeddings = False
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
+    cache_dir = "/data"  # the image's HF_HOME
 
     def served_name(self, model: ModelSpec) -> str:
         return "tgi"  # TGI serves one model and ignores the requested name

@@ -20,6 +20,7 @@ class Vllm:
     supports_embeddings = True
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
+    cache_dir = "/root/.cache/huggingface"
 
     def served_name(self, model: ModelSpec) -> str:
         return model.name
@@ -34,7 +35,7 @@ class Vllm:
                "--gpu-memory-utilization", f"{model.gpu_memory_utilization:g}"]
         if model.task == "embedding":
             cmd += ["--task", "embed"]
-        env = {"HF_HOME": "/root/.cache/huggingface"} if model.parsed_source.kind == "hf" else {}
+        env = {"HF_HOME": self.cache_dir} if model.parsed_source.kind == "hf" else {}
         # Tensor parallel workers talk through /dev/shm; Docker's 64 MB default is too small.
         shm = "8g" if gpus > 1 else "2g"
         return Launch(command=cmd + list(model.args), mounts=mounts, env=env, shm_size=shm)

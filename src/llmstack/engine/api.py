@@ -179,5 +179,14 @@ class Engine(Protocol):
     def running_services(self) -> dict[str, str]:
         """{service: state} of the project's containers."""
 
+    # --- registries ------------------------------------------------------------------------
+    def registry_digest(self, ref: str) -> str:
+        """The digest a registry serves for `ref` now, asked by the engine (no download);
+        RegistryUnreachable, RegistryAuthError or ImageNotInRegistry when it cannot."""
+
+    def pull(self, ref: str, progress: Callable[[str], None]) -> str:
+        """Pull `ref` on the engine (by its digest when it names one) and check the digest;
+        the image id. The same errors as registry_digest, DigestMismatch."""
+
     def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
         """Whether a model's volume:/host: source exists on the engine's host, its size."""

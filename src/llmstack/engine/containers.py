@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import gpu, names
@@ -47,6 +47,16 @@ def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int) -> bytes:
             info = tarfile.TarInfo(path)
             info.size, info.mode, info.uid, info.gid, info.mtime = len(data), mode, uid, gid, 0
             tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _tar_dir(path: str, uid: int, gid: int) -> bytes:
+    """A tar of one empty folder owned by uid:gid (mode 0700)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(path)
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o700, uid, gid
+        tar.addfile(info)
     return buf.getvalue()
 
 
@@ -206,14 +216,18 @@ class Project:
         files = {name: (data, 0o644) for name, data in svc.config.items()}
         files.update(extra or {})
         uid, gid = _uid(svc.user)
-        # A created-never-started container of the service's own image is the volume's door.
+        self._put(svc.image, volume, _tar(files, uid, gid), f"the config of {svc.service}")
+
+    def _put(self, image: str, volume: str, archive: bytes, what: str) -> None:
+        """Unpack `archive` into `volume`: a created-never-started container of the service's
+        own image (present: it is about to run) is the volume's door."""
         door = self.client.containers.create(
-            svc.image, command=["true"], entrypoint=[], user="0:0",
-            mounts=[_mount(volume, "/cfg", "volume", False)],
+            image, command=["true"], entrypoint=[], user="0:0",
+            mounts=[_mount(volume, "/v", "volume", False)],
             labels={names.LABEL_PROJECT + ".tmp": self.project})
         try:
-            if not door.put_archive("/cfg", _tar(files, uid, gid)):
-                raise EngineError(f"could not write the config of {svc.service}",
+            if not door.put_archive("/v", archive):
+                raise EngineError(f"could not write {what}",
                                   "check the engine's disk space and logs")
         finally:
             door.remove(force=True)
@@ -234,6 +248,9 @@ class Project:
         for m in svc.mounts:
             if m.managed:
                 self._ensure_volume(m.source)
+                if m.owned_dir and svc.owner:
+                    self._put(svc.image, m.source, _tar_dir(m.owned_dir, *svc.owner),
+                              f"the folder {m.owned_dir} of volume {m.source}")
         config = [_mount(names.config_volume(self.project, svc.service), svc.config_mount,
                          "volume", True)] if svc.config else []
         kwargs: dict[str, Any] = {
@@ -363,6 +380,18 @@ class Project:
     @mapped
     def present_images(self, tags: list[str]) -> dict[str, bool]:
         return {tag: image_id is not None for tag, image_id in self.image_ids(tags).items()}
+
+    @mapped
+    def registry_digest(self, ref: str) -> str:
+        from .registry import registry_digest
+
+        return registry_digest(self.client, ref)
+
+    @mapped
+    def pull(self, ref: str, progress: Callable[[str], None]) -> str:
+        from .registry import pull
+
+        return pull(self.client, ref, progress)
 
     @mapped
     def published_ports(self) -> list[dict[str, Any]]:
