@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llmstack import teamkeys
 from tests.helpers import Stack, make_unthrottled_stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -282,7 +283,9 @@ def test_an_expired_key_is_refused_by_nginx_itself(stack: Stack) -> None:
 
 def test_keys_are_never_stored_or_shown(stack: Stack, docker_client: Any) -> None:
     key = add(stack, "auditor")
-    secret = key.rsplit("-", 1)[1]
+    match = teamkeys.KEY_RE.match(key)
+    assert match
+    secret = match.group(2)
     with client(stack) as c:
         assert get_models(c, stack.base_url, key).status_code == 200
     store = stack.root / ".keys.json"
