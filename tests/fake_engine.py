@@ -131,6 +131,15 @@ class FakeEngine:
             self.calls.append("nginx reload")
             self.generation += 1
             return 0, ""
+        if service == names.NGINX and cmd[:2] == ["sh", "-c"] and "nginx -s reload" in cmd[2]:
+            # edge.swap: the serving workers, then `nginx -t` and the reload in one exec.
+            workers = self.exec(service, ["sh", "-c", "workers"])[1]
+            self.calls.append("nginx -t")
+            if self.nginx_test[0] != 0:
+                return 3, workers + "--- nginx -t and reload ---\n" + self.nginx_test[1]
+            self.calls.append("nginx reload")
+            self.generation += 1
+            return 0, workers + "--- nginx -t and reload ---\n"
         if service == names.NGINX and cmd[:2] == ["sh", "-c"]:
             return 0, (f"1 /sbin/docker-init -- nginx\n7 nginx: master process nginx\n"
                        f"{100 + self.generation} nginx: worker process   \n")

@@ -67,7 +67,8 @@ L_MANAGED_BY = "app.kubernetes.io/managed-by"
 # Secret keys: nginx's files by their names in its secrets/ folder, environment secrets by
 # their variable's name.
 NGINX_SECRET_KEYS = {path: path.rpartition("/")[2]
-                     for path in (render.KEYS_FILE, render.TLS_CERT_FILE, render.TLS_KEY_FILE)}
+                     for path in (render.KEYS_FILE, render.KEY_LIMITS_FILE, render.TLS_CERT_FILE,
+                                  render.TLS_KEY_FILE)}
 HF_TOKEN = "HF_TOKEN"
 # CPU a container is guaranteed when stack.yaml names no `cpus` for it (and then no limit,
 # as on one host).

@@ -21,9 +21,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from llmstack import kube, names, plan, render, secrets, spec
+from llmstack import initialize, kube, names, plan, render, secrets, spec
 from llmstack.backends import BACKENDS
 from llmstack.errors import SpecError, UserError
+from llmstack.teamkeys import Store
 from tests.helpers import REPO, cli
 
 GOLDEN = REPO / "tests" / "golden"
@@ -46,7 +47,9 @@ def _stack(case: str) -> spec.StackSpec:
 
 
 def _secret_files(keys: secrets.Keys) -> dict[str, tuple[bytes, int]]:
-    return {render.KEYS_FILE: (render.render_nginx_keys(keys, NOW), 0o600),
+    stack = spec.parse(initialize.starter())
+    return {render.KEYS_FILE: (render.render_nginx_keys(keys, NOW, stack, Store()), 0o600),
+            render.KEY_LIMITS_FILE: (render.render_nginx_key_limits(stack, Store(), NOW), 0o600),
             render.TLS_CERT_FILE: (TLS_CERT, 0o600), render.TLS_KEY_FILE: (TLS_KEY, 0o600)}
 
 
@@ -244,7 +247,8 @@ def test_nginx_reads_its_secret_files_where_up_ships_them() -> None:
     (config,) = [v for v in pod["volumes"] if v["name"] == "config"]
     paths = {i["path"] for s in config["projected"]["sources"]
              for i in next(iter(s.values()))["items"]}
-    assert paths == {"nginx.conf", render.KEYS_FILE, render.TLS_CERT_FILE, render.TLS_KEY_FILE}
+    assert paths == {"nginx.conf", render.KEYS_FILE, render.KEY_LIMITS_FILE, render.TLS_CERT_FILE,
+                     render.TLS_KEY_FILE}
     mount = next(m for m in _container(_deployment(export, stack.project, names.NGINX))[
         "volumeMounts"] if m["name"] == "config")
     assert mount == {"name": "config", "mountPath": nginx.config_mount, "readOnly": True}
