@@ -12,13 +12,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from llmstack import names
-from llmstack.engine.api import ContainerInfo
+from llmstack.engine.api import ContainerInfo, Task
 from llmstack.engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
 from llmstack.errors import EngineError
 from llmstack.plan import Actual, ServiceSpec
@@ -71,6 +71,12 @@ class FakeEngine:
     generation: int = 1  # nginx's worker generation: +1 per reload
     calls: list[str] = field(default_factory=list)  # "start health", "remove nginx", ...
     other_ports: dict[int, str] = field(default_factory=dict)
+    # run_task: per task name, the scripts of its runs in order (the last repeats), each
+    # (exit code, output lines); a task with none runs its command here, as exec does.
+    tasks: dict[str, list[tuple[int, list[str]]]] = field(default_factory=dict)
+    task_runs: list[Task] = field(default_factory=list)
+    # stat_source: paths (in any volume or on the host) that do not exist; others do.
+    absent: set[str] = field(default_factory=set)
     client: object = None  # no docker client: callers must not need one
     source_files: dict[str, bytes] = field(default_factory=dict)
     image_envs: dict[str, list[str]] = field(default_factory=dict)  # image config Env
@@ -129,6 +135,15 @@ class FakeEngine:
             self.calls.append("nginx reload")
             self.generation += 1
             return 0, ""
+        if service == names.NGINX and cmd[:2] == ["sh", "-c"] and "nginx -s reload" in cmd[2]:
+            # edge.swap: the serving workers, then `nginx -t` and the reload in one exec.
+            workers = self.exec(service, ["sh", "-c", "workers"])[1]
+            self.calls.append("nginx -t")
+            if self.nginx_test[0] != 0:
+                return 3, workers + "--- nginx -t and reload ---\n" + self.nginx_test[1]
+            self.calls.append("nginx reload")
+            self.generation += 1
+            return 0, workers + "--- nginx -t and reload ---\n"
         if service == names.NGINX and cmd[:2] == ["sh", "-c"]:
             return 0, (f"1 /sbin/docker-init -- nginx\n7 nginx: master process nginx\n"
                        f"{100 + self.generation} nginx: worker process   \n")
@@ -202,6 +217,27 @@ class FakeEngine:
     def remove(self, service: str) -> None:
         if self.containers.pop(service, None) is not None:
             self.calls.append(f"remove {service}")
+
+    def run_task(self, task: Task, on_line: Callable[[str], None]) -> int:
+        if not self.network:
+            raise EngineError(f"NotFound: network {names.network(self.project)} not found",
+                              "the Docker engine refused the operation")
+        if task.image in self.missing_images:
+            raise EngineError(f"ImageNotFound: No such image: {task.image}",
+                              "the Docker engine refused the operation")
+        self.calls.append(f"run {task.name}")
+        self.task_runs.append(task)
+        script = self.tasks.get(task.name)
+        if script is None:
+            cmd = [*task.entrypoint, *task.command]
+            argv = [sys.executable if cmd[0] == "python3" else cmd[0], *cmd[1:]]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                  check=False, env={**task.env, "PATH": "/usr/bin:/bin"})
+            script = [(proc.returncode, (proc.stdout + proc.stderr).splitlines())]
+        code, lines = script.pop(0) if len(script) > 1 else script[0]
+        for line in lines:
+            on_line(line)
+        return code
 
     def down(self, volumes: bool = False) -> list[str]:
         removed = [c.name for c in self.containers.values()]
@@ -278,7 +314,7 @@ class FakeEngine:
         return {c.service: c.status for c in self.containers.values()}
 
     def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
-        return SourceStat(True, 1, False)
+        return SourceStat(False) if path in self.absent else SourceStat(True, 1, False)
 
     def image_env(self, refs: list[str]) -> dict[str, list[str]]:
         return {r: self.image_envs.get(r, []) for r in refs if r not in self.missing_images}

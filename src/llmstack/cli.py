@@ -37,6 +37,10 @@ app.add_typer(images_app, name="images")
 export_app = typer.Typer(help="Export the stack for other deployment tools.",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
+keys_app = typer.Typer(help="Team keys: one API key per person or tool, each with its own "
+                       "limits and models, revocable on its own, live (no restart).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 DirOpt = Annotated[Path | None, typer.Option("--dir", "-C", help="Project folder (holds "
                                              "stack.yaml, .env, certs/, config/).",
@@ -151,6 +155,7 @@ def render(directory: DirOpt = None, file: FileOpt = None,
 def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
              host: HostOpt = None, json_out: JsonOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
+    from . import fetch
     from .checks import exit_code, failing, finding_lines
     from .deploy import decide_images, plan_only
     from .doctor import gpu_plan
@@ -160,6 +165,7 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
     project = _engine(host, loaded.spec.project)
     loaded, choice = decide_images(loaded, project, progress=lambda m: None, fetch=False)
     actions = plan_only(loaded, project)
+    sources = fetch.states(loaded, project)  # hf: sources: pinned? in the engine's cache?
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project, loaded.spec)
     fails = failing(gpu_findings)
@@ -169,6 +175,8 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
         out: dict[str, Any] = {"actions": [a.to_dict() for a in actions],
                                "images": {"source": choice.source, "reason": choice.reason,
                                           "pull": choice.missing}}
+        if sources:
+            out["sources"] = [src.to_dict() for src in sources]
         if gpu_findings:
             out["gpu"] = {**(budget.to_dict() if budget else {}),
                           "findings": [f.to_dict() for f in gpu_findings]}
@@ -179,6 +187,11 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
         typer.echo(f"{'pull' if choice.source == 'registry' else 'missing':<9} {ref}")
     for a in actions:
         typer.echo(f"{a.kind:<9} {a.service:<28} {a.reason}")
+    if sources:
+        typer.echo(f"\nModel downloads (hf: sources, into {fetch.hfcache.VOLUME} on the engine's "
+                   "host; pinned in the lock file):")
+        for src in sources:
+            typer.echo(src.line())
     if gpu_findings:
         typer.echo("\nGPU budget (nvidia-smi on the engine's host; estimates: llmstack/gpu.py):")
         for line in (budget_lines(budget) if budget else []) + finding_lines(gpu_findings):
@@ -227,15 +240,18 @@ def up(directory: DirOpt = None, file: FileOpt = None,
 @app.command()
 def status(directory: DirOpt = None, file: FileOpt = None,
            host: HostOpt = None, json_out: JsonOpt = False) -> None:
-    """State, health, ports, image and uptime of every service; certificate and rotation."""
+    """State, health, ports, image and uptime of every service; certificate and rotation;
+    the number of team keys and those expiring within 14 days."""
     from . import deploy
+    from .keyops import summary
 
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
     report = deploy.status(loaded, project)
+    team = summary(loaded)
     if json_out:
         from .ui import emit_json
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "team_keys": team})
     else:
         typer.echo(f"{'SERVICE':<28} {'STATE':<10} {'HEALTH':<9} {'UPTIME':>8}  PORTS / IMAGE")
         for s in report.services:
@@ -250,6 +266,12 @@ def status(directory: DirOpt = None, file: FileOpt = None,
         if report.rotation:
             typer.echo(f"key rotation in progress: old key accepted until "
                        f"{report.rotation.old_key_expires or 'rotate-key --finish'}")
+        if team["count"]:
+            soon = ", ".join(f"{k['name']} ({k['expires']})" for k in team["expiring_soon"])
+            typer.echo(f"team keys: {team['count']}" + (f"; expiring within 14 days: {soon}"
+                                                         if soon else "")
+                       + (f"; expired: {', '.join(team['expired'])}" if team["expired"]
+                          else "") + " (`llmstack keys list`)")
     if not report.healthy:
         raise typer.Exit(ExitCode.RUNTIME)
 
@@ -422,6 +444,147 @@ def rotate_key(
     typer.echo(f"Old key: accepted until {data['grace_ends']} (end it early: llmstack rotate-key"
                " --finish)." if result.grace_seconds else "Old key: refused from now on.")
 
+
+def _keys_progress(message: str) -> None:
+    typer.echo(f"keys: {message}", err=True)
+
+
+def _engine_or_none(host: str | None, project: str) -> Project | None:
+    """The engine for live key changes; None (store only) when it cannot be reached."""
+    from .errors import EngineError
+
+    try:
+        return _engine(host, project)
+    except EngineError as exc:
+        _keys_progress(f"engine unreachable ({exc.message}): only the key store changes")
+        return None
+
+
+def _show_issued(issued: Any, json_out: bool, what: str) -> None:
+    if json_out:
+        from .ui import emit_json
+        emit_json(issued.to_dict())
+        return
+    where = "live on the running stack" if issued.live else \
+        "stored; `llmstack up` applies it"
+    typer.echo(f"{what} {issued.name!r} ({where}); it is shown this once:", err=True)
+    if issued.out:
+        typer.echo(f"key written to {issued.out} (mode 0600)", err=True)
+    else:
+        typer.echo(issued.key)
+    if issued.grace_ends:
+        from .keyops import iso
+        typer.echo(f"the old key works until {iso(issued.grace_ends)}", err=True)
+
+
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write the key to this new "
+                                             "file (mode 0600) instead of printing it.",
+                                             show_default=False)]
+
+
+@keys_app.command("add")
+def keys_add(
+    name: Annotated[str, typer.Argument(help="Who or what holds the key: 1-64 lower-case "
+                                        "letters, digits, '.', '_', '@', '-'.")],
+    rate: Annotated[str | None, typer.Option(help="Requests per second or minute, e.g. 5/s "
+                                             "or 30/m (default: rate_limit.requests_per_second"
+                                             " of stack.yaml).", show_default=False)] = None,
+    burst: Annotated[int | None, typer.Option(help="Requests beyond the rate accepted at "
+                                              "once (default: rate_limit.burst).",
+                                              show_default=False)] = None,
+    concurrent: Annotated[int | None, typer.Option(help="Requests at once (default: "
+                                                   "rate_limit.max_concurrent).",
+                                                   show_default=False)] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models (or aliases) the "
+                                               "key may use (default: all).",
+                                               show_default=False)] = None,
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90d or 12h (default: "
+                                                "none).", show_default=False)] = None,
+    out: OutOpt = None,
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A new key for NAME, live at once on every listener (no restart). The key is shown
+    once; `.keys.json` (0600, next to .env) keeps only its hash."""
+    from . import keyops
+
+    loaded = _load(directory, file)
+    project = _engine_or_none(host, loaded.spec.project)
+    issued = keyops.add(loaded, project, name, rate=rate, burst=burst, concurrent=concurrent,
+                        models=models.split(",") if models is not None else None,
+                        expires=expires, out=out, progress=_keys_progress)
+    _show_issued(issued, json_out, "new key")
+
+
+@keys_app.command("list")
+def keys_list(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+              json_out: JsonOpt = False) -> None:
+    """Team keys: name, created, expires, last used (nginx's access log), limits, models.
+    Never the keys themselves."""
+    from . import keyops
+
+    loaded = _load(directory, file)
+    project = _engine_or_none(host, loaded.spec.project)
+    rows = keyops.listing(loaded, keyops.last_used(project, _keys_progress))
+    if json_out:
+        from .ui import emit_json
+        emit_json({"keys": rows, "store": str(loaded.paths.team_keys)})
+        return
+    if not rows:
+        typer.echo("No team keys. Add one: llmstack keys add NAME")
+        return
+    typer.echo(f"{'NAME':<20} {'CREATED':<25} {'EXPIRES':<25} {'LAST USED':<25} "
+               f"{'RATE':>8} {'BURST':>5} {'CONC':>5}  MODELS")
+    for r in rows:
+        expires = (r["expires"] or "never") + (" (EXPIRED)" if r["expired"] else
+                                               " (soon)" if r["expiring_soon"] else "")
+        typer.echo(f"{r['name']:<20} {r['created']:<25} {expires:<25} "
+                   f"{r['last_used'] or '-':<25} {r['rate']:>8} {r['burst']:>5} "
+                   f"{r['concurrent']:>5}  {','.join(r['models']) if r['models'] else 'all'}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key to refuse from now on.")],
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Refuse NAME's key on every listener at once (no restart; requests already in flight
+    finish). Other keys are not affected."""
+    import time
+
+    from . import keyops
+
+    started = time.monotonic()
+    loaded = _load(directory, file)
+    project = _engine_or_none(host, loaded.spec.project)
+    done = keyops.revoke(loaded, project, name, _keys_progress, started)
+    if json_out:
+        from .ui import emit_json
+        emit_json(done.to_dict())
+        return
+    typer.echo(f"Revoked {name!r}" + (f": refused on every listener ({done.duration_ms} ms)."
+                                      if done.live else "; `llmstack up` applies it."))
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    name: Annotated[str, typer.Argument(help="The key to replace.")],
+    grace: Annotated[str, typer.Option(help="How long the old key keeps working: 0 (default: "
+                                       "refused at once), or e.g. 30s, 10m, 1h, 1d. The window "
+                                       "closes by itself.")] = "0",
+    out: OutOpt = None,
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A new secret for NAME (same name, limits and models), live with no restart; the old
+    one works until the grace window ends. The new key is shown once."""
+    from . import keyops
+
+    loaded = _load(directory, file)
+    project = _engine_or_none(host, loaded.spec.project)
+    issued = keyops.rotate_key(loaded, project, name, grace, out, _keys_progress)
+    _show_issued(issued, json_out, "new key for")
 
 @app.command()
 def connect(

@@ -78,11 +78,8 @@ def client_key(loaded: Loaded, key_name: str | None) -> ClientKey:
     """The key `connect` configures: the master key (default, or `--key-name master`), else
     the team key NAME.
 
-    TEAM-KEYS SEAM (issue 16): team keys are being built on their own branch; they are shown
-    once and stored hashed, so their value cannot be read back here. When they land,
-    `team_key` checks NAME against the team key store and returns ClientKey(value=None):
-    every client then gets a placeholder naming the key (never a wrong key), and a user who
-    kept the key file `keys add --out` wrote passes its value on.
+    Team keys are shown once and stored hashed, so their value cannot be read back here:
+    every client gets a placeholder naming the key (never a wrong key).
     """
     if key_name is None or key_name == MASTER_KEY_NAME:
         env = loaded.paths.env
@@ -96,11 +93,18 @@ def client_key(loaded: Loaded, key_name: str | None) -> ClientKey:
 
 
 def team_key(loaded: Loaded, name: str) -> ClientKey:
-    """TEAM-KEYS SEAM (issue 16): no team key store exists in this version."""
-    raise UserError(f"--key-name {name!r}: there is no team key of that name (this llmstack "
-                    "has no team keys yet; only the master key)",
-                    f"leave --key-name out (or use --key-name {MASTER_KEY_NAME}) for "
-                    f"{secrets.MASTER} in {loaded.paths.env}")
+    """A team key (`llmstack keys add NAME`): it was shown once and is stored only as a hash,
+    so clients get a placeholder naming it, never a value."""
+    store = loaded.team_keys()
+    if not store.has(name):
+        known = ", ".join(k.name for k in store.keys) or "none yet"
+        raise UserError(f"--key-name {name!r}: there is no team key of that name (team keys: "
+                        f"{known})",
+                        f"`llmstack keys add {name}` makes one; leave --key-name out (or use "
+                        f"--key-name {MASTER_KEY_NAME}) for {secrets.MASTER} in "
+                        f"{loaded.paths.env}")
+    return ClientKey(name, f"the team key {name!r} (shown once by `llmstack keys add`; "
+                     "llmstack keeps only its hash)", None)
 
 
 # --- Target and models ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from . import checks, edge, names, plan, pull, tls
+from . import checks, edge, fetch, names, plan, pull, tls
 from .engine.api import STOPPED_STATES, ContainerInfo, Engine
 from .engine.containers import port_free_here
 from .errors import DeployError
@@ -44,7 +44,7 @@ def compute(loaded: Loaded, project: Engine) -> tuple[list[plan.ServiceSpec], li
                                                      dict[str, tuple[bytes, int]]]:
     """Desired services, the actions to reach them, and nginx's secret files."""
     keys = loaded.keys()
-    wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal)
+    wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal, loaded.pins())
     secret_files = loaded.nginx_secret_files()
     current = edge.secrets_current(project, secret_files)
     image_ids = project.image_ids([s.image for s in wanted])
@@ -197,9 +197,11 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
        progress: pull.Progress = print) -> UpResult:
     loaded = decide_images(loaded, project, progress)[0]
     write_config(loaded)
+    fetch.ensure(loaded, project, report)  # hf: sources onto the engine's host, pinned
     wanted, actions, secret_files = compute(loaded, project)
     result = UpResult(actions)
     if plan.is_noop(actions):
+        fetch.pull_ollama(loaded.spec, project, report)  # ollama: tags, pulled when missing
         return result
     preflight(loaded, project, wanted, actions, local_engine)
     result.changed = True
@@ -215,6 +217,7 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
         report.event(names.NGINX, "reloading", next(a.reason for a in actions
                                                     if a.service == names.NGINX))
         edge.reload_nginx(project, nginx, secret_files)
+    fetch.pull_ollama(loaded.spec, project, report)  # ollama: tags, pulled when missing
     return result
 
 
@@ -301,7 +304,7 @@ def status(loaded: Loaded, project: Engine) -> StackStatus:
     """Per service: state, readiness, ports, image, uptime; plus certificate and rotation."""
     loaded = decide_images(loaded, project, _quiet, fetch=False)[0]
     wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered,
-                                                 loaded.keys().internal)}
+                                                 loaded.keys().internal, loaded.pins())}
     info = {i.service: i for i in project.info()}
     now = dt.datetime.now(dt.UTC)
     health_up = info.get(names.HEALTH) is not None and info[names.HEALTH].status == "running"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import cudacompat, names, tls
+from . import cudacompat, hfcache, lock, names, tls
 from . import gpu as gpumod
 from .checks import DISK_RESERVE_BYTES, GIB, Finding, exit_code, parse_df
 from .errors import LlmstackError
@@ -23,6 +23,7 @@ from .errors import LlmstackError
 if TYPE_CHECKING:
     from .engine.api import Engine
     from .engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
+    from .lock import Locked
     from .modelarch import Architecture
     from .project import Loaded
     from .spec import ModelSpec, StackSpec
@@ -55,6 +56,7 @@ class Facts:
     architectures: dict[str, Architecture] = field(default_factory=dict)
     image_env: dict[str, list[str]] = field(default_factory=dict)  # GPU models' images' Env
     toolkit_config: bytes | None = None  # the NVIDIA toolkit's config.toml (rootless engines)
+    pins: dict[str, Locked] = field(default_factory=dict)  # stack.lock: {hf: source: pin}
 
 
 @dataclass
@@ -307,7 +309,11 @@ def evaluate_disk(spec: StackSpec | None, facts: Facts) -> list[Finding]:
     downloads = 0.0
     for m in spec.models if spec else []:
         running = facts.services.get(names.model_service(m.name)) == "running"
-        if m.parsed_source.kind in ("hf", "ollama") and not running:
+        pin = facts.pins.get(m.source)
+        if pin is not None:  # its real size, unless it is in the cache already
+            stat = facts.sources.get(m.name)
+            downloads += 0 if stat is not None and stat.exists else pin.size
+        elif m.parsed_source.kind in ("hf", "ollama") and not running:
             est = gpumod.estimate(m)
             downloads += (est.weights_mib or 0) * 1024 * 1024
     detail = f"{free / GIB:.1f} GiB free of {total / GIB:.1f} GiB on {root}"
@@ -332,12 +338,35 @@ def evaluate_images(facts: Facts) -> list[Finding]:
                     missing_fix(missing))]
 
 
+def hf_finding(model: ModelSpec, check: str, facts: Facts) -> Finding:
+    """An hf: source: pinned or not, in the engine's cache or not, and its download size."""
+    from .fetch import human
+
+    pin = facts.pins.get(model.source)
+    if pin is None:
+        return Finding(check, "ok", f"{model.source}: `up` fetches it into the {hfcache.VOLUME} "
+                       "volume on the engine's host and pins it in the lock file (size known "
+                       "then; needs network there)", scope="config")
+    pinned = f"{model.source}: pinned at commit {pin.commit[:12]}, {human(pin.size)}"
+    stat = facts.sources.get(model.name)
+    if stat is None:
+        return Finding(check, "ok", f"{pinned}; not looked for (no image to look with)",
+                       scope="config")
+    if stat.exists:
+        return Finding(check, "ok", f"{pinned}, in the {hfcache.VOLUME} volume", scope="config")
+    return Finding(check, "ok", f"{pinned}, not on this host yet: `up` downloads "
+                   f"{human(pin.size)} (needs network there)", scope="config")
+
+
 def evaluate_models(spec: StackSpec, facts: Facts) -> list[Finding]:
     out = []
     for m in spec.models:
         src = m.parsed_source
         check = f"model:{m.name}"
-        if src.kind in ("hf", "ollama"):
+        if src.kind == "hf":
+            out.append(hf_finding(m, check, facts))
+            continue
+        if src.kind == "ollama":
             out.append(Finding(check, "ok", f"{m.source}: downloaded on the host when the "
                                "model starts (needs network there)", scope="config"))
             continue
@@ -400,11 +429,12 @@ def probe_images(spec: StackSpec | None, gpu_image: str | None = None) -> list[s
     return list(dict.fromkeys(out))
 
 
-def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str | None = None
-           ) -> Facts:
+def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str | None = None,
+           pins: dict[str, Locked] | None = None) -> Facts:
+    from .engine.host import SourceStat as Stat
     from .pull import choose
 
-    facts = Facts(target=target)
+    facts = Facts(target=target, pins=dict(pins or {}))
     facts.engine = engine.engine_facts()
     if spec is not None:
         # The images `up` would use here (`images: auto` decided; the registry is only asked
@@ -431,6 +461,12 @@ def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str |
                 if m.gpu_ids else None
             if arch is not None:
                 facts.architectures[m.name] = arch
+        pin = facts.pins.get(m.source)
+        if pin is not None and helper:  # the fetch's completion marker in the cache volume
+            seen = engine.stat_source(helper, "volume", hfcache.VOLUME,
+                                      hfcache.marker(pin.repo, pin.commit, pin.file))
+            # The weights' size is the lock's (the GPU estimate reads a single file's size).
+            facts.sources[m.name] = Stat(seen.exists, pin.size if pin.file else None)
     return facts
 
 
@@ -454,6 +490,12 @@ def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
                                 scope="config"))
     if spec is not None:
         findings += local_findings(root, spec)
+    pins: dict[str, Locked] = {}
+    if loaded is not None:
+        try:
+            pins = lock.read(loaded.paths.lock)
+        except LlmstackError as exc:
+            findings.append(Finding("lock", "fail", exc.message, exc.hint, scope="config"))
     target = describe_target(host_arg)
     try:
         engine = open_project(host_arg, spec.project if spec else "llmstack")
@@ -462,7 +504,7 @@ def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
         findings += evaluate(spec, facts)[0]
         return Report(target, findings)
     try:
-        facts = gather(engine, target, spec, gpu_image)
+        facts = gather(engine, target, spec, gpu_image, pins)
     finally:
         engine.close()
     engine_findings, report = evaluate(spec, facts)

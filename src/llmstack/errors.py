@@ -116,3 +116,12 @@ class ImageNotInRegistry(RegistryError):
 
 class DigestMismatch(RegistryError):
     """The registry serves another digest for the tag than the one pinned: refused."""
+
+
+class SourceAccessError(UserError):
+    """A model source the Hub refuses or does not have: gated, private, misspelt (exit 1)."""
+
+
+class FetchError(DeployError):
+    """Fetching a model's weights failed on the engine's host: network, disk, checksum
+    (exit 2)."""

@@ -233,7 +233,7 @@ def bytes_per_param(model: ModelSpec) -> tuple[float, str]:
     dtype = _arg_value(args, "--dtype")
     if dtype and dtype.lower() in DTYPE_BYTES:
         return DTYPE_BYTES[dtype.lower()], f"--dtype {dtype}"
-    name = model.parsed_source.path.rsplit("/", 1)[-1]
+    name = model.parsed_source.ref.rsplit("/", 1)[-1]
     match = _GGUF_RE.search(name)
     if match:
         tag = match.group(1).upper()
@@ -316,7 +316,7 @@ def estimate(model: ModelSpec, file_bytes: int | None = None,
     when the source is a single file (read through the engine), else None; `arch` its
     attention shape from its config.json or GGUF header, when read."""
     src = model.parsed_source
-    params = params_from_name(f"{model.name} {src.path}")
+    params = params_from_name(f"{model.name} {src.ref}")
     basis: list[str] = []
     weights: float | None = None
     if file_bytes and file_bytes > 0:

@@ -18,8 +18,9 @@ the ConfigMap's nginx.conf, LiteLLM's key is an environment variable taken from 
 Model weights, per `source:` kind (MODEL_CACHE):
   volume:NAME/FILE  the PersistentVolumeClaim NAME (the user fills it once); an init container
                     checks the file is there, so a missing one is a clear error, not a crash.
-  hf:ORG/REPO       a PersistentVolumeClaim per model, filled by an init container with
-                    huggingface_hub (HF_TOKEN from the Secret); the server reads it offline.
+  hf:ORG/REPO[/FILE] a PersistentVolumeClaim per model, filled by an init container with
+                    huggingface_hub (HF_TOKEN from the Secret) at the commit stack.lock pins;
+                    the server reads it offline.
   ollama:TAG        a PersistentVolumeClaim per model, filled by `ollama pull` in an init
                     container.
   host:/PATH        refused: a path on one host means nothing to a cluster's scheduler.
@@ -38,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from . import names, plan, render
+from . import hfcache, names, plan, render
 from .backends import BACKENDS
 from .backends.base import Mount, model_mount
 from .errors import Problem, SpecError, UserError
@@ -66,7 +67,8 @@ L_MANAGED_BY = "app.kubernetes.io/managed-by"
 # Secret keys: nginx's files by their names in its secrets/ folder, environment secrets by
 # their variable's name.
 NGINX_SECRET_KEYS = {path: path.rpartition("/")[2]
-                     for path in (render.KEYS_FILE, render.TLS_CERT_FILE, render.TLS_KEY_FILE)}
+                     for path in (render.KEYS_FILE, render.KEY_LIMITS_FILE, render.TLS_CERT_FILE,
+                                  render.TLS_KEY_FILE)}
 HF_TOKEN = "HF_TOKEN"
 # CPU a container is guaranteed when stack.yaml names no `cpus` for it (and then no limit,
 # as on one host).
@@ -225,46 +227,47 @@ def _model_volume(ctx: CacheContext, cache: Cache) -> None:
                        "volumeMounts": [_volume_mount(mount)]})
 
 
-# The hf: fetch: huggingface_hub's snapshot_download into the cache (it resumes partial
-# files); a marker written after a complete download makes later starts skip the hub, so a
-# restart never needs the internet. Runs in the model's own image (vLLM and TGI ship
-# huggingface_hub).
+# The hf: fetch: huggingface_hub into the claim, at the revision the server's path names (the
+# commit stack.lock pins, else the revision asked for); when that is a branch or tag, the
+# snapshot folder of the commit it resolved to is linked under its name, so the path the
+# server opens exists. A path already there makes later starts skip the hub. Runs in the
+# model's own image (vLLM and TGI ship huggingface_hub).
 HF_FETCH = """\
 import os, sys
-from huggingface_hub import snapshot_download
-repo, revision, done = sys.argv[1], sys.argv[2] or None, sys.argv[3]
-if os.path.exists(done):
+from huggingface_hub import hf_hub_download, snapshot_download
+repo, file, revision, want = sys.argv[1:5]
+if os.path.exists(want):
     print(f"{repo}: in the cache")
 else:
-    path = snapshot_download(repo, revision=revision)
-    os.makedirs(os.path.dirname(done), exist_ok=True)
-    with open(done, "w") as handle:
-        handle.write(path + "\\n")
-    print(f"{repo}: downloaded to {path}")
+    got = hf_hub_download(repo, file, revision=revision) if file else \\
+        snapshot_download(repo, revision=revision)
+    snap = lambda p: p.split("/snapshots/")[0] + "/snapshots/" + \\
+        p.split("/snapshots/")[1].split("/")[0]
+    if snap(want) != snap(got) and not os.path.lexists(snap(want)):
+        os.symlink(os.path.basename(snap(got)), snap(want))
+    print(f"{repo}: downloaded to {got}")
 """
 
 
 def _model_hf(ctx: CacheContext, cache: Cache) -> None:
-    """hf:ORG/REPO: a claim per model filled by huggingface_hub in an init container, mounted
-    read-only where the server looks (its HF_HOME); the server runs with the hub offline."""
-    backend = BACKENDS[ctx.model.backend]
-    home = backend.cache_dir or "/cache"
-    repo = ctx.model.parsed_source.path
-    revision = ""  # the default branch; a pinned revision (a lock file) goes here
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "--", f"{repo}@{revision or 'default'}")
+    """hf:ORG/REPO[/FILE]: a claim per model filled by huggingface_hub in an init container,
+    mounted read-only where `up` mounts the engine host's cache (hfcache.MOUNT); the server
+    reads the path its command names, with the hub offline (the ServiceSpec's env)."""
+    src = ctx.model.parsed_source
+    path = next(a for a in ctx.svc.command if a.startswith(hfcache.MOUNT + "/"))
+    revision = hfcache.revision_of(path)
     cache.claims.append(ctx.claim)
     cache.volumes.append({"name": "model-cache",
                           "persistentVolumeClaim": {"claimName": ctx.claim}})
-    cache.mounts.append({"name": "model-cache", "mountPath": home, "readOnly": True})
-    cache.env.update({"HF_HOME": home, "HF_HUB_OFFLINE": "1"})
+    cache.mounts.append({"name": "model-cache", "mountPath": hfcache.MOUNT, "readOnly": True})
     cache.uses_secret = True
     cache.init.append({
         **ctx.init_base, "name": "fetch-model",
-        "command": ["python3", "-c", HF_FETCH, repo, revision, f"{home}/.llmstack/{slug}.done"],
-        "env": [{"name": "HF_HOME", "value": home},
+        "command": ["python3", "-c", HF_FETCH, src.location, src.path, revision, path],
+        "env": [{"name": "HF_HOME", "value": hfcache.MOUNT},
                 {"name": HF_TOKEN, "valueFrom": {"secretKeyRef": {
                     "name": ctx.secret, "key": HF_TOKEN, "optional": True}}}],
-        "volumeMounts": [{"name": "model-cache", "mountPath": home}],
+        "volumeMounts": [{"name": "model-cache", "mountPath": hfcache.MOUNT}],
     })
 
 
@@ -488,7 +491,8 @@ def _pod(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None
         MODEL_CACHE[spec_model.parsed_source.kind](
             CacheContext(ctx.spec.project, index, spec_model, svc, ctx.secret, init_base), cache)
         for m in svc.mounts:
-            if not m.managed:
+            # The engine host's hf: cache becomes the model's own claim (_model_hf).
+            if not m.managed and m.source != hfcache.VOLUME:
                 volumes.append({"name": _mount_volume_name(m),
                                 "persistentVolumeClaim": {"claimName": m.source,
                                                           "readOnly": m.read_only}})
@@ -753,7 +757,7 @@ def from_project(loaded: Any, options: Options) -> KubeExport:
     # (`images: local` keeps the local builds, for nodes they were loaded onto).
     spec = loaded.spec.with_image_source("registry") if loaded.spec.images.source == "auto" \
         else loaded.spec
-    services = plan.desired(spec, loaded.rendered, loaded.keys().internal)
+    services = plan.desired(spec, loaded.rendered, loaded.keys().internal, loaded.pins())
     secret_files = {} if options.secret_ref else loaded.nginx_secret_files()
     hf_token = None if options.secret_ref else \
         secrets.read_env(loaded.paths.env).get(HF_TOKEN) or None

@@ -56,3 +56,9 @@ SPOOL_SUFFIX = "nginx-spool"
 def spool_volume(project: str) -> str:
     """nginx's disk-backed volume for request bodies larger than its buffer."""
     return f"{project}-{SPOOL_SUFFIX}"
+
+
+# The Hugging Face cache on each engine host: `hf:` sources are fetched into it once (a
+# short-lived fetch container) and model containers mount it read-only. One per host, shared
+# by every project there (the cache is content-addressed); `down --volumes` keeps it.
+HF_CACHE_VOLUME = "llmstack-hf-cache"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,8 +121,10 @@ def _hardening(key: str, resources: Resources) -> dict[str, Any]:
             "resources": resources, "pids_limit": resources.pids or DEFAULT_PIDS}
 
 
-def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[ServiceSpec]:
-    """The containers of the stack in start order: health, models, litellm, nginx."""
+def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
+            pins: Mapping[str, str] | None = None) -> list[ServiceSpec]:
+    """The containers of the stack in start order: health, models, litellm, nginx. `pins`
+    maps an hf: source to the commit it was fetched at (stack.lock, `fetch.pins`)."""
     health_image = spec.images.for_key("litellm")  # any image with python3; LiteLLM's is here
     services = [ServiceSpec(
         service=names.HEALTH, role=names.HEALTH, image=health_image,
@@ -143,7 +146,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         backend = BACKENDS[model.backend]
         image = spec.image_for(model)
         launch = backend.launch(model, Placement(
-            image=image, memory_fraction=gpu.memory_fraction(spec.models, model)))
+            image=image, memory_fraction=gpu.memory_fraction(spec.models, model)),
+            pin=(pins or {}).get(model.source, ""))
         service = names.model_service(model.name)
         model_services.append(service)
         services.append(ServiceSpec(

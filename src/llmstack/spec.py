@@ -132,14 +132,57 @@ class Source:
     """Where a model's weights come from, parsed from `source:`."""
 
     kind: str  # volume | host | hf | ollama
-    location: str  # volume name; empty for others
-    path: str  # file in the volume, absolute host path, repo id or ollama tag
+    location: str  # volume name; hf: the repository ORG/REPO; empty for others
+    path: str  # file in the volume, absolute host path, file in the hf repository ("" for the
+    # whole repository) or ollama tag
+    revision: str = ""  # hf: the branch, tag or commit after '@' ("" for the default, main)
+
+    @property
+    def ref(self) -> str:
+        """What names the weights, for estimates from the name: hf's ORG/REPO[/FILE], else
+        `path`."""
+        return f"{self.location}/{self.path}".rstrip("/") if self.kind == "hf" else self.path
 
 
 SOURCE_HELP = (
     "use volume:NAME/FILE (a Docker volume on the target), host:/ABS/PATH (a path on the "
-    "target host), hf:ORG/REPO (Hugging Face, vllm/tgi) or ollama:TAG"
+    "target host), hf:ORG/REPO[@REVISION] (a whole Hugging Face repository: vllm, tgi), "
+    "hf:ORG/REPO/FILE.gguf[@REVISION] (one file of it: llamacpp) or ollama:TAG"
 )
+# Hugging Face repository names (huggingface_hub's validate_repo_id): letters, digits, '-',
+# '_', '.', at most 96, not starting or ending with '-' or '.', no '--' or '..'.
+HF_NAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
+# A branch, tag or commit: git ref characters ('refs/pr/1' included), or a 40-hex commit.
+HF_REVISION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+HF_FILE_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}")
+HF_EXAMPLES = ("e.g. hf:Qwen/Qwen2.5-0.5B-Instruct (vllm, tgi) or "
+               "hf:bartowski/Qwen2.5-Coder-7B-Instruct-GGUF/Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf "
+               "(llamacpp)")
+
+
+def parse_hf(rest: str) -> Source:
+    """`ORG/REPO[/PATH/FILE][@REVISION]` (what follows `hf:`); ValueError naming the part
+    that is wrong and the fix."""
+    name, at, revision = rest.partition("@")
+    if at and (not HF_REVISION_RE.fullmatch(revision) or revision.endswith("/") or
+               "//" in revision):
+        raise ValueError(f"revision {revision!r} after '@' is not a branch, tag or commit; "
+                         "write e.g. @main, @v1.0 or a 40-character commit hash, or drop the @")
+    parts = name.split("/")
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"hf: needs ORG/REPO ({name!r} is not); {HF_EXAMPLES}")
+    for part in parts[:2]:
+        if not HF_NAME_RE.fullmatch(part) or "--" in part or ".." in part:
+            raise ValueError(f"{part!r} is not a Hugging Face organisation or repository name "
+                             "(letters, digits, '-', '_', '.', at most 96, no '--' or '..', "
+                             f"not starting or ending with '-' or '.'); {HF_EXAMPLES}")
+    for part in parts[2:]:
+        if not HF_FILE_PART_RE.fullmatch(part):
+            raise ValueError(f"{part!r} is not a file or folder name of a repository; "
+                             f"{HF_EXAMPLES}")
+    return Source("hf", "/".join(parts[:2]), "/".join(parts[2:]), revision)
+
+
 # Host locations no model lives in. A host: source bind-mounts the directory that holds the
 # file (backends.model_mount), so mounting any of these, or a directory above one, would hand
 # the model container the host: the engine's socket (root on the host), kernel interfaces,
@@ -213,7 +256,9 @@ def parse_source(value: str) -> Source:
         if not rest.startswith("/"):
             raise ValueError("host: paths must be absolute (a path on the target host)")
         return Source("host", "", host_source_path(rest))
-    if kind in ("hf", "ollama"):
+    if kind == "hf":
+        return parse_hf(rest)
+    if kind == "ollama":
         return Source(kind, "", rest)
     raise ValueError(f"unknown scheme {kind!r}; {SOURCE_HELP}")
 
@@ -597,6 +642,10 @@ def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> lis
         if kind not in backend.source_kinds:
             add(("models", i, "source"), f"backend {model.backend!r} cannot load a {kind}: source",
                 model.source, f"use one of: {', '.join(k + ':' for k in backend.source_kinds)}")
+        elif kind == "hf":
+            problem = hf_form_problem(model.backend, backend.hf_form, src)
+            if problem:
+                add(("models", i, "source"), problem[0], model.source, problem[1])
         if backend.needs_gpu and not model.gpu_ids:
             add(("models", i, "gpus"), f"backend {model.backend!r} needs at least one GPU",
                 model.gpus, "list the GPUs it gets, e.g. gpus: [0], or use backend: llamacpp")
@@ -619,6 +668,23 @@ def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> lis
             f"is too small for {MIN_CONNECTIONS} connections per nginx worker", edge.memory,
             f"give nginx at least {-(-min_memory(edge) // 1024**2)}m (or fewer cpus)")
     return problems
+
+
+def hf_form_problem(backend: str, form: str, src: Source) -> tuple[str, str] | None:
+    """(message, fix) when an hf: source has the wrong form for its backend: llama.cpp loads
+    one GGUF file, vLLM and TGI a whole repository (config, tokenizer and weights)."""
+    repo = src.location + (f"@{src.revision}" if src.revision else "")
+    if form == "file" and not src.path:
+        return (f"backend {backend!r} loads one GGUF file, not a whole repository",
+                f"name the file: hf:{src.location}/FILE.gguf (the repository's Files tab "
+                "lists them), e.g. the Q4_K_M one")
+    if form == "file" and not src.path.lower().endswith(".gguf"):
+        return (f"backend {backend!r} loads GGUF files only ({src.path!r} is not one)",
+                f"pick a .gguf file of {src.location}, or use backend: vllm for other formats")
+    if form == "repo" and src.path:
+        return (f"backend {backend!r} loads a whole repository, not one file",
+                f"drop the file part: hf:{repo}")
+    return None
 
 
 def _rules_despite(exc: ValidationError, data: dict[str, Any],

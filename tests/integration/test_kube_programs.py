@@ -24,6 +24,7 @@ import yaml
 
 from llmstack import kube, names, plan, render, secrets, spec, tls
 from llmstack.spec import DEFAULT_IMAGES, StackSpec
+from llmstack.teamkeys import Store
 from tests.helpers import REPO, wait_for
 from tests.integration.test_real_programs import nginx_t
 
@@ -43,7 +44,9 @@ def _export(case: str, root: Path) -> tuple[StackSpec, secrets.Keys, dict[str, l
     keys = secrets.Keys(secrets.new_key(), secrets.new_key(), secrets.new_key(),
                         int(time.time()) + 600)
     tls.generate(root / "certs", stack.domain)
-    files = {render.KEYS_FILE: (render.render_nginx_keys(keys, time.time()), 0o600),
+    files = {render.KEYS_FILE: (render.render_nginx_keys(keys, time.time(), stack, Store()), 0o600),
+             render.KEY_LIMITS_FILE: (render.render_nginx_key_limits(stack, Store(), time.time()),
+                                      0o600),
              render.TLS_CERT_FILE: ((root / "certs" / tls.CERT).read_bytes(), 0o600),
              render.TLS_KEY_FILE: ((root / "certs" / tls.KEY).read_bytes(), 0o600)}
     services = plan.desired(stack, render.render(stack), keys.internal)

@@ -22,7 +22,7 @@ import pytest
 import requests
 from docker.types import Mount
 
-from llmstack import initialize, names, plan, render, secrets, spec, tls
+from llmstack import initialize, names, plan, render, secrets, spec, teamkeys, tls
 from llmstack.spec import DEFAULT_IMAGES, StackSpec
 from tests.helpers import REPO, wait_for
 
@@ -59,7 +59,18 @@ def nginx_folder(root: Path, stack: StackSpec, conf: bytes | None = None) -> Pat
     # A rotation in progress, so the grace-window map is exercised too.
     keys = secrets.Keys(secrets.new_key(), secrets.new_key(), secrets.new_key(),
                         int(time.time()) + 600)
-    (folder / "secrets" / "keys.conf").write_bytes(render.render_nginx_keys(keys, time.time()))
+    # Team keys too (limits, models, an expiry), so their maps and zones are exercised.
+    _, alice = teamkeys.new_secret()
+    _, bob = teamkeys.new_secret()
+    store = teamkeys.Store((
+        teamkeys.TeamKey("alice", int(time.time()), alice, rate=teamkeys.Rate(2, "s"), burst=1),
+        teamkeys.TeamKey("bob", int(time.time()), bob, concurrent=1,
+                         models=(stack.models[0].name,), expires=int(time.time()) + 600)))
+    (folder / "secrets" / "keys.conf").write_bytes(
+        render.render_nginx_keys(keys, time.time(), stack, store))
+    (folder / "secrets" / "key-limits.conf").write_bytes(
+        render.render_nginx_key_limits(stack, store, time.time()))
+    (folder / "secrets" / "key-limits.conf").chmod(0o600)
     tls.generate(root / "certs", stack.domain)
     for name in (tls.CERT, tls.KEY):
         shutil.copy(root / "certs" / name, folder / "secrets" / name)

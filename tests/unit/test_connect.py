@@ -209,15 +209,29 @@ def test_key_name_master_is_the_default(root: Path) -> None:
     assert connect.client_key(loaded, None).value == master(root)
 
 
-def test_team_key_seam_refuses_a_name_it_cannot_resolve(root: Path) -> None:
-    """TEAM-KEYS SEAM (issue 16): until team keys land, a name other than master is refused,
-    never answered with the master key; a name that could carry syntax is refused first."""
+def test_an_unknown_team_key_is_refused(root: Path) -> None:
+    """A name that is neither master nor a team key is refused, never answered with the
+    master key; a name that could carry syntax is refused first."""
     proc = run(root, "continue", "--key-name", "alice")
     assert proc.returncode == 1
     assert "--key-name 'alice'" in proc.stderr and "team key" in proc.stderr
     assert master(root) not in proc.stdout + proc.stderr and not proc.stdout
     bad = run(root, "continue", "--key-name", "a b;c")
     assert bad.returncode == 1 and "is not a key name" in bad.stderr
+
+
+def test_a_team_key_gets_a_placeholder_naming_it(root: Path) -> None:
+    from llmstack import keyops
+    from tests.fake_engine import FakeEngine
+
+    loaded = loaded_of(root)
+    issued = keyops.add(loaded, FakeEngine(project=loaded.spec.project), "alice",
+                        progress=lambda _: None)
+    key = connect.client_key(loaded_of(root), "alice")
+    assert key.name == "alice" and key.value is None and "'alice'" in key.where
+    proc = run(root, "continue", "--key-name", "alice", "--show-key")
+    assert proc.returncode == 0, proc.stderr
+    assert issued.key not in proc.stdout + proc.stderr and master(root) not in proc.stdout
 
 
 def test_a_key_that_cannot_be_read_back_gets_a_placeholder(root: Path) -> None:

@@ -78,7 +78,8 @@ def test_first_up_creates_every_service_in_dependency_order(loaded: Loaded,
     assert nginx_volume["nginx.conf"] == (loaded.rendered.services[names.NGINX]["nginx.conf"],
                                           0o644)
     assert {n: m for n, (_, m) in nginx_volume.items() if n.startswith("secrets/")} == {
-        "secrets/keys.conf": 0o600, "secrets/tls.crt": 0o600, "secrets/tls.key": 0o600}
+        "secrets/keys.conf": 0o600, "secrets/key-limits.conf": 0o600,
+        "secrets/tls.crt": 0o600, "secrets/tls.key": 0o600}
 
 
 def test_a_second_up_touches_nothing(loaded: Loaded, engine: FakeEngine) -> None:

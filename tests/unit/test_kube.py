@@ -21,9 +21,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from llmstack import kube, names, plan, render, secrets, spec
+from llmstack import initialize, kube, names, plan, render, secrets, spec
 from llmstack.backends import BACKENDS
 from llmstack.errors import SpecError, UserError
+from llmstack.teamkeys import Store
 from tests.helpers import REPO, cli
 
 GOLDEN = REPO / "tests" / "golden"
@@ -46,7 +47,9 @@ def _stack(case: str) -> spec.StackSpec:
 
 
 def _secret_files(keys: secrets.Keys) -> dict[str, tuple[bytes, int]]:
-    return {render.KEYS_FILE: (render.render_nginx_keys(keys, NOW), 0o600),
+    stack = spec.parse(initialize.starter())
+    return {render.KEYS_FILE: (render.render_nginx_keys(keys, NOW, stack, Store()), 0o600),
+            render.KEY_LIMITS_FILE: (render.render_nginx_key_limits(stack, Store(), NOW), 0o600),
             render.TLS_CERT_FILE: (TLS_CERT, 0o600), render.TLS_KEY_FILE: (TLS_KEY, 0o600)}
 
 
@@ -244,7 +247,8 @@ def test_nginx_reads_its_secret_files_where_up_ships_them() -> None:
     (config,) = [v for v in pod["volumes"] if v["name"] == "config"]
     paths = {i["path"] for s in config["projected"]["sources"]
              for i in next(iter(s.values()))["items"]}
-    assert paths == {"nginx.conf", render.KEYS_FILE, render.TLS_CERT_FILE, render.TLS_KEY_FILE}
+    assert paths == {"nginx.conf", render.KEYS_FILE, render.KEY_LIMITS_FILE, render.TLS_CERT_FILE,
+                     render.TLS_KEY_FILE}
     mount = next(m for m in _container(_deployment(export, stack.project, names.NGINX))[
         "volumeMounts"] if m["name"] == "config")
     assert mount == {"name": "config", "mountPath": nginx.config_mount, "readOnly": True}
@@ -411,9 +415,7 @@ def test_each_container_gets_the_settings_up_gives_it(case: str) -> None:
         assert d["spec"]["template"]["metadata"]["labels"][kube.L_COMPONENT] == svc.role
         assert c.get("command") == svc.entrypoint and c["args"] == svc.command
         env = _env(c, secret_data)
-        hf = {"HF_HUB_OFFLINE": "1"} if any(
-            i["name"] == "fetch-model" for i in pod.get("initContainers", [])) else {}
-        assert env == {**svc.env, **hf, **({"HF_HOME": env["HF_HOME"]} if hf else {})}
+        assert env == svc.env  # hf: models too: the cache's path and HF_HUB_OFFLINE are in it
         for key in svc.secret_env:
             assert next(e for e in c["env"] if e["name"] == key)["valueFrom"]
         # Hardening: every container of the pod, init containers too.
@@ -447,8 +449,11 @@ def test_each_container_gets_the_settings_up_gives_it(case: str) -> None:
             mounted = mounts[m.target]
             assert mounted.get("readOnly", False) is m.read_only
             source = volumes[mounted["name"]]
+            # The engine host's shared hf: cache is the model's own claim in a cluster.
+            claim = f"{stack.project}-{svc.service}-cache" if m.source == names.HF_CACHE_VOLUME \
+                else m.source
             assert ("emptyDir" in source) if m.managed else \
-                source["persistentVolumeClaim"]["claimName"] == m.source
+                source["persistentVolumeClaim"]["claimName"] == claim
         # Memory and CPUs: stack.yaml's (or the model's estimate), requested as limited.
         res = c["resources"]
         if svc.resources.memory:
@@ -594,7 +599,12 @@ def test_hf_models_fill_a_cache_claim_in_an_init_container_and_serve_it_offline(
     assert next(m for m in init["volumeMounts"] if m["name"] == "model-cache").get(
         "readOnly") is not True
     env = {e["name"]: e.get("value") for e in _container(d)["env"]}
-    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HOME"] == served["mountPath"]
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_CACHE"] == served["mountPath"] + "/hub"
+    # The init container fetches the revision the server's path names, into that path.
+    model_path = _container(d)["args"][1]
+    assert model_path == "/hf/hub/models--deepseek-ai--deepseek-coder-6.7b-instruct/snapshots/main"
+    assert init["command"][-4:] == ["deepseek-ai/deepseek-coder-6.7b-instruct", "", "main",
+                                    model_path]
     assert kube.HF_TOKEN not in env  # the token reaches the fetch only
 
 

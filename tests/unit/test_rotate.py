@@ -78,7 +78,8 @@ class FakeEngine:
         self._check("before ship")
         self.calls.append("ship")
         assert svc.config == {}, "a rotation must not ship nginx.conf"
-        assert set(extra) == {"secrets/keys.conf", "secrets/tls.crt", "secrets/tls.key"}
+        assert set(extra) == {"secrets/keys.conf", "secrets/key-limits.conf", "secrets/tls.crt",
+                              "secrets/tls.key"}
         if self.fail_at == "ship":
             raise DeployError("engine refused put_archive")
         self.volume = extra["secrets/keys.conf"][0]

@@ -448,9 +448,83 @@ def test_other_volumes_are_model_volumes(volume: str) -> None:
 
 
 def test_source_kind_the_backend_cannot_load() -> None:
-    problem = only(problems_after(lambda d: d["models"][0].update(source="hf:org/repo")))
-    assert problem.message == "backend 'llamacpp' cannot load a hf: source"
-    assert problem.hint == "use one of: volume:, host:"
+    problem = only(problems_after(lambda d: d["models"][0].update(source="ollama:llama3.1:8b")))
+    assert problem.message == "backend 'llamacpp' cannot load a ollama: source"
+    assert problem.hint == "use one of: volume:, host:, hf:"
+
+
+# --- hf: sources: a whole repository (vllm, tgi) or one GGUF file of it (llamacpp) ------------
+
+
+@pytest.mark.parametrize(("source", "repo", "file", "revision"), [
+    ("hf:bartowski/Qwen2.5-Coder-7B-Instruct-GGUF/Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf",
+     "bartowski/Qwen2.5-Coder-7B-Instruct-GGUF", "Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf", ""),
+    ("hf:org/repo/sub/dir/m-Q4_0.gguf@v1.2", "org/repo", "sub/dir/m-Q4_0.gguf", "v1.2"),
+    ("hf:deepseek-ai/deepseek-coder-6.7b-instruct", "deepseek-ai/deepseek-coder-6.7b-instruct",
+     "", ""),
+    ("hf:org/repo@0123456789abcdef0123456789abcdef01234567", "org/repo", "",
+     "0123456789abcdef0123456789abcdef01234567"),
+    ("hf:org/repo@refs/pr/1", "org/repo", "", "refs/pr/1"),
+])
+def test_hf_source_grammar(source: str, repo: str, file: str, revision: str) -> None:
+    parsed = spec.parse_source(source)
+    assert (parsed.kind, parsed.location, parsed.path, parsed.revision) == \
+        ("hf", repo, file, revision)
+    assert parsed.ref == f"{repo}/{file}".rstrip("/")
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("hf:org", "hf: needs ORG/REPO ('org' is not)"),
+    ("hf:org/", "hf: needs ORG/REPO ('org/' is not)"),
+    ("hf:org//m.gguf", "hf: needs ORG/REPO"),
+    ("hf:-org/repo", "'-org' is not a Hugging Face organisation or repository name"),
+    ("hf:org/re--po", "'re--po' is not a Hugging Face organisation or repository name"),
+    ("hf:org/repo.", "'repo.' is not a Hugging Face organisation or repository name"),
+    ("hf:org/repo@", "revision '' after '@' is not a branch, tag or commit"),
+    ("hf:org/repo@-x", "revision '-x' after '@' is not a branch, tag or commit"),
+    ("hf:org/repo@a@b", "revision 'a@b' after '@' is not a branch, tag or commit"),
+    ("hf:org/repo/-m.gguf", "'-m.gguf' is not a file or folder name of a repository"),
+])
+def test_bad_hf_source_names_the_part_and_the_fix(source: str, message: str) -> None:
+    problem = only(problems_after(lambda d: d["models"][0].update(source=source)))
+    assert problem.path == "models[0].source"
+    assert message in problem.message
+    assert problem.value == source
+
+
+@pytest.mark.parametrize(("backend", "source", "message", "hint"), [
+    ("llamacpp", "hf:org/repo-GGUF", "backend 'llamacpp' loads one GGUF file, not a whole "
+     "repository", "name the file: hf:org/repo-GGUF/FILE.gguf"),
+    ("llamacpp", "hf:org/repo/model.safetensors", "backend 'llamacpp' loads GGUF files only "
+     "('model.safetensors' is not one)", "pick a .gguf file of org/repo"),
+    ("vllm", "hf:org/repo-7b/m.gguf@v2", "backend 'vllm' loads a whole repository, not one file",
+     "drop the file part: hf:org/repo-7b@v2"),
+    ("tgi", "hf:org/repo-7b/m.gguf", "backend 'tgi' loads a whole repository, not one file",
+     "drop the file part: hf:org/repo-7b"),
+    ("ollama", "hf:org/repo", "backend 'ollama' cannot load a hf: source",
+     "use one of: ollama:, volume:"),
+])
+def test_hf_source_form_must_suit_the_backend(backend: str, source: str, message: str,
+                                              hint: str) -> None:
+    gpus = [0] if backend in ("vllm", "tgi") else "cpu"
+    problem = only(problems_after(lambda d: d["models"][0].update(
+        backend=backend, source=source, gpus=gpus, task="chat")))
+    assert problem.path == "models[0].source"
+    assert problem.message == message
+    assert hint in problem.hint
+
+
+@pytest.mark.parametrize(("backend", "source"), [
+    ("llamacpp", "hf:bartowski/Qwen2.5-Coder-7B-Instruct-GGUF/"
+                 "Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf@main"),
+    ("vllm", "hf:deepseek-ai/deepseek-coder-6.7b-instruct"),
+    ("tgi", "hf:org/repo@v1"),
+])
+def test_hf_source_of_the_right_form_is_valid(backend: str, source: str) -> None:
+    data = starter()
+    data["models"] = [{"name": "m", "backend": backend, "source": source,
+                       "gpus": [0] if backend != "llamacpp" else "cpu"}]
+    spec.parse(yaml.safe_dump(data), "stack.yaml")
 
 
 def test_newer_schema_version_is_refused() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import hfcache
+
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
@@ -59,11 +61,18 @@ class Backend(Protocol):
     supports_embeddings: bool
     needs_gpu: bool
     source_kinds: tuple[str, ...]  # accepted `source:` schemes
+    # The form of `hf:` source it loads: "file" (hf:ORG/REPO/FILE.gguf), "repo" (hf:ORG/REPO),
+    # "" when it takes no hf: source.
+    hf_form: str
     # Where the server keeps weights it fetches itself (hf: repos, ollama: tags); None for a
     # backend that only reads files it is given.
     cache_dir: str | None
 
-    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch: ...
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
+               pin: str = "") -> Launch:
+        """`placement`: the GPUs and share this copy runs on; `pin`: the commit an hf: source
+        was fetched at (stack.lock), "" when unknown."""
+        ...
 
     def served_name(self, model: ModelSpec) -> str: ...
 
@@ -73,12 +82,24 @@ class Backend(Protocol):
         ...
 
 
-def model_mount(model: ModelSpec, target: str = "/models") -> tuple[list[Mount], str]:
-    """Mount a volume:/host: source read-only; return the mounts and the in-container path."""
+def model_mount(model: ModelSpec, target: str = "/models", pin: str = ""
+                ) -> tuple[list[Mount], str]:
+    """Mount a volume:/host: source read-only, or the Hugging Face cache for an hf: source
+    (fetched at commit `pin`; before the first fetch the path names the requested revision);
+    return the mounts and the in-container path."""
     src = model.parsed_source
+    if src.kind == "hf":
+        commit = pin or src.revision or "main"
+        return [Mount(hfcache.VOLUME, hfcache.MOUNT)], \
+            hfcache.in_container(hfcache.snapshot(src.location, commit, src.path))
     if src.kind == "volume":
         return [Mount(src.location, target)], f"{target}/{src.path}".rstrip("/")
     if src.kind == "host":
         parent, _, name = src.path.rpartition("/")
         return [Mount(parent or "/", target, kind="bind")], f"{target}/{name}"
     return [], src.path
+
+
+def source_env(model: ModelSpec) -> dict[str, str]:
+    """The environment an hf: source needs in the model container: the cache, offline."""
+    return dict(hfcache.OFFLINE_ENV) if model.parsed_source.kind == "hf" else {}

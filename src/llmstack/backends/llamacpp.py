@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount
+from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -21,7 +21,8 @@ class LlamaCpp:
     api_base_path = "/v1"
     supports_embeddings = True
     needs_gpu = False
-    source_kinds = ("volume", "host")
+    source_kinds = ("volume", "host", "hf")
+    hf_form = "file"
     cache_dir: str | None = None
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
@@ -30,8 +31,9 @@ class LlamaCpp:
     def served_name(self, model: ModelSpec) -> str:
         return model.name
 
-    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch:
-        mounts, path = model_mount(model)
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
+               pin: str = "") -> Launch:
+        mounts, path = model_mount(model, pin=pin)
         cmd = ["--host", "0.0.0.0", "--port", str(self.port), "-m", path,
                "--alias", model.name, "--ctx-size", str(model.context)]
         if model.task == "embedding":
@@ -39,7 +41,7 @@ class LlamaCpp:
             cmd += ["--embeddings", "--pooling", "mean"]
         if model.gpus != "cpu":
             cmd += ["--n-gpu-layers", "999"]
-        return Launch(command=cmd + list(model.args), mounts=mounts)
+        return Launch(command=cmd + list(model.args), mounts=mounts, env=source_env(model))
 
 
 BACKEND = LlamaCpp()

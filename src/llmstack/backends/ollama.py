@@ -20,6 +20,7 @@ class Ollama:
     supports_embeddings = True
     needs_gpu = False
     source_kinds = ("ollama", "volume")
+    hf_form = ""
     cache_dir = "/root/.ollama"
 
     def served_name(self, model: ModelSpec) -> str:
@@ -38,7 +39,8 @@ class Ollama:
         return {"kind": "ollama", "url": f"{base}{self.health_path}", "tag": tag,
                 "warm_url": f"{base}{warm_path}", "warm_up": body}
 
-    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch:
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
+               pin: str = "") -> Launch:
         src = model.parsed_source
         mounts = [Mount(src.location, self.cache_dir, read_only=False)] if src.kind == "volume" \
             else []

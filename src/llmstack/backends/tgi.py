@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount
+from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -20,6 +20,7 @@ class Tgi:
     supports_embeddings = False
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
+    hf_form = "repo"
     cache_dir = "/data"  # the image's HF_HOME
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
@@ -28,8 +29,9 @@ class Tgi:
     def served_name(self, model: ModelSpec) -> str:
         return "tgi"  # TGI serves one model and ignores the requested name
 
-    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch:
-        mounts, path = model_mount(model, target="/data/models")
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
+               pin: str = "") -> Launch:
+        mounts, path = model_mount(model, target="/data/models", pin=pin)
         gpus = 0 if model.gpus == "cpu" else len(model.gpus)
         cmd = ["--model-id", path, "--port", str(self.port),
                "--max-total-tokens", str(model.context), "--num-shard", str(max(gpus, 1))]
@@ -38,7 +40,8 @@ class Tgi:
         # computes it: gpu.memory_fraction); unset, it takes everything that is free.
         fraction = placement.memory_fraction or model.gpu_memory_utilization
         cmd += ["--cuda-memory-fraction", f"{fraction:g}"]
-        return Launch(command=cmd + list(model.args), mounts=mounts, shm_size="1g")
+        return Launch(command=cmd + list(model.args), mounts=mounts, env=source_env(model),
+                      shm_size="1g")
 
 
 BACKEND = Tgi()

@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .. import images
-from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount
+from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -43,6 +43,7 @@ class Vllm:
     supports_embeddings = True
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
+    hf_form = "repo"
     cache_dir = "/root/.cache/huggingface"
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
@@ -51,8 +52,9 @@ class Vllm:
     def served_name(self, model: ModelSpec) -> str:
         return model.name
 
-    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT) -> Launch:
-        mounts, path = model_mount(model)
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
+               pin: str = "") -> Launch:
+        mounts, path = model_mount(model, pin=pin)
         gpus = 0 if model.gpus == "cpu" else len(model.gpus)
         fraction = placement.memory_fraction or model.gpu_memory_utilization
         cmd = ["--model", path, "--served-model-name", model.name,
@@ -67,7 +69,7 @@ class Vllm:
                 "--gpu-memory-utilization", f"{fraction:g}"]
         if model.task == "embedding":
             cmd += embedding_flags(placement.image or images.SERVICE_IMAGES["vllm"].registry)
-        env = {"HF_HOME": self.cache_dir} if model.parsed_source.kind == "hf" else {}
+        env = source_env(model)
         # Tensor parallel workers talk through /dev/shm; Docker's 64 MB default is too small.
         shm = "8g" if gpus > 1 else "2g"
         return Launch(command=cmd + list(model.args), mounts=mounts, env=env, shm_size=shm)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .. import gpu, names
 from ..errors import EngineError
 from ..plan import Actual, ServiceSpec, parse_user
-from .api import ContainerInfo, mapped
+from .api import ContainerInfo, Task, mapped
 
 if TYPE_CHECKING:
     import docker
@@ -290,6 +290,35 @@ class Project:
         container = self.client.containers.create(svc.image, **kwargs)
         container.start()
         return str(container.id)
+
+    @mapped
+    def run_task(self, task: Task, on_line: Callable[[str], None]) -> int:
+        """Run a one-shot container to completion, streaming its output line by line."""
+        name = names.container(self.project, task.name)
+        old = self._get(task.name)
+        if old is not None:  # left by an interrupted run
+            old.remove(force=True)
+        c = self.client.containers.create(
+            task.image, command=task.command, entrypoint=task.entrypoint,
+            environment=task.env, name=name, network=names.network(self.project),
+            labels={names.LABEL_PROJECT + ".tmp": self.project, names.LABEL_ROLE: "task"},
+            mounts=[_mount(m.source, m.target, m.kind, m.read_only) for m in task.mounts],
+            user=task.user, cap_drop=["ALL"], security_opt=["no-new-privileges=true"],
+            read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"}, init=True,
+            mem_limit=task.memory, pids_limit=task.pids, detach=True)
+        try:
+            c.start()
+            pending = b""
+            for chunk in c.logs(stream=True, follow=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace"))
+            if pending:
+                on_line(pending.decode(errors="replace"))
+            return int(c.wait().get("StatusCode", 1))
+        finally:
+            c.remove(force=True)
 
     @mapped
     def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
