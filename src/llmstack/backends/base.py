@@ -42,6 +42,10 @@ class Backend(Protocol):
     supports_embeddings: bool
     needs_gpu: bool
     source_kinds: tuple[str, ...]  # accepted `source:` schemes
+    # Seconds the server keeps an idle keep-alive connection open before closing it (its
+    # real default, source named beside each value); None: it never closes idle ones.
+    # LiteLLM's client side must give up on idle connections sooner (see keepalive.py).
+    idle_keepalive_s: int | None
 
     def launch(self, model: ModelSpec) -> Launch: ...
 

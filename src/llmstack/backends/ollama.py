@@ -20,6 +20,7 @@ class Ollama:
     supports_embeddings = True
     needs_gpu = False
     source_kinds = ("ollama", "volume")
+    idle_keepalive_s = None  # Go net/http.Server without IdleTimeout/ReadTimeout
 
     def served_name(self, model: ModelSpec) -> str:
         src = model.parsed_source

@@ -20,6 +20,7 @@ class Tgi:
     supports_embeddings = False
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
+    idle_keepalive_s = None  # its router serves with axum/hyper: no idle timeout set
 
     def served_name(self, model: ModelSpec) -> str:
         return "tgi"  # TGI serves one model and ignores the requested name

@@ -20,6 +20,7 @@ class Vllm:
     supports_embeddings = True
     needs_gpu = True
     source_kinds = ("hf", "volume", "host")
+    idle_keepalive_s = 5  # vllm.entrypoints TIMEOUT_KEEP_ALIVE = 5, passed to uvicorn
 
     def served_name(self, model: ModelSpec) -> str:
         return model.name
