@@ -2,7 +2,7 @@
 idle connection before its server closes it.
 
 When a server closes an idle connection at the moment its client writes the next request onto
-it, that request fails (LiteLLM: `Cannot write to closing transport`, a 502 to the user) and
+it, that request fails (LiteLLM: `Cannot write to closing transport`, an error to the user) and
 neither nginx nor LiteLLM retries a POST. Ordering the timeouts removes the race by
 construction: the client only reuses connections its server is still waiting on.
 
