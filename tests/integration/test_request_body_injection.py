@@ -201,8 +201,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 # Fields LiteLLM may ignore rather than refuse; then the real model must have answered.
 MAY_BE_IGNORED = {"litellm_params.api_base", "proxy_base_url"}
-# LiteLLM's management routes: without a database they fail (nginx turns LiteLLM's 500 into
-# its 502) or create an in-memory record; what matters there is that nothing was called.
+# LiteLLM's management routes: without a database they fail (LiteLLM's 500, passed through)
+# or create an in-memory record; what matters there is that nothing was called.
 MANAGEMENT = {"mcp-server", "mcp-oauth-session", "agents"}
 
 

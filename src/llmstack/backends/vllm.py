@@ -22,6 +22,7 @@ class Vllm:
     source_kinds = ("hf", "volume", "host")
     hf_form = "repo"
     cache_dir = "/root/.cache/huggingface"
+    idle_keepalive_s = 5  # vllm.entrypoints TIMEOUT_KEEP_ALIVE = 5, passed to uvicorn
 
     def served_name(self, model: ModelSpec) -> str:
         return model.name
