@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import gpu, images, names, sizing
+from . import gpu, images, keepalive, names, sizing
 from .backends import BACKENDS, Mount, Placement
 from .render import NGINX_SPOOL_BODY, NGINX_SPOOL_DIR, Rendered
 from .spec import Resources, StackSpec
@@ -162,13 +162,17 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
             **_hardening(spec.image_key(model), sizing.model_resources(model)),
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                   "HOME": "/tmp", "LITELLM_LOG": "ERROR"}
+                   "HOME": "/tmp", "LITELLM_LOG": "ERROR",
+                   # Its client side gives up on idle backend connections first (keepalive.py).
+                   "AIOHTTP_KEEPALIVE_TIMEOUT": str(keepalive.litellm_client_s(
+                       BACKENDS[m.backend].idle_keepalive_s for m in spec.models))}
     services.append(ServiceSpec(
         service=names.LITELLM, role=names.LITELLM, image=spec.images.for_key("litellm"),
         # The entrypoint is named: upstream's image starts a wrapper script instead.
         entrypoint=["litellm"],
         command=["--config", f"{names.config_dir(names.LITELLM)}/litellm.yaml", "--host", "0.0.0.0",
-                 "--port", str(names.LITELLM_PORT), "--num_workers", "1"],
+                 "--port", str(names.LITELLM_PORT), "--num_workers", "1",
+                 "--keepalive_timeout", str(keepalive.LITELLM_SERVER_S)],
         env=litellm_env, secret_env=("LITELLM_MASTER_KEY",),
         config=rendered.services[names.LITELLM],
         probe=(names.LITELLM_PORT, names.LITELLM_READY_PATH),

@@ -9,7 +9,7 @@ from typing import Any
 
 import jinja2
 
-from . import capacity, names
+from . import capacity, keepalive, names
 from .backends import BACKENDS
 from .resources import data_dir
 from .secrets import Keys
@@ -115,6 +115,8 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
         rate=spec.rate_limit,
         litellm_host=names.container(spec.project, names.LITELLM),
         litellm_port=names.LITELLM_PORT,
+        upstream_keepalive=keepalive.EDGE_UPSTREAM_S,
+        litellm_keepalive=keepalive.LITELLM_SERVER_S,
         health_host=names.container(spec.project, names.HEALTH),
         health_port=names.HEALTH_PORT,
         listeners=lst,

@@ -23,7 +23,8 @@ import requests
 import yaml
 
 from llmstack import kube, names, plan, render, secrets, spec, tls
-from llmstack.spec import DEFAULT_IMAGES, StackSpec
+from llmstack.images import LITELLM, NGINX
+from llmstack.spec import StackSpec
 from llmstack.teamkeys import Store
 from tests.helpers import REPO, wait_for
 from tests.integration.test_real_programs import nginx_t
@@ -33,8 +34,8 @@ pytestmark = pytest.mark.integration
 STACKS = {"demo": REPO / "tests" / "golden" / "demo" / "stack.yaml",
           "gpu": REPO / "tests" / "golden" / "gpu" / "stack.yaml",
           "multigpu": REPO / "tests" / "golden" / "k8s" / "multigpu.stack.yaml"}
-NGINX_IMAGE = DEFAULT_IMAGES["nginx"]
-LITELLM_IMAGE = DEFAULT_IMAGES["litellm"]
+NGINX_IMAGE = NGINX.tag
+LITELLM_IMAGE = LITELLM.tag
 LABEL = {"llmstack.test": "kube-programs"}
 
 

@@ -23,15 +23,16 @@ import requests
 from docker.types import Mount
 
 from llmstack import initialize, names, plan, render, secrets, spec, teamkeys, tls
-from llmstack.spec import DEFAULT_IMAGES, StackSpec
+from llmstack.images import LITELLM, NGINX
+from llmstack.spec import StackSpec
 from tests.helpers import REPO, wait_for
 
 pytestmark = pytest.mark.integration
 
 GOLDEN = REPO / "tests" / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "stack.yaml").is_file())
-NGINX_IMAGE = DEFAULT_IMAGES["nginx"]
-LITELLM_IMAGE = DEFAULT_IMAGES["litellm"]
+NGINX_IMAGE = NGINX.tag
+LITELLM_IMAGE = LITELLM.tag
 OWN_UID, OWN_GID = (int(x) for x in plan.OWN_UID.split(":"))
 LABEL = {"llmstack.test": "real-programs"}
 

@@ -67,6 +67,10 @@ class Backend(Protocol):
     # Where the server keeps weights it fetches itself (hf: repos, ollama: tags); None for a
     # backend that only reads files it is given.
     cache_dir: str | None
+    # Seconds the server keeps an idle keep-alive connection open before closing it (its
+    # real default, source named beside each value); None: it never closes idle ones.
+    # LiteLLM's client side must give up on idle connections sooner (see keepalive.py).
+    idle_keepalive_s: int | None
 
     def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
                pin: str = "") -> Launch:

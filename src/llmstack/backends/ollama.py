@@ -22,6 +22,7 @@ class Ollama:
     source_kinds = ("ollama", "volume")
     hf_form = ""
     cache_dir = "/root/.ollama"
+    idle_keepalive_s = None  # Go net/http.Server without IdleTimeout/ReadTimeout
 
     def served_name(self, model: ModelSpec) -> str:
         src = model.parsed_source

@@ -45,6 +45,7 @@ class Vllm:
     source_kinds = ("hf", "volume", "host")
     hf_form = "repo"
     cache_dir = "/root/.cache/huggingface"
+    idle_keepalive_s = 5  # vllm.entrypoints TIMEOUT_KEEP_ALIVE = 5, passed to uvicorn
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
         return None
