@@ -38,6 +38,7 @@ from http_load import Target  # noqa: E402
 from report import VARIANTS  # noqa: E402
 
 from llmstack import names  # noqa: E402
+from llmstack.backends import BACKENDS  # noqa: E402
 
 # Targets of the issue (benchmarks): value <op> limit.
 GATEWAY_P50_MAX_RATIO = 1.10
@@ -192,8 +193,9 @@ def targets_of(stack: BenchStack, docker: Any) -> list[Target]:
     model_ip = harness.container_ip(docker, stack.project, names.model_service(stack.chat_model))
     litellm_ip = harness.container_ip(docker, stack.project, names.LITELLM)
     path = "/v1/chat/completions"
+    chat = next(m for m in stack.spec()["models"] if m["name"] == stack.chat_model)
     return [
-        Target("direct", model_ip, 8000, path),
+        Target("direct", model_ip, BACKENDS[chat.get("backend", "llamacpp")].port, path),
         Target("litellm", litellm_ip, names.LITELLM_PORT, path, key=keys.internal),
         Target("nginx_http", "127.0.0.1", stack.local_port, path, key=keys.master),
         Target("nginx_tls", "127.0.0.1", stack.https_port, path, key=keys.master,

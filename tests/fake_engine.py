@@ -54,6 +54,8 @@ class FakeEngine:
     registry: what registries serve, {"repo:tag" or "repo@digest": digest}; a pull of a
       served ref makes it present. registry_error: raised by every registry call instead.
     nginx_test: (exit code, output) of `nginx -t`.
+    source_files: what read_source finds, {"volume:NAME/PATH" or "host:/PATH": bytes}.
+    image_envs: each image's config Env (image_env).
     """
 
     project: str = "p"
@@ -76,6 +78,8 @@ class FakeEngine:
     # stat_source: paths (in any volume or on the host) that do not exist; others do.
     absent: set[str] = field(default_factory=set)
     client: object = None  # no docker client: callers must not need one
+    source_files: dict[str, bytes] = field(default_factory=dict)
+    image_envs: dict[str, list[str]] = field(default_factory=dict)  # image config Env
 
     # --- reading -------------------------------------------------------------------------
 
@@ -311,3 +315,11 @@ class FakeEngine:
 
     def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
         return SourceStat(False) if path in self.absent else SourceStat(True, 1, False)
+
+    def image_env(self, refs: list[str]) -> dict[str, list[str]]:
+        return {r: self.image_envs.get(r, []) for r in refs if r not in self.missing_images}
+
+    def read_source(self, image: str, kind: str, location: str, path: str, limit: int
+                    ) -> bytes | None:
+        data = self.source_files.get(f"{kind}:{location}/{path}".replace("//", "/"))
+        return None if data is None else data[:limit]

@@ -160,6 +160,9 @@ def _poll(project: Engine, item: _Starting, report: Reporter) -> float | None:
 
 def _probe_url(project: str, svc: plan.ServiceSpec) -> str:
     """The service's readiness URL as seen from the health container, which runs probes."""
+    if svc.ready_check:  # a check the health service runs (Ollama: tag listed, warmed up)
+        return (f"http://{names.container(project, names.HEALTH)}:{names.HEALTH_PORT}"
+                f"/ready/{svc.ready_check}")
     port, path = svc.probe  # type: ignore[misc]
     host = "127.0.0.1" if svc.role == names.HEALTH else names.container(project, svc.service)
     return f"http://{host}:{port}{path}"

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import cudacompat, hfcache, lock, names, tls
 from . import gpu as gpumod
-from . import hfcache, lock, names, tls
 from .checks import DISK_RESERVE_BYTES, GIB, Finding, exit_code, parse_df
 from .errors import LlmstackError
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .engine.api import Engine
     from .engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
     from .lock import Locked
+    from .modelarch import Architecture
     from .project import Loaded
     from .spec import ModelSpec, StackSpec
 
@@ -51,6 +52,10 @@ class Facts:
     image_source: str = ""  # pull.Choice.line: which images and why
     sources: dict[str, SourceStat] = field(default_factory=dict)  # by model name
     services: dict[str, str] = field(default_factory=dict)  # this project's {service: state}
+    # {model name: its attention shape} from its config.json or GGUF header on the target
+    architectures: dict[str, Architecture] = field(default_factory=dict)
+    image_env: dict[str, list[str]] = field(default_factory=dict)  # GPU models' images' Env
+    toolkit_config: bytes | None = None  # the NVIDIA toolkit's config.toml (rootless engines)
     pins: dict[str, Locked] = field(default_factory=dict)  # stack.lock: {hf: source: pin}
 
 
@@ -201,7 +206,12 @@ def evaluate_gpus(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
                         f"({why}): {probe.detail}", "check the driver on the host: nvidia-smi; "
                         "reboot after a driver update")], None
     gpus = probe.gpus
-    out = [Finding("gpu-runtime", "ok" if gpus else bad,
+    out = cudacompat.cuda_findings(facts.image_env, probe.nvidia_smi) if needed else []
+    if needed and facts.engine is not None:
+        e = facts.engine
+        out += cudacompat.host_findings(list(e.security_options), e.cgroup_version,
+                                        e.cgroup_driver, facts.toolkit_config)
+    out += [Finding("gpu-runtime", "ok" if gpus else bad,
                    f"{len(gpus)} GPU(s) visible to containers (nvidia-smi in {probe.image})",
                    "" if gpus else "check nvidia-smi on the host")]
     if gpus:
@@ -214,7 +224,7 @@ def evaluate_gpus(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
              if s.exists and not s.is_dir and s.size}
     running = {m.name for m in spec.models
                if facts.services.get(names.model_service(m.name)) == "running"}
-    report = gpumod.check(spec, gpus, sizes, running)
+    report = gpumod.check(spec, gpus, sizes, running, facts.architectures)
     out += report.findings
     if not any(f.status != "ok" for f in report.findings):
         out.append(Finding("gpu-memory", "ok", "every GPU model fits: " + "; ".join(
@@ -432,6 +442,8 @@ def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str |
         choice = choose(spec, engine)
         spec, facts.image_source = choice.spec, choice.line
     facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
+    if spec is not None and gpumod.needs_gpus(spec):
+        gather_gpu_host(engine, spec, facts)
     # Any image present can run df and cat; the stack's own are the likely ones.
     helpers = list(dict.fromkeys([*(stack_images(spec) if spec else []), *probe_images(spec)]))
     facts.snapshot = engine.host_snapshot(helpers)
@@ -445,6 +457,10 @@ def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str |
         src = m.parsed_source
         if src.kind in ("volume", "host") and helper:
             facts.sources[m.name] = engine.stat_source(helper, src.kind, src.location, src.path)
+            arch = read_architecture(engine, helper, m, facts.sources[m.name]) \
+                if m.gpu_ids else None
+            if arch is not None:
+                facts.architectures[m.name] = arch
         pin = facts.pins.get(m.source)
         if pin is not None and helper:  # the fetch's completion marker in the cache volume
             seen = engine.stat_source(helper, "volume", hfcache.VOLUME,
@@ -514,6 +530,8 @@ def gather_gpus(engine: Engine, spec: StackSpec, gpu_image: str | None = None
         return None
     facts = Facts(target="")
     facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
+    facts.engine = engine.engine_facts()
+    gather_gpu_host(engine, spec, facts)
     facts.services = engine.running_services()
     present = engine.present_images(stack_images(spec))
     helper = next((t for t, ok in present.items() if ok), None)
@@ -521,4 +539,41 @@ def gather_gpus(engine: Engine, spec: StackSpec, gpu_image: str | None = None
         src = m.parsed_source
         if m.gpu_ids and src.kind in ("volume", "host") and helper:
             facts.sources[m.name] = engine.stat_source(helper, src.kind, src.location, src.path)
+            arch = read_architecture(engine, helper, m, facts.sources[m.name])
+            if arch is not None:
+                facts.architectures[m.name] = arch
     return facts
+
+
+def gather_gpu_host(engine: Engine, spec: StackSpec, facts: Facts) -> None:
+    """The GPU models' images' Env (their NVIDIA_REQUIRE_CUDA) and, on a rootless engine,
+    the NVIDIA toolkit's config.toml (read in a present image with /etc/... mounted)."""
+    facts.image_env = engine.image_env([spec.image_for(m) for m in spec.models if m.gpu_ids])
+    facts.engine = facts.engine or engine.engine_facts()
+    if any("name=rootless" in o for o in facts.engine.security_options):
+        helper = next(iter(facts.image_env), None) or (facts.gpu.image if facts.gpu else None)
+        if helper:
+            facts.toolkit_config = engine.read_source(helper, "host", "",
+                                                      cudacompat.TOOLKIT_CONFIG, 65536)
+
+
+def read_architecture(engine: Engine, helper: str, model: ModelSpec, stat: SourceStat
+                      ) -> Architecture | None:
+    """The model's attention shape from its config.json (a directory source) or its GGUF
+    header (a .gguf file), read on the target; None when neither can be read."""
+    from .modelarch import GGUF_HEAD_BYTES, ArchitectureError, from_config, from_gguf
+
+    src = model.parsed_source
+    if not stat.exists:
+        return None
+    if stat.is_dir:
+        path, limit, parse = f"{src.path.rstrip('/')}/config.json", 1024 * 1024, from_config
+    elif src.path.lower().endswith(".gguf"):
+        path, limit, parse = src.path, GGUF_HEAD_BYTES, from_gguf
+    else:
+        return None
+    data = engine.read_source(helper, src.kind, src.location, path, limit)
+    try:
+        return parse(data) if data else None
+    except (ArchitectureError, ValueError):
+        return None

@@ -15,20 +15,25 @@ weights   file size of a GGUF/safetensors file when the source is one file on th
           the name (AWQ/GPTQ/int4 ~0.56, FP8/int8 1.0, GGUF Qn_x by its bits) or the backend's
           default (vLLM/TGI bf16 = 2, GGUF ~Q4 = 0.56).
 kv cache  2 (K and V) x layers x kv width x context x 2 bytes (f16), for one full-length
-          sequence. Layers and width are unknown without the model's config, so they come from
+          sequence. With the model's config.json or GGUF header (modelarch: layers, KV heads,
+          head size, sliding window) that is exact for grouped-query models. Without either,
+          layers and width come from
           the parameter count of a typical dense decoder: params = 12 x layers x width^2 with
           width = 128 x layers (Llama-2-7B: 32 x 4096, estimate 33 x 4224). That assumes full
           multi-head attention, an upper bound: grouped-query models (Llama 3, Qwen2.5, Mistral)
           need 4-8x less. Hence a model that fits only without the KV estimate is a warning,
           and only weights + overhead that cannot fit are an error.
 overhead  per GPU: CUDA context, activations and graphs: 2 GiB for vLLM/TGI, 0.5 GiB for
-          llama.cpp/Ollama.
+          llama.cpp/Ollama. A share-reserving server (vLLM, TGI) also needs about 1 GiB beside
+          its share for its CUDA context (CUDA_CONTEXT_MIB), so two shares adding up to 0.99
+          of a GPU do not fit.
 split     tensor parallel (vLLM, TGI --num-shard, llama.cpp's layer split) divides weights
           and KV cache evenly over the model's GPUs; overhead is paid on each.
 claims    vLLM reserves gpu_memory_utilization x the GPU's total memory at start and fails
-          when that much is not free: that reservation is exact. llama.cpp and Ollama take what
-          they need; TGI needs its estimate and then fills what is free with KV cache (capped
-          by --cuda-memory-fraction), so it is counted by its estimate.
+          when that much is not free: that reservation is exact. TGI fills what is free with
+          KV cache up to --cuda-memory-fraction, which llmstack derives from the same
+          gpu_memory_utilization (memory_fraction), so it is counted the same way. llama.cpp
+          and Ollama take what they need: counted by their estimate.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .checks import CONFIG, Finding
+from .modelarch import Architecture
 
 if TYPE_CHECKING:
     from .spec import ModelSpec, StackSpec
@@ -51,6 +57,8 @@ NVIDIA_SMI_QUERY = ["--query-gpu=index,uuid,name,memory.total,memory.used",
 
 # Per-GPU runtime overhead (MiB) by backend; see the module docstring.
 OVERHEAD_MIB = {"vllm": 2048.0, "tgi": 2048.0, "llamacpp": 512.0, "ollama": 512.0}
+# What a CUDA process holds outside a vLLM/TGI share: its context (driver, cuBLAS, NCCL).
+CUDA_CONTEXT_MIB = 1024.0
 KV_BYTES = 2  # f16 K/V cache elements, the default of every backend here
 # Bytes per parameter of a backend's default weights when nothing says otherwise.
 DEFAULT_BYTES = {"vllm": 2.0, "tgi": 2.0, "llamacpp": 0.5625, "ollama": 0.5625}
@@ -136,6 +144,64 @@ def device_request(gpu_ids: Sequence[int | str]) -> dict[str, Any]:
     return {"device_ids": ids, "capabilities": [["gpu"]]}
 
 
+# --- Sharing a GPU: start order and memory shares ----------------------------------------------
+
+
+def _is_uuid(gpu_id: str) -> bool:
+    return not gpu_id.isdigit()
+
+
+def may_share(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two models may be on one GPU, judged from stack.yaml alone: they name a GPU
+    alike, or (both with gpu_share) one names GPUs by index and the other by UUID, which only
+    the host can tell apart, so they count as sharing."""
+    ids_a, ids_b = set(a.gpu_ids), set(b.gpu_ids)
+    if not ids_a or not ids_b:
+        return False
+    if ids_a & ids_b:
+        return True
+    mixed = any(_is_uuid(g) != _is_uuid(h) for g in ids_a for h in ids_b)
+    return a.gpu_share and b.gpu_share and mixed
+
+
+def start_order(models: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """GPU models in the order they start when they share a GPU: stack.yaml order, TGI last
+    (it takes what the others leave, see memory_fraction)."""
+    gpu_models = [m for m in models if m.gpu_ids]
+    return sorted(gpu_models, key=lambda m: (m.backend == "tgi", gpu_models.index(m)))
+
+
+def start_after(models: Sequence[ModelSpec]) -> dict[str, list[str]]:
+    """{model name: the models that must be ready before it starts}: each GPU model waits for
+    the models before it in start_order that may share one of its GPUs. Two servers starting
+    together on one GPU each count the other's memory as free and fail when it is gone
+    (vLLM: "No available memory for the cache blocks"); models on separate GPUs start
+    together."""
+    order = start_order(models)
+    return {m.name: [p.name for p in order[:i] if may_share(p, m)] for i, m in enumerate(order)}
+
+
+def memory_fraction(models: Sequence[ModelSpec], model: ModelSpec) -> float:
+    """The value of the model's GPU-memory flag.
+
+    vLLM's --gpu-memory-utilization is per instance: the model's own gpu_memory_utilization.
+    TGI's --cuda-memory-fraction is per GPU: TGI fills KV cache until (1 - fraction) x total
+    is left free (get_cuda_free_memory in TGI's import_utils.py), counting every process on
+    the GPU. TGI starts after the models it shares a GPU with, so it gets its own share plus
+    theirs, per GPU (the smallest, when its GPUs have different neighbours), at most 1."""
+    own = model.gpu_memory_utilization
+    if model.backend != "tgi" or not model.gpu_ids:
+        return own
+    order = start_order(models)
+    before = order[:next(i for i, m in enumerate(order) if m.name == model.name)]
+    per_gpu = []
+    for gpu_id in model.gpu_ids:
+        neighbours = [p for p in before if may_share(p, model)
+                      and (gpu_id in p.gpu_ids or not set(p.gpu_ids) & set(model.gpu_ids))]
+        per_gpu.append(own + sum(p.gpu_memory_utilization for p in neighbours))
+    return round(min(1.0, min(per_gpu)), 4)
+
+
 # --- Estimates --------------------------------------------------------------------------------
 
 
@@ -192,8 +258,13 @@ def kv_bytes_per_token(params: float) -> float:
     return 2 * layers * width * KV_BYTES
 
 
+# Backends that hold a share of each GPU (gpu_memory_utilization): vLLM reserves it at start,
+# TGI fills its KV cache up to it (--cuda-memory-fraction, see memory_fraction).
+RESERVING_BACKENDS = ("vllm", "tgi")
+
+
 def _reserve(model: ModelSpec) -> float | None:
-    return float(model.gpu_memory_utilization) if model.backend == "vllm" else None
+    return float(model.gpu_memory_utilization) if model.backend in RESERVING_BACKENDS else None
 
 
 @dataclass(frozen=True)
@@ -207,6 +278,7 @@ class Estimate:
     overhead_mib: float
     reserve_fraction: float | None  # vLLM reserves this share of each GPU's total
     basis: list[str] = field(default_factory=list)
+    kv_source: str | None = None  # config.json | GGUF header | heuristic (None: no estimate)
 
     @property
     def shards(self) -> int:
@@ -231,16 +303,18 @@ class Estimate:
         return {"model": self.model, "gpus": self.gpus, "weights_mib": r(self.weights_mib),
                 "kv_cache_mib": r(self.kv_mib), "overhead_mib": r(self.overhead_mib),
                 "per_gpu_mib": r(self.need_mib), "reserve_fraction": self.reserve_fraction,
-                "basis": self.basis}
+                "kv_cache_source": self.kv_source, "basis": self.basis}
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def estimate(model: ModelSpec, file_bytes: int | None = None) -> Estimate:
+def estimate(model: ModelSpec, file_bytes: int | None = None,
+             arch: Architecture | None = None) -> Estimate:
     """VRAM per GPU for `model`; `file_bytes` is the size of its weights file on the target
-    when the source is a single file (read through the engine), else None."""
+    when the source is a single file (read through the engine), else None; `arch` its
+    attention shape from its config.json or GGUF header, when read."""
     src = model.parsed_source
     params = params_from_name(f"{model.name} {src.ref}")
     basis: list[str] = []
@@ -260,15 +334,22 @@ def estimate(model: ModelSpec, file_bytes: int | None = None) -> Estimate:
         basis.append("weights unknown: no parameter count in the name and no single weights "
                      "file (write the size in the name, e.g. my-model-7b, to get an estimate)")
     kv: float | None = None
-    if params is not None:
+    if arch is not None:
+        tokens = arch.cached_tokens(model.context)
+        kv = arch.kv_bytes_per_token() * tokens / MIB
+        basis.append(f"kv cache = {tokens} tokens x {arch.kv_bytes_per_token() / 1024:g} "
+                     f"KiB/token (from {arch.describe()})")
+    elif params is not None:
         kv = kv_bytes_per_token(params) * model.context / MIB
         basis.append(f"kv cache = {model.context} tokens x "
-                     f"{kv_bytes_per_token(params) / 1024:.0f} KiB/token (heuristic upper bound)")
+                     f"{kv_bytes_per_token(params) / 1024:.0f} KiB/token (heuristic upper bound "
+                     "from the parameter count: no config.json or GGUF header was read)")
     overhead = OVERHEAD_MIB.get(model.backend, 1024.0)
     reserve = _reserve(model)
     if reserve is not None:
         basis.append(f"{model.backend} reserves {reserve:g} x each GPU's memory")
-    return Estimate(model.name, model.gpu_ids, weights, kv, overhead, reserve, basis)
+    kv_source = arch.source if arch is not None else ("heuristic" if kv is not None else None)
+    return Estimate(model.name, model.gpu_ids, weights, kv, overhead, reserve, basis, kv_source)
 
 
 # --- Checks against the host -------------------------------------------------------------------
@@ -339,12 +420,15 @@ def resolve(gpu_id: str, gpus: list[Gpu]) -> Gpu | None:
 
 
 def check(spec: StackSpec, gpus: list[Gpu], file_sizes: dict[str, int] | None = None,
-          running: set[str] | frozenset[str] = frozenset()) -> GpuReport:
+          running: set[str] | frozenset[str] = frozenset(),
+          architectures: dict[str, Architecture] | None = None) -> GpuReport:
     """Every GPU model of `spec` against the host's GPUs.
 
     `file_sizes`: {model name: bytes of its weights file}; `running`: names of models whose
-    containers run already (their memory is in nvidia-smi's memory.used, so not added)."""
+    containers run already (their memory is in nvidia-smi's memory.used, so not added);
+    `architectures`: {model name: its attention shape, from its config.json or GGUF header}."""
     file_sizes = file_sizes or {}
+    architectures = architectures or {}
     budgets = {g.index: GpuBudget(g) for g in gpus}
     findings: list[Finding] = []
     estimates: list[Estimate] = []
@@ -357,7 +441,7 @@ def check(spec: StackSpec, gpus: list[Gpu], file_sizes: dict[str, int] | None = 
     for i, model in enumerate(spec.models):
         if not model.gpu_ids:
             continue
-        est = estimate(model, file_sizes.get(model.name))
+        est = estimate(model, file_sizes.get(model.name), architectures.get(model.name))
         estimates.append(est)
         where = f"models[{i}].gpus ({model.name})"
         resolved: list[Gpu] = []
@@ -379,9 +463,9 @@ def check(spec: StackSpec, gpus: list[Gpu], file_sizes: dict[str, int] | None = 
         for gpu in resolved:
             total = gpu.memory_total_mib
             if est.reserve_fraction is not None and total is not None:
-                mib = certain = est.reserve_fraction * total
-                note = f"reserves {est.reserve_fraction:g} x {_gib(total)}; needs " \
-                       f"~{_gib(est.need_mib)}"
+                mib = est.reserve_fraction * total
+                note = f"reserves {est.reserve_fraction:g} x {_gib(total)} + " \
+                       f"{_gib(CUDA_CONTEXT_MIB)} CUDA context; needs ~{_gib(est.need_mib)}"
                 if est.certain_mib is not None and est.certain_mib > mib:
                     add("gpu-memory", "fail", f"{where}: weights and overhead "
                         f"(~{_gib(est.certain_mib)} per GPU) exceed the {_gib(mib)} "
@@ -392,7 +476,10 @@ def check(spec: StackSpec, gpus: list[Gpu], file_sizes: dict[str, int] | None = 
                     add("gpu-memory", "warn", f"{where}: with a {model.context}-token KV cache "
                         f"it may need ~{_gib(est.need_mib)} per GPU, more than the {_gib(mib)} "
                         f"{model.backend} reserves on GPU {gpu.index}",
-                        "lower context or give it more GPUs (the KV estimate is an upper bound)")
+                        "lower context or give it more GPUs" + (
+                            " (the KV estimate is an upper bound)"
+                            if est.kv_source == "heuristic" else ""))
+                mib = certain = mib + CUDA_CONTEXT_MIB
             else:
                 mib, certain = est.need_mib or 0.0, est.certain_mib or 0.0
                 note = f"needs ~{_gib(est.need_mib)}"

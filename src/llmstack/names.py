@@ -20,6 +20,11 @@ NGINX_PORTS = {"local": 8080, "lan": 8081, "https": 8443}
 CONFIG_ROOT = "/etc/llmstack"
 
 
+def model_check(model_name: str) -> str:
+    """The health service's name for a model's readiness check (health.json, /ready/<name>)."""
+    return f"model:{model_name}"
+
+
 def model_service(model_name: str) -> str:
     """A DNS- and container-safe service name for a model; a hash keeps lossy slugs unique."""
     slug = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:40] or "model"

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import images, keepalive, names, sizing
-from .backends import BACKENDS, Mount
+from . import gpu, images, keepalive, names, sizing
+from .backends import BACKENDS, Mount, Placement
 from .render import NGINX_SPOOL_BODY, NGINX_SPOOL_DIR, Rendered
 from .spec import Resources, StackSpec
 
@@ -69,6 +69,9 @@ class ServiceSpec:
     init: bool = True  # a tiny init as PID 1 reaps zombies and forwards signals
     restart: str = RESTART_POLICY
     probe: tuple[int, str] | None = None  # (port, path) answered 200 when ready
+    # A check of the health service (render.health_checks) that `up` polls as
+    # /ready/<check> instead of `probe`, for a server one GET cannot tell ready (Ollama).
+    ready_check: str | None = None
     depends_on: tuple[str, ...] = ()
     secret_env: tuple[str, ...] = ()
     # Services that must be ready before `up` starts this one. Start order only, so not part
@@ -87,7 +90,7 @@ class ServiceSpec:
     def config_hash(self) -> str:
         """Stable digest of every setting; secret values enter only as their own digests."""
         data = asdict(self)
-        del data["start_after"]
+        del data["start_after"], data["ready_check"]  # how `up` waits, not the container
         data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
                        for k, v in sorted(self.env.items())}
         data["config"] = {k: _digest(v) for k, v in sorted(self.config.items())}
@@ -134,13 +137,17 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
     )]
     # Start order: health first (readiness probes run in its container); the models and
     # LiteLLM together (LiteLLM needs no backend to start, so a cold `up` takes about as long
-    # as its slowest service); nginx last, once everything behind it answers.
+    # as its slowest service), except that models sharing a GPU start one at a time
+    # (gpu.start_after); nginx last, once everything behind it answers.
     after_health = (names.HEALTH,)
+    gpu_waits = gpu.start_after(spec.models)
     model_services = []
     for model in spec.models:
         backend = BACKENDS[model.backend]
-        launch = backend.launch(model, (pins or {}).get(model.source, ""))
         image = spec.image_for(model)
+        launch = backend.launch(model, Placement(
+            image=image, memory_fraction=gpu.memory_fraction(spec.models, model)),
+            pin=(pins or {}).get(model.source, ""))
         service = names.model_service(model.name)
         model_services.append(service)
         services.append(ServiceSpec(
@@ -148,7 +155,10 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
             env=dict(launch.env), mounts=launch.mounts, gpus=model.gpu_ids,
             # Every container has a memory limit: a model's defaults to its estimated needs.
             shm_size=launch.shm_size, probe=(backend.port, backend.health_path),
-            start_after=after_health,
+            ready_check=(names.model_check(model.name)
+                         if backend.ready_check(model, "") is not None else None),
+            start_after=after_health + tuple(names.model_service(m)
+                                             for m in gpu_waits.get(model.name, [])),
             **_hardening(spec.image_key(model), sizing.model_resources(model)),
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",

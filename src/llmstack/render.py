@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import jinja2
 
@@ -88,13 +89,15 @@ def _litellm_entries(spec: StackSpec) -> list[dict[str, str]]:
     return entries
 
 
-def health_checks(spec: StackSpec) -> dict[str, str]:
+def health_checks(spec: StackSpec) -> dict[str, Any]:
     checks = {names.LITELLM: f"http://{names.container(spec.project, names.LITELLM)}:"
                              f"{names.LITELLM_PORT}{names.LITELLM_READY_PATH}"}
     for model in spec.models:
         backend = BACKENDS[model.backend]
         host = names.container(spec.project, names.model_service(model.name))
-        checks[f"model:{model.name}"] = f"http://{host}:{backend.port}{backend.health_path}"
+        base = f"http://{host}:{backend.port}"
+        checks[names.model_check(model.name)] = backend.ready_check(model, base) or \
+            f"{base}{backend.health_path}"
     return checks
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from llmstack import images, names, plan, render
-from llmstack.backends import BACKENDS
+from llmstack.backends import BACKENDS, vllm
 from llmstack.spec import StackSpec
 from tests.unit.recording_engine import as_json, started
 
@@ -48,6 +48,13 @@ CASES: dict[str, dict[str, Any]] = {
                                    "args": ["--enable-prefix-caching"]},
     "vllm-embedding": {"name": "bge", "backend": "vllm", "task": "embedding",
                        "source": "hf:BAAI/bge-large-en-v1.5", "gpus": [2], "context": 512},
+    # The same embedding model without `context`: vLLM takes the model's own limit.
+    "vllm-embedding-model-context": {"name": "bge", "backend": "vllm", "task": "embedding",
+                                     "source": "hf:BAAI/bge-large-en-v1.5", "gpus": [2]},
+    # An older vLLM named in stack.yaml: the flag that release knows.
+    "vllm-embedding-v0.9.2": {"name": "bge", "backend": "vllm", "task": "embedding",
+                              "source": "hf:BAAI/bge-large-en-v1.5", "gpus": [2],
+                              "image": "docker.io/vllm/vllm-openai:v0.9.2"},
     "tgi-two-shards": {"name": "mistral", "backend": "tgi",
                        "source": "hf:mistralai/Mistral-7B-Instruct-v0.3", "gpus": [0, 1],
                        "context": 8192},
@@ -127,9 +134,62 @@ def test_llamacpp_uses_its_cuda_image_and_offloads_only_with_gpus() -> None:
     assert cuda["device_requests"][0]["DeviceIDs"] == ["1"]
 
 
+def flag(create: dict[str, Any], name: str) -> str | None:
+    command = create["command"]
+    return command[command.index(name) + 1] if name in command else None
+
+
+def test_vllm_embeddings_use_the_runner_flag_of_the_pinned_release() -> None:
+    pinned = container(CASES["vllm-embedding"])["create"]
+    assert pinned["image"] == images.SERVICE_IMAGES["vllm"].registry
+    assert images.parse_reference(pinned["image"]).tag == "v0.11.0"
+    assert flag(pinned, "--runner") == "pooling" and "--task" not in pinned["command"]
+    assert flag(pinned, "--max-model-len") == "512"
+    old = container(CASES["vllm-embedding-v0.9.2"])["create"]
+    assert flag(old, "--task") == "embed" and "--runner" not in old["command"]
+
+
+@pytest.mark.parametrize(("image", "flags"), [
+    ("docker.io/vllm/vllm-openai:v0.11.0@sha256:" + "0" * 64, ["--runner", "pooling"]),
+    ("vllm/vllm-openai:v0.10.1.1", ["--runner", "pooling"]),
+    ("vllm/vllm-openai:v0.10.0", ["--task", "embed"]),
+    ("registry.local:5000/vllm/vllm-openai:0.9.2", ["--task", "embed"]),
+    ("vllm/vllm-openai:latest", ["--runner", "pooling"]),
+    ("vllm/vllm-openai:nightly-2c3a1f", ["--runner", "pooling"]),
+])
+def test_vllm_embedding_flags_follow_the_image_tag(image: str, flags: list[str]) -> None:
+    assert vllm.embedding_flags(image) == flags
+
+
+def test_embedding_models_get_max_model_len_only_when_context_is_set() -> None:
+    """Most embedding models allow 512 tokens; vLLM exits when --max-model-len is above."""
+    unset = container(CASES["vllm-embedding-model-context"])["create"]
+    assert "--max-model-len" not in unset["command"]
+    chat = container({k: v for k, v in CASES["vllm-one-gpu-hf"].items() if k != "context"})
+    assert flag(chat["create"], "--max-model-len") == "4096"  # a chat model's KV cache bound
+
+
+def test_llamacpp_serves_on_the_port_its_images_healthcheck_probes() -> None:
+    """ghcr.io/ggml-org/llama.cpp:server(-cuda) HEALTHCHECK: curl -f localhost:8080/health."""
+    for case in ("llamacpp-cpu-chat", "llamacpp-cuda-host-file"):
+        got = container(CASES[case])
+        assert flag(got["create"], "--port") == "8080" == str(got["port"])
+
+
+def test_ollama_gets_its_context_and_a_cpu_model_no_gpu() -> None:
+    cpu = container({**CASES["ollama-cpu-tag"], "context": 16384})["create"]
+    assert cpu["environment"]["OLLAMA_CONTEXT_LENGTH"] == "16384"
+    assert cpu["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
+    on_gpu = container(CASES["ollama-gpu-volume"])["create"]
+    assert on_gpu["environment"]["OLLAMA_CONTEXT_LENGTH"] == "4096"
+    assert "NVIDIA_VISIBLE_DEVICES" not in on_gpu["environment"]
+
+
 def test_tgi_shards_over_its_gpus() -> None:
     tgi = container(CASES["tgi-two-shards"])["create"]
     assert tgi["command"][tgi["command"].index("--num-shard") + 1] == "2"
+    # Without it TGI fills every free byte of its GPUs with KV cache.
+    assert flag(tgi, "--cuda-memory-fraction") == "0.9"
     assert tgi["device_requests"] == [{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"],
                                        "Capabilities": [["gpu"]], "Options": {}}]
 
@@ -144,3 +204,21 @@ def test_own_images_run_unprivileged_and_root_images_get_only_their_few_capabili
         assert root["cap_drop"] == ["ALL"], case
         assert root["cap_add"] == list(plan.ROOT_IMAGE_CAPS), case
         assert root["security_opt"] == ["no-new-privileges=true"], case
+
+
+def test_up_waits_for_ollama_through_the_health_services_check() -> None:
+    from llmstack import deploy
+
+    spec = StackSpec.model_validate({"models": [CASES["ollama-cpu-tag"],
+                                                CASES["llamacpp-cpu-chat"]]})
+    wanted = {s.service: s for s in plan.desired(spec, render.render(spec), "sk-internal")}
+    ollama, llama = wanted[names.model_service("llama3")], wanted[
+        names.model_service("deepseek-coder")]
+    health = json.loads(render.render(spec).services[names.HEALTH]["health.json"])
+    assert ollama.ready_check == names.model_check("llama3")
+    assert health["checks"][ollama.ready_check]["kind"] == "ollama"
+    assert deploy._probe_url(spec.project, ollama) == (
+        f"http://{names.container(spec.project, names.HEALTH)}:{names.HEALTH_PORT}"
+        "/ready/model:llama3")
+    assert llama.ready_check is None
+    assert deploy._probe_url(spec.project, llama).endswith(":8080/health")

@@ -152,7 +152,7 @@ def test_readiness_timeout_raises_with_the_last_log_lines(
     message = err.value.message
     assert message.startswith(f"service {CHAT} failed: not ready after")
     assert "(GET /health -> 503)" in message
-    assert "probe: GET /health on port 8000" in message
+    assert "probe: GET /health on port 8080" in message
     assert f"last log lines:\n    {CHAT} starting" in message
     assert f"`llmstack logs {CHAT}`" in err.value.hint and "llmstack up" in err.value.hint
     assert err.value.exit_code == 2

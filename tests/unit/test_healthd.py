@@ -81,3 +81,77 @@ def test_served_over_http(backends: tuple[str, str], tmp_path: Path) -> None:
     code, body = get("/summary")
     assert code == 503 and json.loads(body) == {"status": "degraded"}
     assert get("/nope")[0] == 404
+
+
+class FakeOllama:
+    """Ollama's /api/tags and a warm-up route that answers once `loaded` is set."""
+
+    def __init__(self) -> None:
+        self.tags: list[str] = []
+        self.loaded = threading.Event()
+        self.warm_ups: list[dict[str, object]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps({"models": [{"name": t, "model": t} for t in outer.tags]})
+                self._send(200, body.encode())
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                outer.warm_ups.append({"path": self.path,
+                                       "body": json.loads(self.rfile.read(length))})
+                outer.loaded.wait(10)
+                self._send(200, b'{"done": true, "done_reason": "load"}')
+
+            def _send(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+
+
+def test_ollama_is_ready_only_with_its_tag_listed_and_a_warm_up_answered() -> None:
+    from llmstack.backends import BACKENDS
+    from llmstack.spec import ModelSpec
+
+    ollama = FakeOllama()
+    model = ModelSpec(name="llama3", backend="ollama", source="ollama:llama3.1")
+    check = BACKENDS["ollama"].ready_check(model, ollama.base)
+    checker = healthd.Checker({"model:llama3": check}, 1.0)
+    code, body = checker.one("model:llama3")
+    # /api/tags answers 200 before the model is pulled: not ready.
+    assert code == 503 and json.loads(body)["detail"] == "llama3.1:latest not pulled yet"
+    assert ollama.warm_ups == []
+    ollama.tags = ["llama3.1:latest"]
+    code, body = checker.one("model:llama3")
+    assert code == 503 and json.loads(body)["detail"] == "loading llama3.1:latest"
+    assert wait_for(lambda: ollama.warm_ups, timeout=5, what="a warm-up request") == [
+        {"path": "/api/generate", "body": {"model": "llama3.1", "prompt": ""}}]
+    assert checker.one("model:llama3")[0] == 503  # still loading: one warm-up, not two
+    ollama.loaded.set()
+    assert wait_for(lambda: checker.one("model:llama3")[0] == 200, timeout=5, what="ready")
+    assert len(ollama.warm_ups) == 1
+    assert checker.one("model:none")[0] == 404
+    ollama.server.shutdown()
+    # The server gone (a restart loads the model again): not ready, and warmed up anew.
+    assert checker.one("model:llama3")[0] == 503
+
+
+def test_an_ollama_embedding_model_warms_up_by_embedding() -> None:
+    from llmstack.backends import BACKENDS
+    from llmstack.spec import ModelSpec
+
+    model = ModelSpec(name="embed", backend="ollama", task="embedding",
+                      source="ollama:nomic-embed-text")
+    check = BACKENDS["ollama"].ready_check(model, "http://m:11434")
+    assert check is not None
+    assert (check["warm_url"], check["warm_up"]) == (
+        "http://m:11434/api/embed", {"model": "nomic-embed-text", "input": "warm-up"})

@@ -375,6 +375,7 @@ NOT_COMPARED = {
     "ports": "published host ports: the edge Service's ports (test_the_edge_service)",
     "depends_on": "start order: Kubernetes starts all pods; readiness gates traffic",
     "start_after": "start order of `up`",
+    "ready_check": "the check `up` polls (Ollama); the pod is probed on its own port",
     "secret_env": "which env values come from the Secret (compared with env)",
     "restart": "a Deployment always restarts its pods",
     "pids_limit": "Kubernetes has no per-pod process limit in the pod spec (the kubelet's "

@@ -76,7 +76,7 @@ def test_embedding_model_gets_embedding_flags_and_probes() -> None:
     by_name = {s.service: s for s in wanted()}
     assert "--embeddings" in by_name[EMBED].command
     assert "--embeddings" not in by_name[CHAT].command
-    assert by_name[CHAT].probe == (8000, "/health")
+    assert by_name[CHAT].probe == (8080, "/health")  # llama.cpp images are built for 8080
     assert by_name[names.LITELLM].probe == (names.LITELLM_PORT, "/health/readiness")
     assert by_name[names.NGINX].probe == (names.NGINX_PORTS["local"], "/health")
     mount = by_name[CHAT].mounts[0]

@@ -237,7 +237,7 @@ def test_litellm_lists_every_public_name_on_its_model_container() -> None:
     for alias in ("qwen-coder", "mistral"):
         assert entries[alias]["litellm_params"] == entries["deepseek-coder"]["litellm_params"]
     assert entries["deepseek-coder"]["litellm_params"]["api_base"] == \
-        "http://acme-model-deepseek-coder:8000/v1"
+        "http://acme-model-deepseek-coder:8080/v1"
     assert entries["smollm2-embed"]["model_info"]["mode"] == "embedding"
 
 
@@ -245,8 +245,8 @@ def test_health_checks_every_model_and_litellm() -> None:
     health = json.loads(demo().files()["health.json"])
     assert health["checks"] == {
         "litellm": "http://llmstack-litellm:4000/health/readiness",
-        "model:deepseek-coder": "http://llmstack-model-deepseek-coder:8000/health",
-        "model:smollm2-embed": "http://llmstack-model-smollm2-embed:8000/health",
+        "model:deepseek-coder": "http://llmstack-model-deepseek-coder:8080/health",
+        "model:smollm2-embed": "http://llmstack-model-smollm2-embed:8080/health",
     }
 
 

@@ -27,6 +27,7 @@ NOT_CONTAINER_SETTINGS = {
     "role": "a label (compared with the labels)",
     "config": "file contents: a volume for `up`, files next to the compose file",
     "probe": "polled by `up`'s readiness wait, not a container setting",
+    "ready_check": "the health service's check `up` polls instead of probe (Ollama)",
     "depends_on": "start order: `up` orders, compose gets depends_on",
     "start_after": "start order of `up` (not hashed); compose orders by depends_on",
     "secret_env": "which env values are secret (compared: env_file vs environment)",

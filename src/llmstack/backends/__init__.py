@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from . import llamacpp, ollama, tgi, vllm
-from .base import Backend, Launch, Mount
+from .base import Backend, Launch, Mount, Placement
 
 BACKENDS: dict[str, Backend] = {
     m.BACKEND.name: m.BACKEND for m in (llamacpp, vllm, ollama, tgi)
 }
 
-__all__ = ["BACKENDS", "Backend", "Launch", "Mount"]
+__all__ = ["BACKENDS", "Backend", "Launch", "Mount", "Placement"]

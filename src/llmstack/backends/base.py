@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import hfcache
 
@@ -37,6 +37,20 @@ class Launch:
     shm_size: str | None = None
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What the plan decides about a model beyond its own stack.yaml entry: the image it runs
+    (the backend's flags may depend on its version) and the share of each GPU it may take."""
+
+    image: str = ""
+    # The value of the backend's GPU-memory flag (vLLM --gpu-memory-utilization, TGI
+    # --cuda-memory-fraction); None: the model's own gpu_memory_utilization.
+    memory_fraction: float | None = None
+
+
+DEFAULT_PLACEMENT = Placement()
+
+
 class Backend(Protocol):
     name: str
     image_key: str  # key in stack.yaml `images:` when the model runs on CPU
@@ -58,11 +72,18 @@ class Backend(Protocol):
     # LiteLLM's client side must give up on idle connections sooner (see keepalive.py).
     idle_keepalive_s: int | None
 
-    def launch(self, model: ModelSpec, pin: str = "") -> Launch:
-        """`pin`: the commit an hf: source was fetched at (stack.lock), "" when unknown."""
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
+               pin: str = "") -> Launch:
+        """`placement`: the GPUs and share this copy runs on; `pin`: the commit an hf: source
+        was fetched at (stack.lock), "" when unknown."""
         ...
 
     def served_name(self, model: ModelSpec) -> str: ...
+
+    def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
+        """The health service's check for a model that one GET of health_path cannot tell
+        ready (see healthd.make_check); `base` is http://<container>:<port>. None: the GET."""
+        ...
 
 
 def model_mount(model: ModelSpec, target: str = "/models", pin: str = ""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .base import Launch, model_mount, source_env
+from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -24,14 +24,23 @@ class Tgi:
     cache_dir = "/data"  # the image's HF_HOME
     idle_keepalive_s = None  # its router serves with axum/hyper: no idle timeout set
 
+    def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
+        return None
+
     def served_name(self, model: ModelSpec) -> str:
         return "tgi"  # TGI serves one model and ignores the requested name
 
-    def launch(self, model: ModelSpec, pin: str = "") -> Launch:
+    def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
+               pin: str = "") -> Launch:
         mounts, path = model_mount(model, target="/data/models", pin=pin)
         gpus = 0 if model.gpus == "cpu" else len(model.gpus)
         cmd = ["--model-id", path, "--port", str(self.port),
                "--max-total-tokens", str(model.context), "--num-shard", str(max(gpus, 1))]
+        # TGI fills the GPU with KV cache until only (1 - fraction) x total is left free, so
+        # its fraction counts what the models started before it on its GPUs hold (the plan
+        # computes it: gpu.memory_fraction); unset, it takes everything that is free.
+        fraction = placement.memory_fraction or model.gpu_memory_utilization
+        cmd += ["--cuda-memory-fraction", f"{fraction:g}"]
         return Launch(command=cmd + list(model.args), mounts=mounts, env=source_env(model),
                       shm_size="1g")
 

@@ -215,3 +215,11 @@ class Engine(Protocol):
 
     def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
         """Whether a model's volume:/host: source exists on the engine's host, its size."""
+
+    def image_env(self, refs: list[str]) -> dict[str, list[str]]:
+        """The Env of each of these images' config that is on the engine (missing: absent)."""
+
+    def read_source(self, image: str, kind: str, location: str, path: str, limit: int
+                    ) -> bytes | None:
+        """The first `limit` bytes of a file in a model's volume:/host: source (None when it
+        cannot be read): its config.json or GGUF header."""

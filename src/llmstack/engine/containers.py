@@ -440,6 +440,17 @@ class Project:
 
         return stat_source(self.client, image, kind, location, path, self.project)
 
+    def image_env(self, refs: list[str]) -> dict[str, list[str]]:
+        from .host import image_env
+
+        return image_env(self.client, refs)
+
+    def read_source(self, image: str, kind: str, location: str, path: str, limit: int
+                    ) -> bytes | None:
+        from .host import read_source
+
+        return read_source(self.client, image, kind, location, path, limit, self.project)
+
 
 def _mount(source: str, target: str, kind: str, read_only: bool) -> Any:
     from docker.types import Mount

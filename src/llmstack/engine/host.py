@@ -44,6 +44,10 @@ class EngineFacts:
     name: str
     ncpu: int
     mem_bytes: int
+    # docker info's SecurityOptions ("name=rootless", ...), CgroupVersion, CgroupDriver
+    security_options: tuple[str, ...] = ()
+    cgroup_version: str = ""
+    cgroup_driver: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "api_version": self.api_version, "os": self.os,
@@ -52,7 +56,9 @@ class EngineFacts:
                 "runtimes": self.runtimes, "default_runtime": self.default_runtime,
                 "system_time": self.system_time.isoformat() if self.system_time else None,
                 "clock_skew_s": None if self.skew_s is None else round(self.skew_s, 2),
-                "name": self.name, "ncpu": self.ncpu, "mem_bytes": self.mem_bytes}
+                "name": self.name, "ncpu": self.ncpu, "mem_bytes": self.mem_bytes,
+                "security_options": list(self.security_options),
+                "cgroup_version": self.cgroup_version, "cgroup_driver": self.cgroup_driver}
 
 
 def parse_engine_time(value: str) -> dt.datetime | None:
@@ -91,7 +97,10 @@ def engine_facts(client: docker.DockerClient) -> EngineFacts:
         runtimes=sorted((info.get("Runtimes") or {}).keys()),
         default_runtime=str(info.get("DefaultRuntime", "")), system_time=system_time,
         skew_s=skew, name=str(info.get("Name", "")), ncpu=int(info.get("NCPU") or 0),
-        mem_bytes=int(info.get("MemTotal") or 0))
+        mem_bytes=int(info.get("MemTotal") or 0),
+        security_options=tuple(str(o) for o in info.get("SecurityOptions") or []),
+        cgroup_version=str(info.get("CgroupVersion", "")),
+        cgroup_driver=str(info.get("CgroupDriver", "")))
 
 
 @mapped
@@ -134,6 +143,7 @@ class GpuProbe:
     gpus: list[gpumod.Gpu] = field(default_factory=list)
     image: str | None = None
     detail: str = ""
+    nvidia_smi: str = ""  # the plain `nvidia-smi` table: its header has the driver's CUDA
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "image": self.image, "detail": self.detail,
@@ -172,9 +182,31 @@ def query_gpus(client: docker.DockerClient, candidates: list[str], project: str 
         return GpuProbe("error", image=image,
                         detail=f"nvidia-smi exited {code}: {' '.join(out.split())[:300]}")
     try:
-        return GpuProbe("ok", gpumod.parse_nvidia_smi(out), image=image)
+        gpus = gpumod.parse_nvidia_smi(out)
     except gpumod.GpuQueryError as exc:
         return GpuProbe("error", image=image, detail=str(exc))
+    try:  # the table's header says the driver's CUDA version (no --query field does)
+        _, table = _run(client, image, [], ["nvidia-smi"], project,
+                        device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])],
+                        environment={"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
+                        network_mode="none")
+    except DockerException:
+        table = ""
+    return GpuProbe("ok", gpus, image=image, nvidia_smi=table)
+
+
+@mapped
+def image_env(client: docker.DockerClient, refs: list[str]) -> dict[str, list[str]]:
+    """The Env of each present image's config ({} for a missing one)."""
+    from docker.errors import ImageNotFound
+
+    out: dict[str, list[str]] = {}
+    for ref in dict.fromkeys(refs):
+        try:
+            out[ref] = list(client.images.get(ref).attrs.get("Config", {}).get("Env") or [])
+        except ImageNotFound:
+            continue
+    return out
 
 
 @dataclass(frozen=True)
@@ -252,6 +284,50 @@ def stat_source(client: docker.DockerClient, image: str, kind: str, location: st
         return SourceStat(False)
     mode = int(stat.get("mode", 0))
     return SourceStat(True, int(stat.get("size", 0)), bool(mode & MODE_DIR))
+
+
+@mapped
+def read_source(client: docker.DockerClient, image: str, kind: str, location: str, path: str,
+                limit: int, project: str = "llmstack") -> bytes | None:
+    """The first `limit` bytes of the file `path` of a model's volume:/host: source (its
+    config.json, a GGUF header); None when it cannot be read. Runs `head` in `image` with the
+    source mounted read-only and no network; base64 keeps binary intact through the log."""
+    import base64
+    import binascii
+
+    from docker.errors import APIError, NotFound
+    from docker.types import Mount
+
+    if kind == "volume":
+        try:
+            client.volumes.get(location)
+        except NotFound:
+            return None
+        mount, inside = Mount("/v", location, type="volume", read_only=True), \
+            "/v/" + path.lstrip("/")
+    else:
+        parent, _, leaf = path.rpartition("/")
+        mount, inside = Mount("/v", parent or "/", type="bind", read_only=True), "/v/" + leaf
+    try:
+        c = client.containers.create(
+            image, entrypoint=["sh", "-c", 'head -c "$1" "$2" | base64', "sh"],
+            command=[str(limit), inside], mounts=[mount], network_mode="none",
+            labels={names.LABEL_PROJECT + ".tmp": project})
+    except APIError:
+        return None
+    try:
+        c.start()
+        if c.wait(timeout=120).get("StatusCode") != 0:
+            return None
+        text = c.logs(stdout=True, stderr=False)
+    except APIError:
+        return None
+    finally:
+        c.remove(force=True)
+    try:
+        return base64.b64decode(b"".join(text.split())) or None
+    except binascii.Error:
+        return None
 
 
 @mapped
