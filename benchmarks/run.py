@@ -37,7 +37,7 @@ from harness import BenchStack  # noqa: E402
 from http_load import Target  # noqa: E402
 from report import VARIANTS  # noqa: E402
 
-from llmstack import names  # noqa: E402
+from llmstack import names, pull, spec  # noqa: E402
 from llmstack.backends import BACKENDS  # noqa: E402
 
 # Targets of the issue (benchmarks): value <op> limit.
@@ -77,6 +77,12 @@ FULL = Budget(help_runs=9, cold_ups=3, noop_ups=7, limiter_trials=3, limiter_cou
 QUICK = Budget(help_runs=3, cold_ups=1, noop_ups=2, limiter_trials=1, limiter_count=30,
                lat_rounds_c1=2, lat_rounds_c8=1, ttft_rounds=2, rotate_seconds=2,
                max_tokens=4, warmup=0, embed=False, compose_ready=False, phase_s=20)
+
+
+def stack_images(stack: BenchStack) -> list[str]:
+    """The images the stack runs here (its `images:` source as this engine decides it)."""
+    parsed = spec.StackSpec.model_validate(stack.spec())
+    return sorted(pull.stack_refs(parsed, parsed.images.effective_source))
 
 
 def log(msg: str) -> None:
@@ -436,7 +442,7 @@ def run(budget: Budget, out: Path, quick: bool, project: str | None) -> tuple[Pa
             stack = BenchStack.create(work / "stack", name, embed=budget.embed)
             results["meta"]["project"] = stack.project
             results["meta"]["images"] = {t: (docker.images.get(t).short_id)
-                                         for t in sorted(set(stack.spec()["images"].values()))}
+                                         for t in stack_images(stack)}
             log(f"cold up of {stack.project} (ports {stack.local_port}/{stack.https_port})")
             results["up_cold"] = bench_cold_up(stack, budget)
             phase_done("up_cold")

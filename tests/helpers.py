@@ -127,3 +127,12 @@ def make_unthrottled_stack(root: Path, prefix: str) -> Stack:
     data["rate_limit"] = {"requests_per_second": 1000, "burst": 1000, "max_concurrent": 100}
     stack.write_spec(data)
     return stack
+
+
+def name_image(data: dict[str, Any], key: str, image: str) -> None:
+    """Name `image` for `images:` key `key` in stack data (`images: auto` becomes a mapping)."""
+    images = data.get("images", "auto")
+    if isinstance(images, str):
+        images = {"source": images}
+    images[key] = image
+    data["images"] = images

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from llmstack import names, secrets, tls
-from tests.helpers import Stack, cli, make_stack, wait_for
+from tests.helpers import Stack, cli, make_stack, name_image, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +147,7 @@ def test_doctor_plan_and_up_refuse_gpus_on_a_host_without_them(tmp_path: Path,
     stack = make_stack(tmp_path / "proj", prefix="t-gpu", embed=False)
     data = stack.spec()
     data["models"][0]["gpus"] = [0]
-    data["images"]["llamacpp-cuda"] = "llmstack/llamacpp:forky"  # present; the GPU is not
+    name_image(data, "llamacpp-cuda", "llmstack/llamacpp:forky")  # present; the GPU is not
     stack.write_spec(data)
     proc = stack.cli("doctor", "--json")
     report = json.loads(proc.stdout)
