@@ -66,12 +66,14 @@ class FakeEngine:
     calls: list[str] = field(default_factory=list)  # "start health", "remove nginx", ...
     other_ports: dict[int, str] = field(default_factory=dict)
     client: object = None  # no docker client: callers must not need one
+    owner_labels: dict[str, str] = field(default_factory=dict)
 
     # --- reading -------------------------------------------------------------------------
 
     def actual(self) -> list[Actual]:
         return [Actual(c.service, c.id, c.labels.get(names.LABEL_HASH, ""), c.image_id,
-                       c.status) for c in self.containers.values()]
+                       c.status, c.labels.get(names.LABEL_OWNER, ""))
+                for c in self.containers.values()]
 
     def info(self) -> list[ContainerInfo]:
         return [self._info(c) for c in self.containers.values()]
@@ -182,7 +184,8 @@ class FakeEngine:
             service=svc.service, name=names.container(self.project, svc.service),
             id=uuid.uuid4().hex, image=svc.image, image_id=f"sha256:{svc.image}",
             labels={names.LABEL_PROJECT: self.project, names.LABEL_SERVICE: svc.service,
-                    names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash()},
+                    names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash(),
+                    **self.owner_labels},
             ports=tuple(sorted(f"{bind}:{port}->{inside}"
                                for inside, (bind, port) in svc.ports.items())),
             status="exited" if crashed else "running", exit_code=1 if crashed else None,

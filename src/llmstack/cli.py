@@ -47,6 +47,10 @@ HostOpt = Annotated[str | None, typer.Option("--host", "-H", help="Docker engine
                                              "the Docker context, then the local socket).",
                                              show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+TakeOverOpt = Annotated[bool, typer.Option(
+    "--take-over", help="Act on the project's containers even when another stack folder made "
+    "them (that folder is gone and this one replaces it); `up` recreates them as this "
+    "folder's.")]
 
 
 def _version(value: bool) -> None:
@@ -79,6 +83,16 @@ def _engine(host: str | None, project: str) -> Project:
     from .engine.containers import open_project
 
     return open_project(host, project)
+
+
+def _owned_engine(host: str | None, loaded: Any, create: bool) -> Project:
+    """The project on the engine, labelling what it starts with this folder's identity
+    (`create`: write the folder's id when it has none yet)."""
+    from .project import owner
+
+    project = _engine(host, loaded.spec.project)
+    project.owner_labels = owner(loaded.paths, create).labels()
+    return project
 
 
 @app.command()
@@ -148,7 +162,8 @@ def render(directory: DirOpt = None, file: FileOpt = None,
 
 @app.command("plan")
 def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
-             host: HostOpt = None, json_out: JsonOpt = False) -> None:
+             host: HostOpt = None, json_out: JsonOpt = False,
+             take_over: TakeOverOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
     from .checks import exit_code, failing, finding_lines
     from .deploy import plan_only
@@ -156,8 +171,8 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
     from .gpu import budget_lines
 
     loaded = _load(directory, file)
-    project = _engine(host, loaded.spec.project)
-    actions = plan_only(loaded, project)
+    project = _owned_engine(host, loaded, create=False)
+    actions = plan_only(loaded, project, take_over)
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project, loaded.spec)
     fails = failing(gpu_findings)
@@ -184,7 +199,8 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
 
 @app.command()
 def up(directory: DirOpt = None, file: FileOpt = None,
-       host: HostOpt = None, json_out: JsonOpt = False) -> None:
+       host: HostOpt = None, json_out: JsonOpt = False,
+       take_over: TakeOverOpt = False) -> None:
     """Render config/, start what is missing or changed, and wait until every service is
     ready. Idempotent: with no change it touches nothing."""
     import time
@@ -193,8 +209,9 @@ def up(directory: DirOpt = None, file: FileOpt = None,
 
     started = time.monotonic()
     loaded = _load(directory, file)
-    project = _engine(host, loaded.spec.project)
-    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local())
+    project = _owned_engine(host, loaded, create=True)
+    result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local(),
+                       take_over=take_over)
     elapsed = time.monotonic() - started
     endpoints = _endpoints(loaded.spec)
     if json_out:
@@ -297,10 +314,13 @@ def down(directory: DirOpt = None, file: FileOpt = None,
          host: HostOpt = None,
          volumes: Annotated[bool, typer.Option("--volumes", help="Also remove the project's "
                                                "config volumes.")] = False,
-         json_out: JsonOpt = False) -> None:
+         json_out: JsonOpt = False, take_over: TakeOverOpt = False) -> None:
     """Remove the stack's containers and network. Keeps .env, certs/ and model volumes."""
+    from .deploy import check_owner
+
     loaded = _load(directory, file)
-    project = _engine(host, loaded.spec.project)
+    project = _owned_engine(host, loaded, create=False)
+    check_owner(project, take_over)
     removed = project.down(volumes=volumes)
     if json_out:
         from .ui import emit_json

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from . import checks, edge, names, plan, tls
 from .engine.api import STOPPED_STATES, ContainerInfo, Engine
 from .engine.containers import port_free_here
-from .errors import DeployError
+from .errors import DeployError, OwnershipError
 from .project import Loaded, write_config
 
 # How long each kind of service may take to become ready (seconds).
@@ -40,6 +40,25 @@ class UpResult:
     changed: bool = False
 
 
+def check_owner(project: Engine, take_over: bool = False) -> None:
+    """Refuse to touch containers of the project that another stack folder made (their
+    names.LABEL_OWNER differs from `project.owner_labels`), unless `take_over`. Containers
+    without the label (made before it existed) are adopted."""
+    mine = project.owner_labels.get(names.LABEL_OWNER, "")
+    foreign = [i for i in project.info()
+               if i.labels.get(names.LABEL_OWNER) not in (None, "", mine)]
+    if not foreign or take_over:
+        return
+    other = foreign[0].labels.get(names.LABEL_OWNER_FOLDER) or "an unknown folder"
+    here = project.owner_labels.get(names.LABEL_OWNER_FOLDER) or "this folder"
+    raise OwnershipError(
+        f"project {project.project!r} on this engine belongs to another stack folder: "
+        f"{other} made its containers ({', '.join(sorted(i.name for i in foreign))}); "
+        f"this stack ({here}) names the same project and would take them over",
+        f"set `project:` in stack.yaml to a name no other stack uses; or, if {other} is gone "
+        "and this folder replaces it, run the command again with --take-over")
+
+
 def compute(loaded: Loaded, project: Engine) -> tuple[list[plan.ServiceSpec], list[plan.Action],
                                                      dict[str, tuple[bytes, int]]]:
     """Desired services, the actions to reach them, and nginx's secret files."""
@@ -48,7 +67,8 @@ def compute(loaded: Loaded, project: Engine) -> tuple[list[plan.ServiceSpec], li
     secret_files = loaded.nginx_secret_files()
     current = edge.secrets_current(project, secret_files)
     image_ids = project.image_ids([s.image for s in wanted])
-    actions = plan.diff(wanted, project.actual(), image_ids, secrets_current=current)
+    actions = plan.diff(wanted, project.actual(), image_ids, secrets_current=current,
+                        owner=project.owner_labels.get(names.LABEL_OWNER, ""))
     return wanted, actions, secret_files
 
 
@@ -175,8 +195,9 @@ def _failure(project: Engine, svc: plan.ServiceSpec, what: str) -> DeployError:
     return DeployError(message, hint)
 
 
-def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = True
-       ) -> UpResult:
+def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = True,
+       take_over: bool = False) -> UpResult:
+    check_owner(project, take_over)
     write_config(loaded)
     wanted, actions, secret_files = compute(loaded, project)
     result = UpResult(actions)
@@ -199,7 +220,8 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
     return result
 
 
-def plan_only(loaded: Loaded, project: Engine) -> list[plan.Action]:
+def plan_only(loaded: Loaded, project: Engine, take_over: bool = False) -> list[plan.Action]:
+    check_owner(project, take_over)
     return compute(loaded, project)[1]
 
 

@@ -9,6 +9,10 @@ LABEL_PROJECT = "llmstack.project"
 LABEL_SERVICE = "llmstack.service"
 LABEL_HASH = "llmstack.config-hash"
 LABEL_ROLE = "llmstack.role"  # model | litellm | health | nginx
+# The stack folder that made a container: its stable id (.llmstack-id) and, for messages,
+# where it is ("host:/path"). Another folder naming the same project is refused.
+LABEL_OWNER = "llmstack.owner"
+LABEL_OWNER_FOLDER = "llmstack.owner-folder"
 
 LITELLM, HEALTH, NGINX = "litellm", "health", "nginx"
 LITELLM_PORT, HEALTH_PORT = 4000, 8090

@@ -182,6 +182,7 @@ class Actual:
     config_hash: str
     image_id: str
     status: str  # running | exited | created | restarting | paused | dead
+    owner: str = ""  # the id of the stack folder that made it ("" before ownership labels)
 
 
 @dataclass(frozen=True)
@@ -195,11 +196,13 @@ class Action:
 
 
 def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, str | None],
-         secrets_current: bool = True) -> list[Action]:
+         secrets_current: bool = True, owner: str = "") -> list[Action]:
     """What `up` must do so that what runs equals what is wanted.
 
     `image_ids` maps each wanted image tag to its id on the engine (None when missing);
-    `secrets_current` says whether nginx's secret files match the desired ones.
+    `secrets_current` says whether nginx's secret files match the desired ones; `owner` is
+    the deploying folder's id: a container another folder made is recreated (only reached
+    with --take-over, see deploy.check_owner).
     """
     by_service = {a.service: a for a in actual}
     actions: list[Action] = []
@@ -211,7 +214,9 @@ def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, s
             changed.add(svc.service)
             continue
         reason = ""
-        if have.config_hash != svc.config_hash():
+        if owner and have.owner and have.owner != owner:
+            reason = "made by another stack folder (--take-over)"
+        elif have.config_hash != svc.config_hash():
             reason = "configuration changed"
         elif image_ids.get(svc.image) and have.image_id != image_ids[svc.image]:
             reason = f"image {svc.image} was rebuilt or updated"

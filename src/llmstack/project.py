@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import render, secrets, spec, tls
+from . import names, render, secrets, spec, tls
 from .fsutil import write_atomic
 from .render import Rendered
 from .spec import StackSpec
@@ -31,6 +33,43 @@ class Paths:
     @property
     def config(self) -> Path:
         return self.root / "config"
+
+    @property
+    def stack_id(self) -> Path:
+        """The folder's stable identity (written by the first `up`), see `Owner`."""
+        return self.root / ID_FILE
+
+
+# A random id, written once per stack folder: containers carry it (names.LABEL_OWNER), so a
+# second folder whose stack.yaml names the same `project` is told apart from this one.
+ID_FILE = ".llmstack-id"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The stack folder deploying: its id ("" before its first `up`) and where it is."""
+
+    id: str
+    folder: str  # "host:/absolute/path", for messages
+
+    def labels(self) -> dict[str, str]:
+        """Labels on every container this folder starts; none without an id."""
+        if not self.id:
+            return {}
+        return {names.LABEL_OWNER: self.id, names.LABEL_OWNER_FOLDER: self.folder}
+
+
+def owner(paths: Paths, create: bool) -> Owner:
+    """This folder's identity; `create` writes a new id when it has none (`up` does, `plan`
+    and `down` only read)."""
+    folder = f"{socket.gethostname()}:{paths.root.resolve()}"
+    if paths.stack_id.exists():
+        return Owner(paths.stack_id.read_text(encoding="utf-8").strip(), folder)
+    if not create:
+        return Owner("", folder)
+    stack_id = uuid.uuid4().hex
+    write_atomic(paths.stack_id, stack_id + "\n", mode=0o644)
+    return Owner(stack_id, folder)
 
 
 @dataclass(frozen=True)

@@ -352,3 +352,88 @@ def test_a_failed_reload_is_a_deploy_error(loaded: Loaded) -> None:
                  if s.service == names.NGINX)
     with pytest.raises(DeployError, match="nginx reload failed: nginx: \\[error\\] invalid"):
         edge.reload_nginx(engine, nginx, loaded.nginx_secret_files())
+
+
+# --- ownership: one project name, one stack folder ---------------------------------------------
+
+
+def _folder(tmp_path: Path, name: str) -> Loaded:
+    init(tmp_path / name)
+    return load(tmp_path / name)
+
+
+def test_a_second_folder_with_the_same_project_is_refused(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from llmstack.errors import OwnershipError
+    from llmstack.project import owner
+
+    monkeypatch.setattr(deploy, "POLL_INTERVAL", 0.0)
+    first, second = _folder(tmp_path, "a"), _folder(tmp_path, "b")
+    assert first.spec.project == second.spec.project
+    engine = FakeEngine(project=first.spec.project)
+    engine.owner_labels = owner(first.paths, create=True).labels()
+    up(first, engine)
+    ids = {c.service: c.id for c in engine.containers.values()}
+    assert all(c.labels[names.LABEL_OWNER] == engine.owner_labels[names.LABEL_OWNER]
+               for c in engine.containers.values())
+    # The first folder itself keeps working on its containers.
+    assert plan.is_noop(deploy.plan_only(first, engine))
+
+    # The second folder has no id yet (plan writes none): its plan, up and down refuse.
+    engine.owner_labels = owner(second.paths, create=False).labels()
+    assert engine.owner_labels == {}
+    with pytest.raises(OwnershipError) as refused:
+        deploy.plan_only(second, engine)
+    message = refused.value.message
+    assert f"project {first.spec.project!r}" in message and str(first.paths.root) in message
+    assert "another stack folder" in message
+    assert "`project:` in stack.yaml" in refused.value.hint
+    assert "--take-over" in refused.value.hint
+    engine.owner_labels = owner(second.paths, create=True).labels()
+    with pytest.raises(OwnershipError):
+        up(second, engine)
+    assert {c.service: c.id for c in engine.containers.values()} == ids  # nothing touched
+
+    # --take-over: every container is recreated as the second folder's.
+    actions = deploy.plan_only(second, engine, take_over=True)
+    assert {a.kind for a in actions} == {"recreate"}
+    assert all("another stack folder" in a.reason for a in actions)
+    deploy.up(second, engine, Events(), local_engine=False, take_over=True)
+    assert all(c.labels[names.LABEL_OWNER] == engine.owner_labels[names.LABEL_OWNER]
+               for c in engine.containers.values())
+    assert plan.is_noop(deploy.plan_only(second, engine))
+
+
+def test_containers_made_before_owner_labels_are_adopted(loaded: Loaded,
+                                                         engine: FakeEngine) -> None:
+    from llmstack.project import owner
+
+    up(loaded, engine)  # no owner labels: as llmstack made containers before them
+    engine.owner_labels = owner(loaded.paths, create=True).labels()
+    assert loaded.paths.stack_id.exists()
+    assert plan.is_noop(deploy.plan_only(loaded, engine))
+    assert owner(loaded.paths, create=True).id == engine.owner_labels[names.LABEL_OWNER]
+
+
+def test_the_cli_refuses_a_takeover_with_exit_1(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy, "POLL_INTERVAL", 0.0)
+    first, second = _folder(tmp_path, "a"), _folder(tmp_path, "b")
+    from llmstack.project import owner
+
+    engine = FakeEngine(project=first.spec.project)
+    engine.owner_labels = owner(first.paths, create=True).labels()
+    up(first, engine)
+    monkeypatch.setattr(cli, "_engine", lambda host, project: engine)
+    runner = CliRunner()
+    for command in (["plan"], ["up"], ["down"]):
+        monkeypatch.setattr("sys.argv", ["llmstack", *command, "-C", str(second.paths.root),
+                                         "--json"])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        assert exit_.value.code == 1, command
+    assert len(engine.containers) == 5
+    out = runner.invoke(cli.app, ["down", "-C", str(second.paths.root), "--take-over"])
+    assert out.exit_code == 0, out.output
+    assert engine.containers == {}

@@ -96,6 +96,9 @@ class Engine(Protocol):
     """One project's containers, config volumes and network on one engine."""
 
     project: str
+    # Labels of the stack folder deploying (project.Owner.labels): every container and the
+    # network it creates carry them; {} when the caller starts nothing.
+    owner_labels: dict[str, str]
 
     # --- reading -------------------------------------------------------------------------
     def actual(self) -> list[Actual]:

@@ -82,11 +82,13 @@ class Project:
     Implements `api.Engine`: it returns llmstack's types, and every public method raises
     EngineError (never docker's or requests' exceptions)."""
 
-    def __init__(self, client: docker.DockerClient, project: str) -> None:
+    def __init__(self, client: docker.DockerClient, project: str,
+                 owner_labels: dict[str, str] | None = None) -> None:
         from docker import errors as docker_errors
 
         self.client = client
         self.project = project
+        self.owner_labels = dict(owner_labels or {})
         self.errors = docker_errors
 
     def close(self) -> None:
@@ -106,7 +108,8 @@ class Project:
             labels = c.labels
             out.append(Actual(service=labels.get(names.LABEL_SERVICE, c.name),
                               container_id=c.id, config_hash=labels.get(names.LABEL_HASH, ""),
-                              image_id=c.attrs.get("Image", ""), status=c.status))
+                              image_id=c.attrs.get("Image", ""), status=c.status,
+                              owner=labels.get(names.LABEL_OWNER, "")))
         return out
 
     @mapped
@@ -188,7 +191,8 @@ class Project:
         name = names.network(self.project)
         if not self.client.networks.list(names=[name]):
             self.client.networks.create(name, driver="bridge",
-                                        labels={names.LABEL_PROJECT: self.project})
+                                        labels={names.LABEL_PROJECT: self.project,
+                                                **self.owner_labels})
 
     def _ensure_volume(self, volume: str) -> None:
         """A volume of the stack's own, labelled so that `down --volumes` removes it."""
@@ -241,7 +245,8 @@ class Project:
             "command": svc.command,
             "environment": svc.env,
             "labels": {names.LABEL_PROJECT: self.project, names.LABEL_SERVICE: svc.service,
-                       names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash()},
+                       names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash(),
+                       **self.owner_labels},
             "network": names.network(self.project),
             "ports": svc.ports,
             "mounts": config + [_mount(m.source, m.target, m.kind, m.read_only)
