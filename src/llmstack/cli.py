@@ -185,8 +185,12 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
                           "findings": [f.to_dict() for f in gpu_findings]}
         emit_json(out)
         raise typer.Exit(code)
+    from .plan import UPDATE_WHY
+
     for a in actions:
         typer.echo(f"{a.kind:<9} {a.service:<28} {a.reason}")
+        if a.how:
+            typer.echo(f"{'':<9} {'':<28} {UPDATE_WHY[a.how]}")
     if gpu_findings:
         typer.echo("\nGPU budget (nvidia-smi on the engine's host; estimates: llmstack/gpu.py):")
         for line in (budget_lines(budget) if budget else []) + finding_lines(gpu_findings):

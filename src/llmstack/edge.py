@@ -107,6 +107,27 @@ def graceful_reload(engine: Engine, nginx: plan.ServiceSpec, deadline_s: float) 
         time.sleep(0.05)
 
 
+# Old workers finish their requests within worker_shutdown_timeout; `up` waits that long
+# (and a little) before it stops the containers they may still be talking to.
+DRAIN_DEADLINE = render.WORKER_SHUTDOWN_TIMEOUT + 10.0
+SHUTTING_DOWN = "shutting down"
+
+
+def wait_drained(engine: Engine, deadline_s: float) -> bool:
+    """Wait until no old nginx worker ("... is shutting down") is left: every request
+    that started before the reload has finished. False when it cannot tell or gave up."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        code, out = engine.exec(names.NGINX, ["sh", "-c", WORKERS_SCRIPT])
+        if code != 0:
+            return False
+        if SHUTTING_DOWN not in out:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def reload_nginx(engine: Engine, nginx: plan.ServiceSpec, secret_files: SecretFiles) -> None:
     """`up`'s reload: ship the config and secret files, `nginx -t`, reload gracefully
     (in-flight requests finish on the old workers)."""

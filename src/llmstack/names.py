@@ -34,6 +34,19 @@ def container(project: str, service: str) -> str:
     return f"{project}-{service}"
 
 
+# A start-first replacement runs as SERVICE_next until it is ready; the container it replaces
+# is renamed SERVICE_old until it is idle. "_" is in no service name (model slugs are
+# [a-z0-9-]), so these never collide with a service.
+NEXT, OLD = "_next", "_old"
+
+
+def service_key(project: str, container_name: str, label: str) -> str:
+    """The key a container is known by: its name without the project prefix (a service, or
+    SERVICE_next / SERVICE_old during an update); the service label for a foreign name."""
+    prefix = f"{project}-"
+    return container_name[len(prefix):] if container_name.startswith(prefix) else label
+
+
 def network(project: str) -> str:
     return f"{project}-net"
 

@@ -10,7 +10,7 @@ from typing import Any
 from . import images, names, sizing
 from .backends import BACKENDS, Mount
 from .render import NGINX_SPOOL_DIR, Rendered
-from .spec import Resources, StackSpec
+from .spec import ModelSpec, Resources, StackSpec
 
 # Images llmstack builds itself run as this uid with a read-only root filesystem.
 OWN_IMAGE_PREFIX = images.OWN_IMAGE_PREFIX
@@ -29,6 +29,10 @@ ROOT_IMAGE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
 # Process limit of a container whose resources name none.
 DEFAULT_PIDS = 4096
 RESTART_POLICY = "unless-stopped"
+# How `up` replaces a changed container (ServiceSpec.update, Action.how):
+START_FIRST = "start-first"  # the new one starts beside the old, traffic switches when ready
+STOP_FIRST = "stop-first"  # the old one stops first (GPUs that cannot hold both)
+IN_PLACE = "in-place"  # removed and created again (health; nginx, which owns the host ports)
 
 
 def nginx_spool(project: str) -> Mount:
@@ -68,6 +72,8 @@ class ServiceSpec:
     # Services that must be ready before `up` starts this one. Start order only, so not part
     # of the config hash; `depends_on` says what a service uses at run time (compose, reloads).
     start_after: tuple[str, ...] = ()
+    # How `up` replaces it when it changes (START_FIRST, STOP_FIRST, IN_PLACE); not hashed.
+    update: str = IN_PLACE
 
     @property
     def config_mount(self) -> str:
@@ -81,7 +87,7 @@ class ServiceSpec:
     def config_hash(self) -> str:
         """Stable digest of every setting; secret values enter only as their own digests."""
         data = asdict(self)
-        del data["start_after"]
+        del data["start_after"], data["update"]
         data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
                        for k, v in sorted(self.env.items())}
         data["config"] = {k: _digest(v) for k, v in sorted(self.config.items())}
@@ -139,7 +145,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
             env=dict(launch.env), mounts=launch.mounts, gpus=model.gpu_ids,
             # Every container has a memory limit: a model's defaults to its estimated needs.
             shm_size=launch.shm_size, probe=(backend.port, backend.health_path),
-            start_after=after_health, **_hardening(image, sizing.model_resources(model)),
+            start_after=after_health, update=model_update(model),
+            **_hardening(image, sizing.model_resources(model)),
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                    "HOME": "/tmp", "LITELLM_LOG": "ERROR"}
@@ -149,7 +156,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
                  "--port", str(names.LITELLM_PORT), "--num_workers", "1"],
         env=litellm_env, secret_env=("LITELLM_MASTER_KEY",),
         config=rendered.services[names.LITELLM], probe=(names.LITELLM_PORT, "/health/readiness"),
-        depends_on=tuple(model_services), start_after=after_health,
+        depends_on=tuple(model_services), start_after=after_health, update=START_FIRST,
         **_hardening(spec.images.litellm, spec.resources.litellm),
     ))
     ports = {f"{names.NGINX_PORTS[n]}/tcp": (lst.bind, lst.port)
@@ -168,6 +175,23 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         **_hardening(spec.images.nginx, spec.resources.nginx),
     ))
     return services
+
+
+def model_update(model: ModelSpec) -> str:
+    """How a changed model is replaced: its `update`, else start-first, except for a model
+    with GPUs of its own (no gpu_share): a second container would not get them."""
+    if model.update:
+        return model.update
+    return STOP_FIRST if model.gpu_ids and not model.gpu_share else START_FIRST
+
+
+UPDATE_WHY = {
+    START_FIRST: "start-first: the new container starts beside the old one; traffic moves "
+                 "when it is ready, the old one stops once idle",
+    STOP_FIRST: "stop-first: the old container stops first; its requests get 503 with "
+                "Retry-After until the new one is ready",
+    IN_PLACE: "in place",
+}
 
 
 # --- Comparing with what runs -----------------------------------------------------------------
@@ -190,9 +214,13 @@ class Action:
     kind: str  # create | recreate | remove | keep | reload
     service: str
     reason: str
+    how: str = ""  # for recreate: START_FIRST | STOP_FIRST | IN_PLACE
 
     def to_dict(self) -> dict[str, str]:
-        return {"action": self.kind, "service": self.service, "reason": self.reason}
+        data = {"action": self.kind, "service": self.service, "reason": self.reason}
+        if self.how:
+            data["update"] = self.how
+        return data
 
 
 def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, str | None],
@@ -207,6 +235,7 @@ def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, s
     by_service = {a.service: a for a in actual}
     actions: list[Action] = []
     changed: set[str] = set()
+    swapped: list[str] = []  # models replaced start-first
     for svc in wanted:
         have = by_service.get(svc.service)
         if have is None:
@@ -222,9 +251,17 @@ def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, s
             reason = f"image {svc.image} was rebuilt or updated"
         elif have.status != "running":
             reason = f"container is {have.status}"
+        if not reason and svc.role == names.LITELLM and set(swapped) & set(svc.depends_on):
+            # LiteLLM keeps pooled connections to the old model container: a fresh LiteLLM
+            # lets the old model go idle, and nginx moves to it by a graceful reload.
+            reason = "drops its connections to replaced " + ", ".join(swapped)
         if reason:
-            actions.append(Action("recreate", svc.service, reason))
+            # A container that is not running serves nothing: nothing to start beside.
+            how = svc.update if have.status == "running" else IN_PLACE
+            actions.append(Action("recreate", svc.service, reason, how))
             changed.add(svc.service)
+            if svc.role == "model" and how == START_FIRST:
+                swapped.append(svc.service)
         elif svc.role == names.NGINX and (changed & set(svc.depends_on)):
             # nginx resolves upstream names at load: a recreated upstream needs a reload.
             actions.append(Action("reload", svc.service,

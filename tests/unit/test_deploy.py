@@ -99,10 +99,16 @@ def test_a_changed_service_is_recreated_and_nginx_reloaded(loaded: Loaded,
     kinds = {a.service: a.kind for a in result.actions}
     assert kinds == {names.HEALTH: "keep", CHAT: "keep", EMBED: "keep",
                      names.LITELLM: "recreate", names.NGINX: "reload"}
-    assert starts(engine) == [names.LITELLM]
-    # nginx resolves its upstream at load: shipped, tested, reloaded (not restarted).
-    assert engine.calls[-3:] == ["write_config nginx", "nginx -t", "nginx reload"]
+    # Start-first: the new LiteLLM runs beside the old one and takes its name when ready.
+    assert starts(engine) == [names.LITELLM + names.NEXT]
+    old, new = names.LITELLM + names.OLD, names.LITELLM + names.NEXT
+    # nginx resolves its upstream at load: shipped, tested, reloaded (not restarted); the
+    # old LiteLLM stops once nginx's old workers are gone.
+    assert engine.calls[-6:] == [f"rename {names.LITELLM} {old}",
+                                 f"rename {new} {names.LITELLM}", "write_config nginx",
+                                 "nginx -t", "nginx reload", f"remove {old}"]
     assert list(result.ready_seconds) == [names.LITELLM]
+    assert sorted(engine.containers) == sorted(ALL)
 
 
 def test_new_keys_reach_nginx_by_a_reload(loaded: Loaded, engine: FakeEngine) -> None:
@@ -184,15 +190,15 @@ def test_start_order_follows_start_after_not_roles() -> None:
     c = plan.ServiceSpec("c", "x", "img", [], probe=None, start_after=("a", "gone"))
     engine = FakeEngine(network=True)
     result = deploy.UpResult([])
-    deploy._start_in_order(engine, [b, c, a], dict.fromkeys("abc", "create"), {}, Events(),
-                           result)
+    deploy._start_in_order(engine, [b, c, a], {n: plan.Action("create", n, "") for n in "abc"},
+                           {}, Events(), result)
     assert starts(engine) == ["a", "c", "b"]
     assert result.ready_seconds == {"a": 0.0, "b": 0.0, "c": 0.0}
     loop = [plan.ServiceSpec("d", "x", "img", [], start_after=("e",)),
             plan.ServiceSpec("e", "x", "img", [], start_after=("d",))]
     with pytest.raises(DeployError, match="cycle"):
-        deploy._start_in_order(engine, loop, dict.fromkeys("de", "create"), {}, Events(),
-                               deploy.UpResult([]))
+        deploy._start_in_order(engine, loop, {n: plan.Action("create", n, "") for n in "de"},
+                               {}, Events(), deploy.UpResult([]))
 
 
 def test_desired_start_order_health_then_models_with_litellm_then_nginx(
@@ -437,3 +443,100 @@ def test_the_cli_refuses_a_takeover_with_exit_1(tmp_path: Path,
     out = runner.invoke(cli.app, ["down", "-C", str(second.paths.root), "--take-over"])
     assert out.exit_code == 0, out.output
     assert engine.containers == {}
+
+
+# --- updates: start-first, rollback, stop-first ------------------------------------------------
+
+
+def _edit(loaded: Loaded, change: object) -> Loaded:
+    import yaml
+
+    data = yaml.safe_load(loaded.paths.stack.read_text())
+    change(data)  # type: ignore[operator]
+    loaded.paths.stack.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load(loaded.paths.root)
+
+
+def test_a_model_change_starts_the_new_container_beside_the_old_one(loaded: Loaded,
+                                                                    engine: FakeEngine) -> None:
+    up(loaded, engine)
+    old_ids = {k: c.id for k, c in engine.containers.items()}
+    changed = _edit(loaded, lambda d: d["models"][0].update(args=["--threads", "2"]))
+    engine.calls.clear()
+    engine.answers = {CHAT + names.NEXT: ["503", "200"]}
+    events = Events()
+    up(changed, engine, events)
+    nxt, old = CHAT + names.NEXT, CHAT + names.OLD
+    lnext, lold = names.LITELLM + names.NEXT, names.LITELLM + names.OLD
+    assert engine.calls == [
+        f"start {nxt}",  # beside the old model, which keeps serving
+        f"rename {CHAT} {old}", f"rename {nxt} {CHAT}",  # once ready: the name moves
+        "write_config litellm", f"start {lnext}",  # a fresh LiteLLM: fresh connections
+        f"rename {names.LITELLM} {lold}", f"rename {lnext} {names.LITELLM}",
+        "write_config nginx", "nginx -t", "nginx reload",  # nginx moves to it gracefully
+        f"remove {lold}", f"remove {old}",  # the old ones stop once idle, LiteLLM first
+    ]
+    assert sorted(engine.containers) == sorted(ALL)
+    assert engine.containers[CHAT].id != old_ids[CHAT]
+    assert engine.containers[EMBED].id == old_ids[EMBED]
+    assert ("nginx", "draining", "old workers finish in-flight requests") in events.seen
+    assert plan.is_noop(deploy.plan_only(changed, engine))
+
+
+def test_a_model_that_never_gets_ready_is_rolled_back(loaded: Loaded, engine: FakeEngine,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    up(loaded, engine)
+    before = {k: (c.id, c.labels[names.LABEL_HASH]) for k, c in engine.containers.items()}
+    broken = _edit(loaded, lambda d: d["models"][0].update(args=["--no-such-flag"]))
+    engine.crash = {CHAT}  # the new container exits at once, as llama.cpp does on a bad flag
+    events = Events()
+    with pytest.raises(DeployError) as failed:
+        up(broken, engine, events)
+    message = failed.value.message
+    assert f"service {CHAT} failed: container exited (exit code 1)" in message
+    assert "probe: GET /health on port 8000" in message
+    assert "fatal: cannot load model" in message  # the new container's last log lines
+    assert f"rolled back: {CHAT} run their previous containers" in message
+    # Every old container still runs, untouched; no new one is left behind.
+    assert {k: (c.id, c.labels[names.LABEL_HASH]) for k, c in engine.containers.items()} \
+        == before
+    assert engine.state(CHAT) == ("running", None)
+    assert (CHAT, "rolled back", "the previous container serves again") in events.seen
+
+
+def test_a_litellm_failing_after_the_models_switched_rolls_everything_back(
+        loaded: Loaded, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    up(loaded, engine)
+    before = {k: c.id for k, c in engine.containers.items()}
+    old_config = dict(engine.volumes[names.config_volume(engine.project, names.LITELLM)])
+    changed = _edit(loaded, lambda d: d["models"][0].update(
+        args=["--threads", "2"], aliases=["qwen-coder", "mistral", "new-alias"]))
+    engine.crash = {names.LITELLM}
+    with pytest.raises(DeployError, match="rolled back"):
+        up(changed, engine)
+    assert {k: c.id for k, c in engine.containers.items()} == before
+    # LiteLLM's config volume holds the files the old LiteLLM read again.
+    assert engine.volumes[names.config_volume(engine.project, names.LITELLM)] == old_config
+
+
+def test_a_stop_first_model_is_stopped_then_started(loaded: Loaded, engine: FakeEngine) -> None:
+    first = _edit(loaded, lambda d: d["models"][0].update(update="stop-first"))
+    up(first, engine)
+    changed = _edit(first, lambda d: d["models"][0].update(args=["--threads", "2"]))
+    engine.calls.clear()
+    result = up(changed, engine)
+    assert {a.service: a.how for a in result.actions if a.kind == "recreate"} == {
+        CHAT: plan.STOP_FIRST}
+    assert engine.calls == [f"remove {CHAT}", f"start {CHAT}"]  # LiteLLM and nginx kept
+
+
+def test_leftovers_of_an_interrupted_update_are_removed(loaded: Loaded,
+                                                        engine: FakeEngine) -> None:
+    up(loaded, engine)
+    svc = next(s for s in plan.desired(loaded.spec, loaded.rendered, loaded.keys().internal)
+               if s.service == CHAT)
+    engine.start(svc, CHAT + names.NEXT)  # as if `up` was killed mid-update
+    actions = {a.service: a for a in deploy.plan_only(loaded, engine)}
+    assert actions[CHAT + names.NEXT].kind == "remove"
+    up(loaded, engine)
+    assert sorted(engine.containers) == sorted(ALL)

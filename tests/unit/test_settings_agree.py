@@ -29,6 +29,7 @@ NOT_CONTAINER_SETTINGS = {
     "probe": "polled by `up`'s readiness wait, not a container setting",
     "depends_on": "start order: `up` orders, compose gets depends_on",
     "start_after": "start order of `up` (not hashed); compose orders by depends_on",
+    "update": "how `up` replaces the container (not hashed); compose recreates in place",
     "secret_env": "which env values are secret (compared: env_file vs environment)",
     "resources": "memory and cpus (compared), pids via pids_limit",
 }

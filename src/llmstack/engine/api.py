@@ -36,7 +36,7 @@ class ContainerInfo:
     """One container of the project. `ports` are "HOSTIP:HOSTPORT->PORT/PROTO" strings,
     sorted; `started_at` is the engine's RFC 3339 time ("" when never started)."""
 
-    service: str
+    service: str  # its key: the service, or SERVICE_next / SERVICE_old (names.service_key)
     name: str
     id: str
     image: str
@@ -142,11 +142,18 @@ class Engine(Protocol):
                      ) -> None:
         """Fill the service's config volume with svc.config (0644) and `extra` files."""
 
-    def start(self, svc: ServiceSpec) -> str:
-        """(Re)create and start the service's container; its id."""
+    def start(self, svc: ServiceSpec, key: str | None = None) -> str:
+        """(Re)create and start the service's container; its id. `key` names the container
+        instead of svc.service (names.NEXT for a start-first replacement); labels, config
+        volume and settings stay the service's."""
+
+    def rename(self, key: str, new_key: str) -> None:
+        """Rename a running container (key -> new_key): connections are untouched, and its
+        DNS name on the project network becomes the new one at once."""
 
     def remove(self, service: str) -> None:
-        """Remove the service's container (no error when there is none)."""
+        """Remove the service's container (no error when there is none); also a key such as
+        SERVICE_old."""
 
     def down(self, volumes: bool = False) -> list[str]:
         """Remove every container and the network (and config volumes): removed names."""

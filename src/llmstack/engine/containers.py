@@ -68,10 +68,15 @@ def _ports(c: Container) -> tuple[str, ...]:
                         for p, bs in ports.items() for b in (bs or [])))
 
 
+def _key(c: Container) -> str:
+    project = c.labels.get(names.LABEL_PROJECT, "")
+    return names.service_key(project, c.name, c.labels.get(names.LABEL_SERVICE, c.name))
+
+
 def _info(c: Container) -> ContainerInfo:
     state = c.attrs.get("State", {})
     return ContainerInfo(
-        service=c.labels.get(names.LABEL_SERVICE, c.name), name=c.name, id=c.id[:12],
+        service=_key(c), name=c.name, id=c.id[:12],
         image=c.attrs.get("Config", {}).get("Image", ""), status=c.status,
         started_at=state.get("StartedAt", ""), ports=_ports(c), labels=dict(c.labels),
         restart_count=int(c.attrs.get("RestartCount", 0)), exit_code=state.get("ExitCode"))
@@ -106,7 +111,7 @@ class Project:
         out = []
         for c in self._containers():
             labels = c.labels
-            out.append(Actual(service=labels.get(names.LABEL_SERVICE, c.name),
+            out.append(Actual(service=_key(c),
                               container_id=c.id, config_hash=labels.get(names.LABEL_HASH, ""),
                               image_id=c.attrs.get("Image", ""), status=c.status,
                               owner=labels.get(names.LABEL_OWNER, "")))
@@ -229,19 +234,28 @@ class Project:
             c.remove(force=True)
 
     @mapped
-    def start(self, svc: ServiceSpec) -> str:
+    def rename(self, key: str, new_key: str) -> None:
+        c = self._get(key)
+        if c is None:
+            raise EngineError(f"no container {names.container(self.project, key)} to rename",
+                              "run `llmstack up` again")
+        c.rename(names.container(self.project, new_key))
+
+    @mapped
+    def start(self, svc: ServiceSpec, key: str | None = None) -> str:
         """Create and start the service's container: a translation of `svc`, deciding nothing
         (every setting is in the ServiceSpec, as `export.compose` translates it too)."""
         from docker.types import DeviceRequest
 
-        self.remove(svc.service)
+        key = key or svc.service
+        self.remove(key)
         for m in svc.mounts:
             if m.managed:
                 self._ensure_volume(m.source)
         config = [_mount(names.config_volume(self.project, svc.service), svc.config_mount,
                          "volume", True)] if svc.config else []
         kwargs: dict[str, Any] = {
-            "name": names.container(self.project, svc.service),
+            "name": names.container(self.project, key),
             "command": svc.command,
             "environment": svc.env,
             "labels": {names.LABEL_PROJECT: self.project, names.LABEL_SERVICE: svc.service,
