@@ -1,0 +1,121 @@
+"""Changes applied by `llmstack up` while clients use the API, on the real engine.
+
+One chat-only stack is shared by the module and changed step by step (tests run in file
+order): a second folder naming the same project is refused; an alias is added (LiteLLM
+replaced start-first); the model's arguments change (model and LiteLLM replaced
+start-first); a broken argument is rolled back. Each change runs under a steady load of
+one-token chat completions and streams from a few closed-loop clients
+(benchmarks/updates.py) sent to 127.0.0.1 only, and
+every response is counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from benchmarks.updates import UpdateRun, add_alias, break_model, change_args, change_under_load
+from llmstack import names
+from tests.helpers import Stack, make_stack, make_unthrottled_stack
+
+pytestmark = pytest.mark.integration
+
+CHAT = names.model_service("deepseek-coder")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object) -> Iterator[Stack]:
+    s = make_unthrottled_stack(tmp_path_factory.mktemp("updates") / "proj", prefix="t-upd")
+    s.cli("up", check=True)
+    yield s
+    s.cli("down", "--volumes")
+
+
+def containers(client: Any, project: str) -> dict[str, tuple[str, str]]:
+    """{container name: (id, config hash)} of the project."""
+    found = client.containers.list(all=True,
+                                   filters={"label": f"{names.LABEL_PROJECT}={project}"})
+    return {c.name: (c.id, c.labels.get(names.LABEL_HASH, "")) for c in found}
+
+
+def explain(run: UpdateRun) -> str:
+    failed = [{"kind": o.kind, "status": o.status, "error": o.error, "complete": o.complete,
+               "at_s": round(o.sent - run.command_started, 1)} for o in run.failures[:10]]
+    return json.dumps({"summary": run.summary(), "failed": failed,
+                       "stderr": [line for _, line in run.command_stderr][-40:]}, indent=1)
+
+
+def chat(stack: Stack, model: str) -> int:
+    reply = requests.post(f"{stack.base_url}/chat/completions", timeout=60,
+                          headers={"Authorization": f"Bearer {stack.key}"},
+                          json={"model": model, "max_tokens": 1,
+                                "messages": [{"role": "user", "content": "hi"}]})
+    return reply.status_code
+
+
+def test_a_second_folder_naming_the_same_project_is_refused(stack: Stack, tmp_path: Path,
+                                                            docker_client: Any) -> None:
+    other = make_stack(tmp_path / "other", prefix="t-upd2", embed=False)
+    data = other.spec()
+    data["project"] = stack.project  # the mistake: a copy-pasted project name
+    other.write_spec(data)
+    before = containers(docker_client, stack.project)
+    for command in (["plan"], ["up"], ["down"]):
+        proc = other.cli(*command)
+        assert proc.returncode == 1, (command, proc.stdout, proc.stderr)
+        assert f"project {stack.project!r} on this engine belongs to another stack folder" \
+            in proc.stderr
+        assert str(stack.root.resolve()) in proc.stderr  # names the folder that owns it
+        assert "`project:` in stack.yaml" in proc.stderr and "--take-over" in proc.stderr
+    assert containers(docker_client, stack.project) == before
+    assert stack.cli("plan", "--json", check=True).returncode == 0  # the owner still may
+
+
+def test_adding_an_alias_fails_no_request(stack: Stack, docker_client: Any) -> None:
+    before = containers(docker_client, stack.project)
+    run = change_under_load(stack.root, "alias_added", add_alias)
+    assert run.command_rc == 0, explain(run)
+    assert run.failures == [], explain(run)
+    summary = run.summary()
+    assert summary["requests_sent"] >= 10 and summary["streams_complete"] >= 1, explain(run)
+    after = containers(docker_client, stack.project)
+    litellm = names.container(stack.project, names.LITELLM)
+    model = names.container(stack.project, CHAT)
+    assert after[litellm] != before[litellm]  # LiteLLM was replaced ...
+    assert after[model] == before[model]  # ... the model was not
+    assert sorted(after) == sorted(before)  # no _next / _old container is left
+    assert chat(stack, "added-alias") == 200
+
+
+def test_changing_model_args_fails_no_request_and_streams_finish(stack: Stack,
+                                                                 docker_client: Any) -> None:
+    before = containers(docker_client, stack.project)
+    run = change_under_load(stack.root, "model_args_changed", change_args)
+    assert run.command_rc == 0, explain(run)
+    assert run.failures == [], explain(run)
+    summary = run.summary()
+    assert summary["streams_spanning_switch"] >= 1, explain(run)  # in flight, and finished
+    after = containers(docker_client, stack.project)
+    model = names.container(stack.project, CHAT)
+    assert after[model][1] != before[model][1]  # the model runs its new arguments
+    assert sorted(after) == sorted(before)
+    assert stack.status()["healthy"] is True
+
+
+def test_a_broken_model_is_rolled_back_and_keeps_answering(stack: Stack,
+                                                            docker_client: Any) -> None:
+    before = containers(docker_client, stack.project)
+    run = change_under_load(stack.root, "model_broken", break_model)
+    stderr = "\n".join(line for _, line in run.command_stderr)
+    assert run.command_rc == 2, explain(run)
+    assert f"service {CHAT} failed" in stderr and "last log lines:" in stderr, stderr
+    assert "probe: GET /health on port" in stderr
+    assert f"rolled back: {CHAT}" in stderr
+    assert run.failures == [], explain(run)  # the old model answered all along
+    assert containers(docker_client, stack.project) == before  # the very same containers
+    assert chat(stack, "deepseek-coder") == 200
