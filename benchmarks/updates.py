@@ -111,8 +111,9 @@ def edit_stack(stack_dir: Path, edit: Edit) -> None:
 def change_under_load(stack_dir: Path, scenario: str, edit: Edit, clients: int = 3,
                       lead_s: float = 3.0, tail_s: float = 3.0, retries: int = 1,
                       up_args: tuple[str, ...] = (), stream_tokens: int = STREAM_TOKENS,
-                      max_requests: int = 5000) -> UpdateRun:
-    """Load for `lead_s`, then `edit` stack.yaml and run `llmstack up` (load goes on), then
+                      max_requests: int = 5000, command: str = "up") -> UpdateRun:
+    """Load for `lead_s`, then `edit` stack.yaml and run `llmstack COMMAND` (`up`, or
+    `rollback`; the load goes on), then
     load for `tail_s` more. The load is closed-loop, so it never outruns a slow CPU model:
     `clients` clients each send their next request as soon as the last one is answered;
     client 0 streams STREAM_TOKENS tokens, the others ask for one-token completions.
@@ -143,7 +144,7 @@ def change_under_load(stack_dir: Path, scenario: str, edit: Edit, clients: int =
         time.sleep(lead_s)  # the load's own steady state before the change
         edit_stack(stack_dir, edit)
         run.command_started = time.monotonic()
-        proc = subprocess.Popen([*llmstack_cmd(), "up", "-C", str(stack_dir), *up_args],
+        proc = subprocess.Popen([*llmstack_cmd(), command, "-C", str(stack_dir), *up_args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, text=True,
                                 env={**os.environ, "CI": "true"})

@@ -175,6 +175,12 @@ class FakeEngine:
         volume.update({n: (data, 0o644) for n, data in svc.config.items()})
         volume.update(extra or {})
 
+    def write_volume(self, volume: str, files: dict[str, bytes], image: str) -> None:
+        self.volumes.setdefault(volume, {}).update({n: (d, 0o644) for n, d in files.items()})
+
+    def read_volume(self, volume: str, image: str) -> dict[str, bytes]:
+        return {n: d for n, (d, _) in self.volumes.get(volume, {}).items()}
+
     def rename(self, key: str, new_key: str) -> None:
         c = self.containers.pop(key, None)
         if c is None:

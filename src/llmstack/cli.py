@@ -220,6 +220,7 @@ def up(directory: DirOpt = None, file: FileOpt = None,
     endpoints = _endpoints(loaded.spec)
     if json_out:
         ui.emit_json({"changed": result.changed, "seconds": round(elapsed, 2),
+                      "revision": result.revision,
                       "actions": [a.to_dict() for a in result.actions],
                       "ready_seconds": result.ready_seconds, "endpoints": endpoints,
                       "key_file": str(loaded.paths.env)})
@@ -229,11 +230,80 @@ def up(directory: DirOpt = None, file: FileOpt = None,
                    f"({elapsed:.2f}s).")
     else:
         done = [a for a in result.actions if a.kind != "keep"]
-        typer.echo(f"Stack {loaded.spec.project} is up ({len(done)} changes, {elapsed:.1f}s).")
+        typer.echo(f"Stack {loaded.spec.project} is up ({len(done)} changes, {elapsed:.1f}s; "
+                   f"revision {result.revision}).")
     for name, url in endpoints.items():
         typer.echo(f"  {name:<6} {url}")
     typer.echo(f"  key    LITELLM_MASTER_KEY in {loaded.paths.env} (send it as "
                "Authorization: Bearer <key>)")
+
+
+@app.command()
+def history(directory: DirOpt = None, file: FileOpt = None,
+            host: HostOpt = None, json_out: JsonOpt = False) -> None:
+    """The revisions `up` recorded on the engine (newest last): number, time, digest of the
+    containers, models. `llmstack rollback [REVISION]` returns the stack to one."""
+    from . import history as hist
+
+    loaded = _load(directory, file)
+    project = _engine(host, loaded.spec.project)
+    revisions = hist.load_all(project, loaded.spec.images.litellm)
+    if json_out:
+        from .ui import emit_json
+        emit_json({"revisions": [r.to_dict() for r in revisions]})
+        return
+    if not revisions:
+        typer.echo("No revision recorded yet: each `llmstack up` that changes the stack "
+                   "records one.")
+        return
+    typer.echo(f"{'REVISION':<9} {'CREATED':<26} {'DIGEST':<17} MODELS")
+    for r in revisions:
+        mark = "  (latest)" if r is revisions[-1] else ""
+        typer.echo(f"{r.number:<9} {r.created:<26} {r.digest:<17} {', '.join(r.models())}"
+                   + mark)
+
+
+@app.command()
+def rollback(
+    revision: Annotated[int | None, typer.Argument(help="Revision to return to (default: the "
+                                                   "one before the latest; see `llmstack "
+                                                   "history`).", show_default=False)] = None,
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    json_out: JsonOpt = False, take_over: TakeOverOpt = False,
+) -> None:
+    """Return the running stack to a recorded revision, with `up`'s rules (start-first
+    changes, no failed request; a change that fails is rolled back). stack.yaml is not
+    edited: the next `llmstack up` applies it again."""
+    import tempfile
+    import time
+
+    from . import deploy, ui
+    from . import history as hist
+    from .project import load
+
+    started = time.monotonic()
+    loaded = _load(directory, file)
+    project = _owned_engine(host, loaded, create=True)
+    deploy.check_owner(project, take_over)
+    target = hist.pick(hist.load_all(project, loaded.spec.images.litellm), revision)
+    with tempfile.TemporaryDirectory(prefix="llmstack-rollback-") as tmp:
+        # Named stack.yaml, so the rendered files are byte for byte those of that revision.
+        path = Path(tmp) / "stack.yaml"
+        path.write_text(target.stack_yaml, encoding="utf-8")
+        old = load(loaded.paths.root, path)
+        result = deploy.up(old, project, ui.reporter(json_out), local_engine=project.is_local(),
+                           take_over=take_over)
+    elapsed = time.monotonic() - started
+    if json_out:
+        ui.emit_json({"rolled_back_to": target.number, "revision": result.revision,
+                      "changed": result.changed, "seconds": round(elapsed, 2),
+                      "actions": [a.to_dict() for a in result.actions]})
+        return
+    done = [a for a in result.actions if a.kind != "keep"]
+    typer.echo(f"Stack {old.spec.project} runs revision {target.number} again ({len(done)} "
+               f"changes, {elapsed:.1f}s" + (f"; recorded as revision {result.revision}"
+                                             if result.changed else "") + ").")
+    typer.echo("stack.yaml is unchanged: the next `llmstack up` applies it again.")
 
 
 def _endpoints(spec: Any) -> dict[str, str]:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from . import checks, edge, names, plan, tls
+from . import checks, edge, history, names, plan, tls
 from .engine.api import STOPPED_STATES, ContainerInfo, Engine
 from .engine.containers import port_free_here
 from .errors import DeployError, LlmstackError, OwnershipError
@@ -39,6 +39,7 @@ class UpResult:
     actions: list[plan.Action]
     ready_seconds: dict[str, float] = field(default_factory=dict)
     changed: bool = False
+    revision: int | None = None  # recorded by a successful `up` that changed something
 
 
 def check_owner(project: Engine, take_over: bool = False) -> None:
@@ -317,6 +318,8 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
         raise DeployError(exc.message + "\n  rolled back: " + ", ".join(back) + " run their "
                           "previous containers, which kept serving", exc.hint) from exc
     _finish_swaps(project, swaps, report)
+    result.revision = history.record(project, loaded.spec.images.litellm,
+                                     loaded.stack_text(), wanted).number
     return result
 
 
@@ -418,6 +421,9 @@ def status(loaded: Loaded, project: Engine) -> StackStatus:
             services.append(ServiceStatus(name, "missing", healthy, note=note))
             continue
         in_sync = svc is not None and have.labels.get(names.LABEL_HASH) == svc.config_hash()
+        if svc is not None and not in_sync:
+            note = ("runs its previous revision: stack.yaml changed since, or the last `up` "
+                    "of this change failed and was rolled back; `llmstack up` applies it")
         services.append(ServiceStatus(
             name, have.status, healthy, image=have.image, container=have.name,
             restarts=have.restart_count, uptime_s=_uptime(have, now), ports=have.ports,

@@ -60,6 +60,11 @@ def config_volume(project: str, service: str) -> str:
     return f"{project}-{service}-config"
 
 
+def history_volume(project: str) -> str:
+    """The stack's recorded revisions (llmstack.history)."""
+    return f"{project}-history"
+
+
 SPOOL_SUFFIX = "nginx-spool"
 
 

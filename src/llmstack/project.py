@@ -77,6 +77,11 @@ class Loaded:
     paths: Paths
     spec: StackSpec
     rendered: Rendered
+    stack_file: Path | None = None  # the file loaded, when not paths.stack (`--file`)
+
+    def stack_text(self) -> str:
+        """The stack file as loaded from disk (history records it)."""
+        return (self.stack_file or self.paths.stack).read_text(encoding="utf-8")
 
     def keys(self) -> secrets.Keys:
         return secrets.load_keys(self.paths.env)
@@ -99,7 +104,7 @@ def load(root: Path, stack_file: Path | None = None) -> Loaded:
     paths = Paths(root)
     path = stack_file or paths.stack
     stack = spec.load_file(path)
-    return Loaded(paths, stack, render.render(stack, path.name))
+    return Loaded(paths, stack, render.render(stack, path.name), path)
 
 
 def write_config(loaded: Loaded) -> list[Path]:

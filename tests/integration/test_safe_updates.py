@@ -3,7 +3,8 @@
 One chat-only stack is shared by the module and changed step by step (tests run in file
 order): a second folder naming the same project is refused; an alias is added (LiteLLM
 replaced start-first); the model's arguments change (model and LiteLLM replaced
-start-first); a broken argument is rolled back. Each change runs under a steady load of
+start-first); a broken argument is rolled back; `llmstack rollback` returns to the
+previous revision. Each change runs under a steady load of
 one-token chat completions and streams from a few closed-loop clients
 (benchmarks/updates.py) sent to 127.0.0.1 only, and
 every response is counted.
@@ -119,3 +120,22 @@ def test_a_broken_model_is_rolled_back_and_keeps_answering(stack: Stack,
     assert run.failures == [], explain(run)  # the old model answered all along
     assert containers(docker_client, stack.project) == before  # the very same containers
     assert chat(stack, "deepseek-coder") == 200
+
+
+def test_rollback_to_the_previous_revision_fails_no_request(stack: Stack,
+                                                           docker_client: Any) -> None:
+    history = json.loads(stack.cli("history", "--json", check=True).stdout)["revisions"]
+    # first up, alias added, arguments changed (the broken change recorded nothing)
+    assert [r["revision"] for r in history] == [1, 2, 3]
+    before = containers(docker_client, stack.project)
+    run = change_under_load(stack.root, "rollback", lambda data: None, command="rollback")
+    assert run.command_rc == 0, explain(run)
+    assert run.failures == [], explain(run)
+    after = containers(docker_client, stack.project)
+    model = names.container(stack.project, CHAT)
+    assert after[model][1] != before[model][1]  # back to revision 2's arguments
+    assert "runs revision 2 again" in run.command_stdout
+    history = json.loads(stack.cli("history", "--json", check=True).stdout)["revisions"]
+    assert [r["revision"] for r in history] == [1, 2, 3, 4]
+    assert history[3]["digest"] == history[1]["digest"]
+    assert stack.status()["healthy"] is True

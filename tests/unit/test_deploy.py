@@ -502,6 +502,9 @@ def test_a_model_that_never_gets_ready_is_rolled_back(loaded: Loaded, engine: Fa
         == before
     assert engine.state(CHAT) == ("running", None)
     assert (CHAT, "rolled back", "the previous container serves again") in events.seen
+    report = {s.service: s for s in deploy.status(broken, engine).services}
+    assert report[CHAT].in_sync is False and report[CHAT].healthy is True
+    assert "runs its previous revision" in (report[CHAT].note or "")
 
 
 def test_a_litellm_failing_after_the_models_switched_rolls_everything_back(
@@ -540,3 +543,54 @@ def test_leftovers_of_an_interrupted_update_are_removed(loaded: Loaded,
     assert actions[CHAT + names.NEXT].kind == "remove"
     up(loaded, engine)
     assert sorted(engine.containers) == sorted(ALL)
+
+
+# --- history and rollback ----------------------------------------------------------------------
+
+
+def test_each_changing_up_records_a_revision_and_rollback_returns_to_one(
+        loaded: Loaded, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from llmstack import history
+
+    assert up(loaded, engine).revision == 1
+    assert up(loaded, engine).revision is None  # nothing changed: nothing recorded
+    changed = _edit(loaded, lambda d: d["models"][0].update(args=["--threads", "2"]))
+    assert up(changed, engine).revision == 2
+    revisions = history.load_all(engine, loaded.spec.images.litellm)
+    assert [r.number for r in revisions] == [1, 2]
+    assert "--threads" in revisions[1].stack_yaml and revisions[0].digest != revisions[1].digest
+    # No secret in a revision: neither key appears in the recorded files.
+    keys = loaded.keys()
+    for data in engine.read_volume(names.history_volume(engine.project), "img").values():
+        assert keys.master.encode() not in data and keys.internal.encode() not in data
+    hash_v2 = engine.containers[CHAT].labels[names.LABEL_HASH]
+
+    monkeypatch.setattr(cli, "_engine", lambda host, project: engine)
+    root = str(loaded.paths.root)
+    monkeypatch.setattr("sys.argv", ["llmstack", "rollback", "-C", root, "--json"])
+    cli.main()  # returns: exit 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rolled_back_to"] == 1 and out["revision"] == 3
+    assert {a["service"]: a.get("update") for a in out["actions"]
+            if a["action"] == "recreate"} == {CHAT: "start-first",
+                                              names.LITELLM: "start-first"}
+    assert engine.containers[CHAT].labels[names.LABEL_HASH] == revisions[0].services[CHAT]
+    assert engine.containers[CHAT].labels[names.LABEL_HASH] != hash_v2
+    assert "--threads\n" in loaded.paths.stack.read_text().replace("- ", "")  # file kept
+    monkeypatch.setattr("sys.argv", ["llmstack", "history", "-C", root, "--json"])
+    cli.main()
+    assert [r["revision"] for r in json.loads(capsys.readouterr().out)["revisions"]] == [1, 2, 3]
+    monkeypatch.setattr("sys.argv", ["llmstack", "rollback", "7", "-C", root])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 1
+    assert "revision 7 is not recorded" in capsys.readouterr().err
+
+
+def test_rollback_without_an_earlier_revision_is_refused(loaded: Loaded) -> None:
+    from llmstack import history
+    from llmstack.errors import UserError
+
+    with pytest.raises(UserError, match="no earlier revision"):
+        history.pick([], None)

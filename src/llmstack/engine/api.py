@@ -142,6 +142,13 @@ class Engine(Protocol):
                      ) -> None:
         """Fill the service's config volume with svc.config (0644) and `extra` files."""
 
+    def write_volume(self, volume: str, files: dict[str, bytes], image: str) -> None:
+        """Write `files` ({relative path: bytes}, 0644) into the named volume (created with
+        the project's label when missing), through a container of `image`."""
+
+    def read_volume(self, volume: str, image: str) -> dict[str, bytes]:
+        """Every regular file in the named volume, by its relative path; {} without it."""
+
     def start(self, svc: ServiceSpec, key: str | None = None) -> str:
         """(Re)create and start the service's container; its id. `key` names the container
         instead of svc.service (names.NEXT for a start-first replacement); labels, config

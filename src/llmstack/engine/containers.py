@@ -214,16 +214,47 @@ class Project:
         self._ensure_volume(volume)
         files = {name: (data, 0o644) for name, data in svc.config.items()}
         files.update(extra or {})
-        uid, gid = _uid(svc.user)
-        # A created-never-started container of the service's own image is the volume's door.
-        door = self.client.containers.create(
-            svc.image, command=["true"], entrypoint=[], user="0:0",
-            mounts=[_mount(volume, "/cfg", "volume", False)],
+        self._put(volume, svc.image, files, _uid(svc.user), f"the config of {svc.service}")
+
+    def _door(self, volume: str, image: str, read_only: bool) -> Container:
+        """A created-never-started container of `image` with `volume` on /cfg: the volume's
+        door for archive reads and writes through the engine API."""
+        return self.client.containers.create(
+            image, command=["true"], entrypoint=[], user="0:0",
+            mounts=[_mount(volume, "/cfg", "volume", read_only)],
             labels={names.LABEL_PROJECT + ".tmp": self.project})
+
+    def _put(self, volume: str, image: str, files: dict[str, tuple[bytes, int]],
+             owner: tuple[int, int], what: str) -> None:
+        door = self._door(volume, image, read_only=False)
         try:
-            if not door.put_archive("/cfg", _tar(files, uid, gid)):
-                raise EngineError(f"could not write the config of {svc.service}",
+            if not door.put_archive("/cfg", _tar(files, *owner)):
+                raise EngineError(f"could not write {what}",
                                   "check the engine's disk space and logs")
+        finally:
+            door.remove(force=True)
+
+    @mapped
+    def write_volume(self, volume: str, files: dict[str, bytes], image: str) -> None:
+        self._ensure_volume(volume)
+        self._put(volume, image, {n: (d, 0o644) for n, d in files.items()}, (0, 0), volume)
+
+    @mapped
+    def read_volume(self, volume: str, image: str) -> dict[str, bytes]:
+        try:
+            self.client.volumes.get(volume)
+        except self.errors.NotFound:
+            return {}
+        door = self._door(volume, image, read_only=True)
+        try:
+            stream, _ = door.get_archive("/cfg/.")
+            files: dict[str, bytes] = {}
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                for member in tar:
+                    handle = tar.extractfile(member) if member.isfile() else None
+                    if handle:
+                        files[member.name.split("/", 1)[1]] = handle.read()
+            return files
         finally:
             door.remove(force=True)
 
