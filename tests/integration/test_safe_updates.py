@@ -80,6 +80,7 @@ def test_a_second_folder_naming_the_same_project_is_refused(stack: Stack, tmp_pa
 def test_adding_an_alias_fails_no_request(stack: Stack, docker_client: Any) -> None:
     before = containers(docker_client, stack.project)
     run = change_under_load(stack.root, "alias_added", add_alias)
+    print(json.dumps(run.summary()))
     assert run.command_rc == 0, explain(run)
     assert run.failures == [], explain(run)
     summary = run.summary()
@@ -97,6 +98,7 @@ def test_changing_model_args_fails_no_request_and_streams_finish(stack: Stack,
                                                                  docker_client: Any) -> None:
     before = containers(docker_client, stack.project)
     run = change_under_load(stack.root, "model_args_changed", change_args)
+    print(json.dumps(run.summary()))
     assert run.command_rc == 0, explain(run)
     assert run.failures == [], explain(run)
     summary = run.summary()
@@ -112,6 +114,7 @@ def test_a_broken_model_is_rolled_back_and_keeps_answering(stack: Stack,
                                                             docker_client: Any) -> None:
     before = containers(docker_client, stack.project)
     run = change_under_load(stack.root, "model_broken", break_model)
+    print(json.dumps(run.summary()))
     stderr = "\n".join(line for _, line in run.command_stderr)
     assert run.command_rc == 2, explain(run)
     assert f"service {CHAT} failed" in stderr and "last log lines:" in stderr, stderr
@@ -129,6 +132,7 @@ def test_rollback_to_the_previous_revision_fails_no_request(stack: Stack,
     assert [r["revision"] for r in history] == [1, 2, 3]
     before = containers(docker_client, stack.project)
     run = change_under_load(stack.root, "rollback", lambda data: None, command="rollback")
+    print(json.dumps(run.summary()))
     assert run.command_rc == 0, explain(run)
     assert run.failures == [], explain(run)
     after = containers(docker_client, stack.project)
