@@ -145,7 +145,9 @@ class FakeEngine:
             return NOT_FOUND
         if c.status != "running":
             return REFUSED
-        script = self.answers.get(service) or ["200"]
+        # A stop-first model's placeholder answers 503 to everything (plan.placeholder).
+        default = "503" if c.labels.get(names.LABEL_ROLE) == "placeholder" else "200"
+        script = self.answers.get(service) or [default]
         return script.pop(0) if len(script) > 1 else script[0]
 
     def logs(self, service: str, tail: int = 50, follow: bool = False) -> Iterator[bytes]:
@@ -201,7 +203,7 @@ class FakeEngine:
                               "the Docker engine refused the operation")
         self.remove(key)
         self.calls.append(f"start {key}")
-        crashed = svc.service in self.crash
+        crashed = svc.service in self.crash and svc.role != "placeholder"  # the model's own
         c = FakeContainer(
             service=key, name=names.container(self.project, key),
             id=uuid.uuid4().hex, image=svc.image, image_id=f"sha256:{svc.image}",

@@ -128,6 +128,7 @@ class Swaps:
 
     started: list[str] = field(default_factory=list)
     promoted: list[str] = field(default_factory=list)
+    stopped_first: list[str] = field(default_factory=list)  # old container already gone
     saved_config: dict[str, tuple[plan.ServiceSpec, dict[str, bytes]]] = field(
         default_factory=dict)
 
@@ -148,6 +149,7 @@ def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec],
     ready = known - set(todo)
     swapped_models = {s.service for s in todo.values() if s.role == "model"
                       and actions[s.service].how == plan.START_FIRST}
+    hold_image = next((s.image for s in wanted if s.role == names.HEALTH), "")
     starting: dict[str, _Starting] = {}
     while todo or starting:
         unblocked = [s for s in todo.values()
@@ -158,7 +160,8 @@ def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec],
                               "start_after form a cycle", "report this as a bug")
         for svc in unblocked:
             del todo[svc.service]
-            key = _start(project, svc, actions[svc.service], secret_files, report, swaps)
+            key = _start(project, svc, actions[svc.service], secret_files, report, swaps,
+                         hold_image)
             if svc.probe:
                 starting[svc.service] = _Starting(svc, time.monotonic(), key)
             else:
@@ -177,9 +180,16 @@ def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec],
 
 
 def _start(project: Engine, svc: plan.ServiceSpec, action: plan.Action,
-           secret_files: edge.SecretFiles, report: Reporter, swaps: Swaps) -> str:
-    """Start the service's new container; its key (SERVICE_next when start-first)."""
+           secret_files: edge.SecretFiles, report: Reporter, swaps: Swaps,
+           hold_image: str = "") -> str:
+    """Start the service's new container; its key (SERVICE_next when start-first, and for a
+    model replaced stop-first, whose 503 placeholder holds its name meanwhile)."""
     start_first = action.kind == "recreate" and action.how == plan.START_FIRST
+    if (action.kind == "recreate" and action.how == plan.STOP_FIRST and svc.role == "model"
+            and hold_image):
+        _stop_first(project, svc, hold_image, report)
+        swaps.stopped_first.append(svc.service)
+        start_first = True  # the new one starts beside the placeholder
     report.event(svc.service, "starting", action.kind + (f" ({action.how})" if action.how
                                                          else ""))
     if svc.role == names.NGINX:
@@ -201,6 +211,33 @@ def _start(project: Engine, svc: plan.ServiceSpec, action: plan.Action,
     return key
 
 
+PLACEHOLDER_DEADLINE = 60.0  # seconds for the 503 placeholder to answer
+
+
+def _stop_first(project: Engine, svc: plan.ServiceSpec, image: str, report: Reporter) -> None:
+    """Replace the model's running container by its 503 placeholder (plan.placeholder): the
+    placeholder starts beside it, takes its name once it answers, then the old container
+    stops (its GPUs are free for the new one). Requests to the model get a JSON 503 with
+    Retry-After until the new container takes the name, never a connection error."""
+    hold = plan.placeholder(svc, image)
+    key = svc.service + names.HOLD
+    project.start(hold, key)
+    deadline = time.monotonic() + PLACEHOLDER_DEADLINE
+    while (answer := project.probe(_probe_url(project.project, hold, key))) != "503":
+        if time.monotonic() > deadline or project.state(key)[0] in STOPPED_STATES:
+            detail = project.tail_logs(key, 10)
+            project.remove(key)
+            raise DeployError(f"the 503 placeholder of {svc.service} did not answer within "
+                              f"{PLACEHOLDER_DEADLINE:.0f}s (GET / -> {answer}): {detail}",
+                              f"the old {svc.service} keeps serving; `llmstack doctor`")
+        time.sleep(POLL_INTERVAL)
+    project.rename(svc.service, svc.service + names.OLD)
+    project.rename(key, svc.service)
+    project.remove(svc.service + names.OLD)
+    report.event(svc.service, "stopped", "old container stopped first; requests get 503 "
+                 "with Retry-After until the new one is ready")
+
+
 def _promote(project: Engine, service: str, report: Reporter, swaps: Swaps) -> None:
     """The ready SERVICE_next takes the service's name (its DNS name on the network) and
     the old container becomes SERVICE_old; both keep running, no connection is touched."""
@@ -217,12 +254,16 @@ def rollback(project: Engine, swaps: Swaps, report: Reporter) -> list[str]:
     back."""
     done = []
     for service in reversed(swaps.promoted):
+        if service in swaps.stopped_first:
+            continue  # its old container is gone: the new one, ready, keeps serving
         project.rename(service, service + names.NEXT)
         project.rename(service + names.OLD, service)
         done.append(service)
     for service in swaps.started:
+        if service in swaps.promoted and service in swaps.stopped_first:
+            continue
         project.remove(service + names.NEXT)
-        if service not in done:
+        if service not in done and service not in swaps.stopped_first:
             done.append(service)
     for svc, files in swaps.saved_config.values():
         if files:
@@ -309,14 +350,19 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
             report.event(names.NGINX, "reloading", by_service[names.NGINX].reason)
             edge.reload_nginx(project, nginx, secret_files)
     except LlmstackError as exc:
-        if not (swaps.started or swaps.promoted):
+        if not (swaps.started or swaps.promoted or swaps.stopped_first):
             raise
         back = rollback(project, swaps, report)
         if names.LITELLM in swaps.promoted and project.container(names.NGINX) is not None:
             with contextlib.suppress(LlmstackError):  # back to the old LiteLLM's address
                 edge.graceful_reload(project, nginx, edge.RELOAD_DEADLINE)
-        raise DeployError(exc.message + "\n  rolled back: " + ", ".join(back) + " run their "
-                          "previous containers, which kept serving", exc.hint) from exc
+        held = [s for s in swaps.stopped_first if s not in swaps.promoted]
+        raise DeployError(
+            exc.message + ("\n  rolled back: " + ", ".join(back) + " run their previous "
+                           "containers, which kept serving" if back else "")
+            + ("\n  stopped first (update: stop-first): " + ", ".join(held) + " answer 503 "
+               "with Retry-After until `llmstack up` succeeds; `llmstack rollback` starts "
+               "the previous revision" if held else ""), exc.hint) from exc
     _finish_swaps(project, swaps, report)
     result.revision = history.record(project, loaded.spec.images.litellm,
                                      loaded.stack_text(), wanted).number

@@ -35,9 +35,10 @@ def container(project: str, service: str) -> str:
 
 
 # A start-first replacement runs as SERVICE_next until it is ready; the container it replaces
-# is renamed SERVICE_old until it is idle. "_" is in no service name (model slugs are
-# [a-z0-9-]), so these never collide with a service.
+# is renamed SERVICE_old until it is idle (for a stop-first one: its 503 placeholder). "_" is
+# in no service name (model slugs are [a-z0-9-]), so these never collide with a service.
 NEXT, OLD = "_next", "_old"
+HOLD = "_hold"  # the 503 placeholder of a model replaced stop-first, before it takes the name
 
 
 def service_key(project: str, container_name: str, label: str) -> str:

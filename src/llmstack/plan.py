@@ -177,6 +177,44 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
     return services
 
 
+# While a model is replaced stop-first, this answers for it under its name: every request
+# gets 503 with a JSON error (nginx adds Retry-After), never a connection error. Stdlib only;
+# one connection per request, so LiteLLM keeps none of its connections once it is gone.
+PLACEHOLDER_SCRIPT = (
+    "import sys\n"
+    "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
+    "BODY = (b'{\"error\":{\"message\":\"This model is restarting; retry shortly.\",'\n"
+    "        b'\"type\":\"service_unavailable\",\"param\":null,'\n"
+    "        b'\"code\":\"model_restarting\"}}\\n')\n"
+    "class Restarting(BaseHTTPRequestHandler):\n"
+    "    def answer(self):\n"
+    "        length = int(self.headers.get('Content-Length') or 0)\n"
+    "        if length:\n"
+    "            self.rfile.read(length)\n"
+    "        self.send_response(503)\n"
+    "        self.send_header('Content-Type', 'application/json')\n"
+    "        self.send_header('Content-Length', str(len(BODY)))\n"
+    "        self.send_header('Connection', 'close')\n"
+    "        self.end_headers()\n"
+    "        self.wfile.write(BODY)\n"
+    "    do_GET = do_POST = answer\n"
+    "    def log_message(self, *args):\n"
+    "        pass\n"
+    "ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), Restarting).serve_forever()\n"
+)
+PLACEHOLDER = "placeholder"  # its role
+
+
+def placeholder(svc: ServiceSpec, image: str) -> ServiceSpec:
+    """The container that answers 503 for model `svc` while it restarts stop-first: on the
+    model's port, in `image` (any with python3: the health service's)."""
+    port = svc.probe[0] if svc.probe else 8000
+    return ServiceSpec(service=svc.service, role=PLACEHOLDER, image=image,
+                       entrypoint=["python3", "-c", PLACEHOLDER_SCRIPT], command=[str(port)],
+                       probe=(port, "/"),
+                       **_hardening(image, Resources(memory="64m", pids=32)))
+
+
 def model_update(model: ModelSpec) -> str:
     """How a changed model is replaced: its `update`, else start-first, except for a model
     with GPUs of its own (no gpu_share): a second container would not get them."""

@@ -530,7 +530,36 @@ def test_a_stop_first_model_is_stopped_then_started(loaded: Loaded, engine: Fake
     result = up(changed, engine)
     assert {a.service: a.how for a in result.actions if a.kind == "recreate"} == {
         CHAT: plan.STOP_FIRST}
-    assert engine.calls == [f"remove {CHAT}", f"start {CHAT}"]  # LiteLLM and nginx kept
+    hold, nxt, old = CHAT + names.HOLD, CHAT + names.NEXT, CHAT + names.OLD
+    assert engine.calls == [
+        f"start {hold}",  # the 503 placeholder, beside the old model
+        f"rename {CHAT} {old}", f"rename {hold} {CHAT}", f"remove {old}",  # old one stopped
+        f"start {nxt}",  # the new model: the GPUs it needs are free now
+        f"rename {CHAT} {old}", f"rename {nxt} {CHAT}",  # ready: it takes the name
+        f"remove {old}",  # the placeholder goes; LiteLLM and nginx are kept
+    ]
+    assert sorted(engine.containers) == sorted(ALL)
+    assert engine.containers[CHAT].labels[names.LABEL_ROLE] == "model"
+
+
+def test_a_stop_first_model_that_fails_leaves_its_503_placeholder(loaded: Loaded,
+                                                                  engine: FakeEngine) -> None:
+    first = _edit(loaded, lambda d: d["models"][0].update(update="stop-first"))
+    up(first, engine)
+    broken = _edit(first, lambda d: d["models"][0].update(args=["--no-such-flag"]))
+    engine.crash = {CHAT}
+    with pytest.raises(DeployError) as failed:
+        up(broken, engine)
+    assert f"stopped first (update: stop-first): {CHAT} answer 503" in failed.value.message
+    assert "`llmstack rollback`" in failed.value.message
+    assert engine.containers[CHAT].labels[names.LABEL_ROLE] == "placeholder"
+    assert sorted(engine.containers) == sorted(ALL)
+    url = f"http://{names.container(engine.project, CHAT)}:8000/v1/chat/completions"
+    assert engine.probe(url) == "503"
+    # The next `up` of a good stack.yaml replaces the placeholder by the model again.
+    engine.crash = set()
+    up(first, engine)
+    assert engine.containers[CHAT].labels[names.LABEL_ROLE] == "model"
 
 
 def test_leftovers_of_an_interrupted_update_are_removed(loaded: Loaded,
