@@ -13,6 +13,8 @@ every response is counted.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,4 +144,53 @@ def test_rollback_to_the_previous_revision_fails_no_request(stack: Stack,
     history = json.loads(stack.cli("history", "--json", check=True).stdout)["revisions"]
     assert [r["revision"] for r in history] == [1, 2, 3, 4]
     assert history[3]["digest"] == history[1]["digest"]
+    assert stack.status()["healthy"] is True
+
+
+def test_a_stop_first_model_answers_503_with_retry_after_while_it_restarts(
+        stack: Stack, docker_client: Any) -> None:
+    data = stack.spec()
+    data["models"][0]["args"] = [a for a in data["models"][0]["args"] if a != "--no-such-flag"]
+    data["models"][0]["update"] = "stop-first"
+    stack.write_spec(data)
+    stack.cli("up", check=True)  # the working arguments again, now stop-first
+    answers: list[tuple[float, int, str | None, str]] = []  # (sent, status, Retry-After, code)
+    done = threading.Event()
+
+    def watch() -> None:  # one more client that keeps what the load does not: headers, body
+        while not done.is_set():
+            sent = time.monotonic()
+            try:
+                reply = requests.post(
+                    f"{stack.base_url}/chat/completions", timeout=60,
+                    headers={"Authorization": f"Bearer {stack.key}"},
+                    json={"model": "deepseek-coder", "max_tokens": 1,
+                          "messages": [{"role": "user", "content": "hi"}]})
+                code = "" if reply.status_code == 200 else reply.json()["error"]["code"]
+                answers.append((sent, reply.status_code, reply.headers.get("Retry-After"), code))
+            except (requests.RequestException, ValueError, KeyError) as exc:
+                answers.append((sent, 0, None, f"{type(exc).__name__}: {exc}"))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run = change_under_load(stack.root, "stop_first", change_args)
+    finally:
+        done.set()
+        watcher.join(120)
+    print(json.dumps(run.summary()), sorted({a[1:] for a in answers}))
+    assert run.command_rc == 0, explain(run)
+    stopped = run.marker("stopped")  # the placeholder has the name, the old model stops
+    assert stopped is not None, explain(run)
+    # Requests sent once the placeholder answers: 200, or a JSON 503 with Retry-After while
+    # the model restarts; never a connection error or a 502.
+    after = [o for o in run.outcomes if o.sent > stopped]
+    assert all(o.ok or (o.status == 503 and not o.error) for o in after), explain(run)
+    assert any(o.status == 503 for o in after) and any(o.ok for o in after), explain(run)
+    seen = [a for a in answers if a[0] > stopped and a[1] != 200]
+    assert seen and all(a[1] == 503 and a[2] and a[3] for a in seen), seen
+    # Only what the old container was answering when it stopped is cut (stop-first's price):
+    # at most one request per client, each sent before the old container was gone.
+    cut = [o for o in run.failures if o.status != 503]
+    assert all(o.sent < stopped for o in cut) and len(cut) <= 3, explain(run)
     assert stack.status()["healthy"] is True
