@@ -312,7 +312,9 @@ def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, s
     wanted_names = {s.service for s in wanted}
     for have in actual:
         if have.service not in wanted_names:
-            actions.append(Action("remove", have.service, "no longer in stack.yaml"))
+            leftover = have.service.endswith((names.NEXT, names.OLD, names.HOLD))
+            actions.append(Action("remove", have.service, "left over from an interrupted "
+                                  "update" if leftover else "no longer in stack.yaml"))
     return actions
 
 

@@ -570,6 +570,7 @@ def test_leftovers_of_an_interrupted_update_are_removed(loaded: Loaded,
     engine.start(svc, CHAT + names.NEXT)  # as if `up` was killed mid-update
     actions = {a.service: a for a in deploy.plan_only(loaded, engine)}
     assert actions[CHAT + names.NEXT].kind == "remove"
+    assert actions[CHAT + names.NEXT].reason == "left over from an interrupted update"
     up(loaded, engine)
     assert sorted(engine.containers) == sorted(ALL)
 
