@@ -68,9 +68,11 @@ def compute(loaded: Loaded, project: Engine) -> tuple[list[plan.ServiceSpec], li
     wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal)
     secret_files = loaded.nginx_secret_files()
     current = edge.secrets_current(project, secret_files)
+    nginx = next(s for s in wanted if s.role == names.NGINX)
     image_ids = project.image_ids([s.image for s in wanted])
     actions = plan.diff(wanted, project.actual(), image_ids, secrets_current=current,
-                        owner=project.owner_labels.get(names.LABEL_OWNER, ""))
+                        owner=project.owner_labels.get(names.LABEL_OWNER, ""),
+                        config_current=edge.config_current(project, nginx))
     return wanted, actions, secret_files
 
 

@@ -52,6 +52,14 @@ def secrets_current(engine: Engine, secret_files: SecretFiles) -> bool:
     return all(live.get(n) == data for n, (data, _) in secret_files.items())
 
 
+def config_current(engine: Engine, nginx: plan.ServiceSpec) -> bool:
+    """Whether nginx's config volume holds exactly its rendered config files (nginx.conf):
+    they are not in its config hash, a change is applied by a reload (`reload_nginx`)."""
+    live = engine.read_tree(names.NGINX, nginx.config_mount)
+    base = nginx.config_mount.rsplit("/", 1)[-1]
+    return all(live.get(f"{base}/{n}") == data for n, data in nginx.config.items())
+
+
 def ship(engine: Engine, nginx: plan.ServiceSpec, secret_files: SecretFiles) -> None:
     """Write nginx's config volume: its rendered files and the secret files (nothing is
     loaded until nginx starts or reloads). A `nginx` with config={} ships the secrets only."""
@@ -131,9 +139,19 @@ def wait_drained(engine: Engine, deadline_s: float) -> bool:
 def reload_nginx(engine: Engine, nginx: plan.ServiceSpec, secret_files: SecretFiles) -> None:
     """`up`'s reload: ship the config and secret files, `nginx -t`, reload gracefully
     (in-flight requests finish on the old workers)."""
+    base = nginx.config_mount.rsplit("/", 1)[-1] + "/"
+    before = {n.removeprefix(base): d for n, d in
+              engine.read_tree(names.NGINX, nginx.config_mount).items()}
     ship(engine, nginx, secret_files)
-    check_nginx_config(engine, nginx, "its new configuration",
-                       "the running nginx keeps the old one; fix and run `llmstack up`")
+    try:
+        check_nginx_config(engine, nginx, "its new configuration",
+                           "the running nginx keeps the old one; fix and run `llmstack up`")
+    except DeployError:
+        # Put the files it runs back, so that the next `up` sees the change still to do.
+        engine.write_config(replace(nginx, config={}), {
+            n: (d, 0o600 if n.startswith(render.SECRETS_SUBDIR + "/") else 0o644)
+            for n, d in before.items()})
+        raise
     graceful_reload(engine, nginx, RELOAD_DEADLINE)
 
 

@@ -74,6 +74,9 @@ class ServiceSpec:
     start_after: tuple[str, ...] = ()
     # How `up` replaces it when it changes (START_FIRST, STOP_FIRST, IN_PLACE); not hashed.
     update: str = IN_PLACE
+    # Its config files are applied by a reload (nginx): they are compared with the live ones
+    # in its config volume instead of being part of the hash, so a change reloads in place.
+    reloads_config: bool = False
 
     @property
     def config_mount(self) -> str:
@@ -87,10 +90,12 @@ class ServiceSpec:
     def config_hash(self) -> str:
         """Stable digest of every setting; secret values enter only as their own digests."""
         data = asdict(self)
-        del data["start_after"], data["update"]
+        del data["start_after"], data["update"], data["reloads_config"]
         data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
                        for k, v in sorted(self.env.items())}
         data["config"] = {k: _digest(v) for k, v in sorted(self.config.items())}
+        if self.reloads_config:
+            data["config"] = sorted(self.config)  # the names only: contents reload
         data["resources"] = self.resources.model_dump()
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return _digest(blob)[:16]
@@ -169,7 +174,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
         entrypoint=["nginx"],
         command=["-c", f"{names.config_dir(names.NGINX)}/nginx.conf", "-g", "daemon off;"],
         ports=ports, config=rendered.services[names.NGINX], probe=nginx_probe,
-        mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS),
+        mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS), reloads_config=True,
         depends_on=(names.LITELLM, names.HEALTH),
         start_after=(names.HEALTH, *model_services, names.LITELLM),
         **_hardening(spec.images.nginx, spec.resources.nginx),
@@ -262,11 +267,13 @@ class Action:
 
 
 def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, str | None],
-         secrets_current: bool = True, owner: str = "") -> list[Action]:
+         secrets_current: bool = True, owner: str = "", config_current: bool = True
+         ) -> list[Action]:
     """What `up` must do so that what runs equals what is wanted.
 
     `image_ids` maps each wanted image tag to its id on the engine (None when missing);
-    `secrets_current` says whether nginx's secret files match the desired ones; `owner` is
+    `secrets_current` says whether nginx's secret files match the desired ones, and
+    `config_current` whether its config files (nginx.conf) do; `owner` is
     the deploying folder's id: a container another folder made is recreated (only reached
     with --take-over, see deploy.check_owner).
     """
@@ -305,6 +312,8 @@ def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, s
             actions.append(Action("reload", svc.service,
                                   "upstream recreated: " + ", ".join(sorted(changed &
                                                                             set(svc.depends_on)))))
+        elif svc.role == names.NGINX and not config_current:
+            actions.append(Action("reload", svc.service, "nginx.conf changed"))
         elif svc.role == names.NGINX and not secrets_current:
             actions.append(Action("reload", svc.service, "keys or certificate changed"))
         else:

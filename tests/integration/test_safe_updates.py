@@ -4,7 +4,8 @@ One chat-only stack is shared by the module and changed step by step (tests run 
 order): a second folder naming the same project is refused; an alias is added (LiteLLM
 replaced start-first); the model's arguments change (model and LiteLLM replaced
 start-first); a broken argument is rolled back; `llmstack rollback` returns to the
-previous revision. Each change runs under a steady load of
+previous revision; nginx.conf changes reload nginx in place; a stop-first model answers 503
+with Retry-After while it restarts. Each change runs under a steady load of
 one-token chat completions and streams from a few closed-loop clients
 (benchmarks/updates.py) sent to 127.0.0.1 only, and
 every response is counted.
@@ -145,6 +146,20 @@ def test_rollback_to_the_previous_revision_fails_no_request(stack: Stack,
     assert [r["revision"] for r in history] == [1, 2, 3, 4]
     assert history[3]["digest"] == history[1]["digest"]
     assert stack.status()["healthy"] is True
+
+
+def test_an_nginx_conf_change_reloads_nginx_in_place(stack: Stack, docker_client: Any) -> None:
+    before = containers(docker_client, stack.project)
+    run = change_under_load(stack.root, "nginx_conf_changed",
+                            lambda d: d["rate_limit"].update(requests_per_second=900))
+    print(json.dumps(run.summary()))
+    assert run.command_rc == 0, explain(run)
+    assert run.failures == [], explain(run)
+    assert any("nginx.conf changed" in line for _, line in run.command_stderr), explain(run)
+    assert containers(docker_client, stack.project) == before  # reloaded, not recreated
+    nginx = docker_client.containers.get(names.container(stack.project, names.NGINX))
+    conf = nginx.exec_run(["cat", f"{names.config_dir(names.NGINX)}/nginx.conf"]).output
+    assert b"rate=900r/s" in conf  # what the running nginx loaded at its reload
 
 
 def test_a_stop_first_model_answers_503_with_retry_after_while_it_restarts(

@@ -133,6 +133,33 @@ def test_nginx_refusing_its_new_config_keeps_the_old_one(loaded: Loaded,
         up(loaded, engine)
     assert "nginx rejected its new configuration: nginx: [emerg]" in err.value.message
     assert "nginx reload" not in engine.calls
+    # The files nginx runs are put back, so the next `up` still sees the change to make.
+    assert engine.volumes[names.config_volume(engine.project, names.NGINX)][edge.KEYS_FILE] \
+        == (b"old", 0o600)
+    assert {a.service: a.kind for a in deploy.plan_only(loaded, engine)}[names.NGINX] \
+        == "reload"
+
+
+def test_an_nginx_conf_change_reloads_nginx_in_place(loaded: Loaded,
+                                                     engine: FakeEngine) -> None:
+    up(loaded, engine)
+    nginx_id = engine.containers[names.NGINX].id
+    changed = _edit(loaded, lambda d: d["rate_limit"].update(requests_per_second=50))
+    engine.calls.clear()
+    result = up(changed, engine)
+    assert {a.service: (a.kind, a.reason) for a in result.actions}[names.NGINX] == \
+        ("reload", "nginx.conf changed")
+    assert engine.calls == ["write_config nginx", "nginx -t", "nginx reload"]
+    assert engine.containers[names.NGINX].id == nginx_id  # no new container, no port gap
+    volume = engine.volumes[names.config_volume(engine.project, names.NGINX)]
+    assert volume["nginx.conf"][0] == changed.rendered.services[names.NGINX]["nginx.conf"]
+    assert plan.is_noop(deploy.plan_only(changed, engine))
+    report = {s.service: s for s in deploy.status(changed, engine).services}
+    assert report[names.NGINX].in_sync is True
+    # A change of nginx's container itself (its published port) still recreates it.
+    moved = _edit(changed, lambda d: d["listeners"]["local"].update(port=4100))
+    assert {a.service: a.kind for a in deploy.plan_only(moved, engine)}[names.NGINX] \
+        == "recreate"
 
 
 def test_a_removed_service_is_removed_first(loaded: Loaded, engine: FakeEngine) -> None:
