@@ -131,18 +131,21 @@ def test_plan_json_lists_every_service_and_why(stack: Stack) -> None:
     assert stack.key not in proc.stdout + text.stdout
 
 
-def test_changing_one_models_args_recreates_only_that_model(stack: Stack,
-                                                            docker_client: Any) -> None:
+def test_changing_one_models_args_replaces_that_model_and_litellm_only(
+        stack: Stack, docker_client: Any) -> None:
     data = stack.spec()
     chat = next(m for m in data["models"] if m["name"] == "deepseek-coder")
     chat["args"] = ["--threads", "1"]
     stack.write_spec(data)
+    # Start-first: a fresh LiteLLM drops its pooled connections to the old model container,
+    # and nginx reloads to reach it (docs/UPDATES.md).
     assert plan_actions(stack) == {names.HEALTH: "keep", CHAT: "recreate", EMBED: "keep",
-                                   names.LITELLM: "keep", names.NGINX: "keep"}
+                                   names.LITELLM: "recreate", names.NGINX: "reload"}
     before = ids(docker_client, stack.project)
     up(stack)
     after = ids(docker_client, stack.project)
-    assert {s for s in ALL if before[s] != after[s]} == {CHAT}
+    assert {s for s in ALL if before[s] != after[s]} == {CHAT, names.LITELLM}
+    assert len(containers(docker_client, stack.project)) == len(ALL)  # no _old/_next left
     cmd = containers(docker_client, stack.project)[CHAT].attrs["Config"]["Cmd"]
     assert cmd[-2:] == ["--threads", "1"]
     assert plan_actions(stack) == dict.fromkeys(ALL, "keep")
