@@ -145,7 +145,10 @@ def test_changing_one_models_args_replaces_that_model_and_litellm_only(
     up(stack)
     after = ids(docker_client, stack.project)
     assert {s for s in ALL if before[s] != after[s]} == {CHAT, names.LITELLM}
-    assert len(containers(docker_client, stack.project)) == len(ALL)  # no _old/_next left
+    left = docker_client.containers.list(  # no _old/_next container is left
+        all=True, filters={"label": f"{names.LABEL_PROJECT}={stack.project}"})
+    assert sorted(c.name for c in left) == sorted(names.container(stack.project, s)
+                                                  for s in ALL)
     cmd = containers(docker_client, stack.project)[CHAT].attrs["Config"]["Cmd"]
     assert cmd[-2:] == ["--threads", "1"]
     assert plan_actions(stack) == dict.fromkeys(ALL, "keep")
