@@ -4,10 +4,10 @@ One chat-only stack is shared by the module and changed step by step (tests run 
 order): a second folder naming the same project is refused; an alias is added (LiteLLM
 replaced start-first); the model's arguments change (model and LiteLLM replaced
 start-first); a broken argument is rolled back; `llmstack rollback` returns to the
-previous revision; nginx.conf changes reload nginx in place; a stop-first model answers 503
-with Retry-After while it restarts. Each change runs under a steady load of
-one-token chat completions and streams from a few closed-loop clients
-(benchmarks/updates.py) sent to 127.0.0.1 only, and
+previous revision; nginx.conf changes reload nginx in place; a stop-first model restarts
+with JSON errors only (503 with Retry-After from its placeholder, or 502). Each change
+runs under a steady load of one-token chat completions and streams from a few closed-loop
+clients (benchmarks/updates.py) sent to 127.0.0.1 only, and
 every response is counted.
 """
 
