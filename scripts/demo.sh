@@ -8,15 +8,17 @@ bash scripts/install.sh
 .venv/bin/python - <<'PY'
 from pathlib import Path
 
-from openai import OpenAI
+import httpx
 
 key = next(line.split("=", 1)[1] for line in Path(".env").read_text().splitlines()
            if line.startswith("LITELLM_MASTER_KEY="))
-client = OpenAI(api_key=key, base_url="http://localhost:4000/v1")
-reply = client.chat.completions.create(
-    model="deepseek-coder",
-    messages=[{"role": "user", "content": "Write a haiku about containers."}],
-    max_tokens=60,
+reply = httpx.post(
+    "http://localhost:4000/v1/chat/completions",
+    headers={"Authorization": f"Bearer {key}"},
+    json={"model": "deepseek-coder", "max_tokens": 60,
+          "messages": [{"role": "user", "content": "Write a haiku about containers."}]},
+    timeout=120,
 )
-print("\ndeepseek-coder says:\n" + (reply.choices[0].message.content or "").strip())
+reply.raise_for_status()
+print("\ndeepseek-coder says:\n" + (reply.json()["choices"][0]["message"]["content"] or "").strip())
 PY

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
 from llmstack import names
-from llmstack.engine.api import ContainerInfo, Engine
+from llmstack.engine.api import ContainerInfo, Engine, Task
 from llmstack.errors import EngineError
 from llmstack.plan import CONFIG_ROOT, Actual, ServiceSpec
 
@@ -118,6 +119,19 @@ def case_exec_exit_codes_output_and_environment(engine: Engine) -> None:
                        environment={"K": "v"}) == (0, "v\n")
 
 
+def case_run_task_streams_its_lines_returns_its_exit_code_and_leaves_nothing(
+        engine: Engine) -> None:
+    engine.ensure_network()
+    lines: list[str] = []
+    task = Task(name="task-a", image=IMAGE, entrypoint=["python3"], env={"K": "v"},
+                command=["-c", "import os, sys; print('one'); print(os.environ['K']); "
+                         "sys.exit(3)"])
+    assert engine.run_task(task, lines.append) == 3
+    assert lines == ["one", "v"]
+    assert engine.container("task-a") is None
+    assert engine.run_task(replace(task, command=["-c", "pass"]), lines.append) == 0
+
+
 def case_missing_things_raise_engine_error(engine: Engine) -> None:
     engine.ensure_network()
     with pytest.raises(EngineError):
@@ -196,8 +210,22 @@ def case_volume_round_trip(engine: Engine) -> None:
     assert engine.read_volume(volume, IMAGE) == {}
 
 
-CASES = [case_start_beside_then_rename, case_volume_round_trip,
-         case_start_state_labels_remove, case_start_replaces_the_old_container,
+def case_a_registry_that_does_not_answer(engine: Engine) -> None:
+    """Nothing listens on 127.0.0.1:1: asking and pulling both say so, as llmstack's own
+    error naming the registry (never a Docker SDK exception)."""
+    from llmstack.errors import RegistryUnreachable
+
+    ref = "127.0.0.1:1/llmstack-test/none:1"
+    with pytest.raises(RegistryUnreachable, match="did not answer"):
+        engine.registry_digest(ref)
+    with pytest.raises(RegistryUnreachable):
+        engine.pull(ref, lambda _: None)
+
+
+CASES = [case_a_registry_that_does_not_answer, case_start_beside_then_rename,
+         case_volume_round_trip, case_start_state_labels_remove,
+         case_start_replaces_the_old_container,
          case_host_facts_through_the_engine, case_down_removes_everything, case_config_round_trip,
          case_exec_exit_codes_output_and_environment, case_missing_things_raise_engine_error,
-         case_probe_from_inside_the_network, case_logs_of_a_service]
+         case_probe_from_inside_the_network, case_logs_of_a_service,
+         case_run_task_streams_its_lines_returns_its_exit_code_and_leaves_nothing]

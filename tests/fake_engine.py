@@ -12,13 +12,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from llmstack import names
-from llmstack.engine.api import ContainerInfo
+from llmstack.engine.api import ContainerInfo, Task
 from llmstack.engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
 from llmstack.errors import EngineError
 from llmstack.plan import Actual, ServiceSpec
@@ -51,6 +51,8 @@ class FakeEngine:
     answers: per service, the probe answers in order (the last one repeats); default "200".
     crash: services whose container exits (code 1) right after its start.
     missing_images: tags the engine does not have.
+    registry: what registries serve, {"repo:tag" or "repo@digest": digest}; a pull of a
+      served ref makes it present. registry_error: raised by every registry call instead.
     nginx_test: (exit code, output) of `nginx -t`.
     """
 
@@ -58,6 +60,8 @@ class FakeEngine:
     answers: dict[str, list[str]] = field(default_factory=dict)
     crash: set[str] = field(default_factory=set)
     missing_images: set[str] = field(default_factory=set)
+    registry: dict[str, str] = field(default_factory=dict)
+    registry_error: Exception | None = None
     nginx_test: tuple[int, str] = (0, "")
     containers: dict[str, FakeContainer] = field(default_factory=dict)
     volumes: dict[str, dict[str, tuple[bytes, int]]] = field(default_factory=dict)
@@ -65,6 +69,12 @@ class FakeEngine:
     generation: int = 1  # nginx's worker generation: +1 per reload
     calls: list[str] = field(default_factory=list)  # "start health", "remove nginx", ...
     other_ports: dict[int, str] = field(default_factory=dict)
+    # run_task: per task name, the scripts of its runs in order (the last repeats), each
+    # (exit code, output lines); a task with none runs its command here, as exec does.
+    tasks: dict[str, list[tuple[int, list[str]]]] = field(default_factory=dict)
+    task_runs: list[Task] = field(default_factory=list)
+    # stat_source: paths (in any volume or on the host) that do not exist; others do.
+    absent: set[str] = field(default_factory=set)
     client: object = None  # no docker client: callers must not need one
     owner_labels: dict[str, str] = field(default_factory=dict)
 
@@ -128,6 +138,15 @@ class FakeEngine:
             self.calls.append("nginx reload")
             self.generation += 1
             return 0, ""
+        if service == names.NGINX and cmd[:2] == ["sh", "-c"] and "nginx -s reload" in cmd[2]:
+            # edge.swap: the serving workers, then `nginx -t` and the reload in one exec.
+            workers = self.exec(service, ["sh", "-c", "workers"])[1]
+            self.calls.append("nginx -t")
+            if self.nginx_test[0] != 0:
+                return 3, workers + "--- nginx -t and reload ---\n" + self.nginx_test[1]
+            self.calls.append("nginx reload")
+            self.generation += 1
+            return 0, workers + "--- nginx -t and reload ---\n"
         if service == names.NGINX and cmd[:2] == ["sh", "-c"]:
             return 0, (f"1 /sbin/docker-init -- nginx\n7 nginx: master process nginx\n"
                        f"{100 + self.generation} nginx: worker process   \n")
@@ -222,6 +241,27 @@ class FakeEngine:
         if self.containers.pop(service, None) is not None:
             self.calls.append(f"remove {service}")
 
+    def run_task(self, task: Task, on_line: Callable[[str], None]) -> int:
+        if not self.network:
+            raise EngineError(f"NotFound: network {names.network(self.project)} not found",
+                              "the Docker engine refused the operation")
+        if task.image in self.missing_images:
+            raise EngineError(f"ImageNotFound: No such image: {task.image}",
+                              "the Docker engine refused the operation")
+        self.calls.append(f"run {task.name}")
+        self.task_runs.append(task)
+        script = self.tasks.get(task.name)
+        if script is None:
+            cmd = [*task.entrypoint, *task.command]
+            argv = [sys.executable if cmd[0] == "python3" else cmd[0], *cmd[1:]]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                  check=False, env={**task.env, "PATH": "/usr/bin:/bin"})
+            script = [(proc.returncode, (proc.stdout + proc.stderr).splitlines())]
+        code, lines = script.pop(0) if len(script) > 1 else script[0]
+        for line in lines:
+            on_line(line)
+        return code
+
     def down(self, volumes: bool = False) -> list[str]:
         removed = [c.name for c in self.containers.values()]
         self.containers.clear()
@@ -256,6 +296,35 @@ class FakeEngine:
                            runtimes=["runc"], default_runtime="runc", system_time=None,
                            skew_s=None, name="fake", ncpu=2, mem_bytes=8 << 30)
 
+    def registry_digest(self, ref: str) -> str:
+        from llmstack.errors import ImageNotInRegistry, RegistryUnreachable
+        from llmstack.images import parse_reference
+
+        self.calls.append(f"registry {ref}")
+        if self.registry_error is not None:
+            raise self.registry_error
+        parsed = parse_reference(ref)
+        for key in (f"{parsed.repository}@{parsed.digest}", parsed.tagged):
+            if key in self.registry:
+                return self.registry[key]
+        if parsed.registry not in {parse_reference(k).registry for k in self.registry}:
+            raise RegistryUnreachable(f"registry {parsed.registry} did not answer for {ref}: "
+                                      "connection refused")
+        raise ImageNotInRegistry(f"registry {parsed.registry} has no {ref}: manifest unknown")
+
+    def pull(self, ref: str, progress: Any) -> str:
+        from llmstack.errors import DigestMismatch
+        from llmstack.images import parse_reference
+
+        digest = self.registry_digest(ref)
+        parsed = parse_reference(ref)
+        if parsed.digest and parsed.digest != digest:  # what the engine's own check finds
+            raise DigestMismatch(f"{ref}: pulled {digest}, not {parsed.digest}")
+        self.calls.append(f"pull {ref}")
+        progress(f"  {ref}: pulled")
+        self.missing_images.discard(ref)
+        return f"sha256:{ref}"
+
     def present_images(self, tags: list[str]) -> dict[str, bool]:
         return {t: i is not None for t, i in self.image_ids(tags).items()}
 
@@ -268,4 +337,4 @@ class FakeEngine:
         return {c.service: c.status for c in self.containers.values()}
 
     def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
-        return SourceStat(True, 1, False)
+        return SourceStat(False) if path in self.absent else SourceStat(True, 1, False)

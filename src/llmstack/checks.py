@@ -151,27 +151,13 @@ def disk_reserve(environ: Mapping[str, str]) -> float:
 
 
 def preflight_images(image_ids: Mapping[str, str | None]) -> list[Finding]:
-    from .images import CATALOG, BuiltImage
-    from .plan import OWN_IMAGE_PREFIX
+    from .images import missing_fix
 
     missing = [tag for tag, image_id in image_ids.items() if image_id is None]
     if not missing:
         return []
-    buildable = [i.tag for i in CATALOG.values() if isinstance(i, BuiltImage)]
-    own = [t for t in missing if t in buildable]
-    # llmstack/... tags that `images build` does not make exist in no registry either.
-    unknown_own = [t for t in missing if t.startswith(OWN_IMAGE_PREFIX) and t not in buildable]
-    other = [t for t in missing if t not in own and t not in unknown_own]
-    fix = []
-    if own:
-        fix.append("build them with `llmstack images build`")
-    if unknown_own:
-        fix.append("`llmstack images build` makes only " + ", ".join(buildable)
-                   + ": name one of those under `images:` in stack.yaml")
-    if other:
-        fix.append("pull them on the engine: " + "; ".join(f"docker pull {t}" for t in other))
     return [Finding("images", FAIL, "images missing on the engine: " + ", ".join(missing),
-                    "; ".join(fix), scope=CONFIG)]
+                    missing_fix(missing), scope=CONFIG)]
 
 
 def preflight_models(spec: StackSpec, sources: Mapping[str, bool]) -> list[Finding]:

@@ -30,12 +30,17 @@ Examples:
 app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EPILOG,
                   help="Turn stack.yaml into a running, secured, OpenAI-compatible LLM API.",
                   rich_markup_mode=None, pretty_exceptions_enable=False)
-images_app = typer.Typer(help="Build the images the default stack needs (no registry needed).",
+images_app = typer.Typer(help="Get the stack's images: pull them from registries, build them "
+                         "here, or carry them to air-gapped hosts in a bundle.",
                          no_args_is_help=True)
 app.add_typer(images_app, name="images")
 export_app = typer.Typer(help="Export the stack for other deployment tools.",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
+keys_app = typer.Typer(help="Team keys: one API key per person or tool, each with its own "
+                       "limits and models, revocable on its own, live (no restart).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 DirOpt = Annotated[Path | None, typer.Option("--dir", "-C", help="Project folder (holds "
                                              "stack.yaml, .env, certs/, config/).",
@@ -165,21 +170,28 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
              host: HostOpt = None, json_out: JsonOpt = False,
              take_over: TakeOverOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
+    from . import fetch
     from .checks import exit_code, failing, finding_lines
-    from .deploy import plan_only
+    from .deploy import decide_images, plan_only
     from .doctor import gpu_plan
     from .gpu import budget_lines
 
     loaded = _load(directory, file)
     project = _owned_engine(host, loaded, create=False)
+    loaded, choice = decide_images(loaded, project, progress=lambda m: None, fetch=False)
     actions = plan_only(loaded, project, take_over)
+    sources = fetch.states(loaded, project)  # hf: sources: pinned? in the engine's cache?
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project, loaded.spec)
     fails = failing(gpu_findings)
     code = exit_code(gpu_findings)
     if json_out:
         from .ui import emit_json
-        out: dict[str, Any] = {"actions": [a.to_dict() for a in actions]}
+        out: dict[str, Any] = {"actions": [a.to_dict() for a in actions],
+                               "images": {"source": choice.source, "reason": choice.reason,
+                                          "pull": choice.missing}}
+        if sources:
+            out["sources"] = [src.to_dict() for src in sources]
         if gpu_findings:
             out["gpu"] = {**(budget.to_dict() if budget else {}),
                           "findings": [f.to_dict() for f in gpu_findings]}
@@ -187,10 +199,18 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
         raise typer.Exit(code)
     from .plan import UPDATE_WHY
 
+    typer.echo(choice.line)
+    for ref in choice.missing:
+        typer.echo(f"{'pull' if choice.source == 'registry' else 'missing':<9} {ref}")
     for a in actions:
         typer.echo(f"{a.kind:<9} {a.service:<28} {a.reason}")
         if a.how:
             typer.echo(f"{'':<9} {'':<28} {UPDATE_WHY[a.how]}")
+    if sources:
+        typer.echo(f"\nModel downloads (hf: sources, into {fetch.hfcache.VOLUME} on the engine's "
+                   "host; pinned in the lock file):")
+        for src in sources:
+            typer.echo(src.line())
     if gpu_findings:
         typer.echo("\nGPU budget (nvidia-smi on the engine's host; estimates: llmstack/gpu.py):")
         for line in (budget_lines(budget) if budget else []) + finding_lines(gpu_findings):
@@ -210,14 +230,15 @@ def up(directory: DirOpt = None, file: FileOpt = None,
     import time
 
     from . import deploy, ui
+    from .endpoints import urls
 
     started = time.monotonic()
     loaded = _load(directory, file)
     project = _owned_engine(host, loaded, create=True)
     result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local(),
-                       take_over=take_over)
+                       progress=lambda m: typer.echo(m, err=True), take_over=take_over)
     elapsed = time.monotonic() - started
-    endpoints = _endpoints(loaded.spec)
+    endpoints = urls(loaded.spec)
     if json_out:
         ui.emit_json({"changed": result.changed, "seconds": round(elapsed, 2),
                       "revision": result.revision,
@@ -247,7 +268,7 @@ def history(directory: DirOpt = None, file: FileOpt = None,
 
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
-    revisions = hist.load_all(project, loaded.spec.images.litellm)
+    revisions = hist.load_all(project, loaded.spec.images.for_key("litellm"))
     if json_out:
         from .ui import emit_json
         emit_json({"revisions": [r.to_dict() for r in revisions]})
@@ -285,14 +306,16 @@ def rollback(
     loaded = _load(directory, file)
     project = _owned_engine(host, loaded, create=True)
     deploy.check_owner(project, take_over)
-    target = hist.pick(hist.load_all(project, loaded.spec.images.litellm), revision)
+    target = hist.pick(hist.load_all(project, loaded.spec.images.for_key("litellm")), revision)
     with tempfile.TemporaryDirectory(prefix="llmstack-rollback-") as tmp:
         # Named stack.yaml, so the rendered files are byte for byte those of that revision.
         path = Path(tmp) / "stack.yaml"
         path.write_text(target.stack_yaml, encoding="utf-8")
+        if loaded.paths.lock.exists():  # the folder's pins: hf: sources are not fetched again
+            (Path(tmp) / "stack.lock").write_bytes(loaded.paths.lock.read_bytes())
         old = load(loaded.paths.root, path)
         result = deploy.up(old, project, ui.reporter(json_out), local_engine=project.is_local(),
-                           take_over=take_over)
+                           progress=lambda m: typer.echo(m, err=True), take_over=take_over)
     elapsed = time.monotonic() - started
     if json_out:
         ui.emit_json({"rolled_back_to": target.number, "revision": result.revision,
@@ -306,41 +329,21 @@ def rollback(
     typer.echo("stack.yaml is unchanged: the next `llmstack up` applies it again.")
 
 
-def _endpoints(spec: Any) -> dict[str, str]:
-    from .spec import url_host
-
-    out = {}
-    lst = spec.listeners
-    if lst.local.enabled:
-        out["local"] = f"http://{_host(lst.local.bind, 'localhost')}:{lst.local.port}/v1"
-    if lst.lan.enabled:
-        out["lan"] = f"http://{_host(lst.lan.bind, '<this-host-ip>')}:{lst.lan.port}/v1"
-    if lst.https.enabled:
-        port = "" if lst.https.port == 443 else f":{lst.https.port}"
-        out["https"] = f"https://{url_host(spec.domain)}{port}/v1"
-    return out
-
-
-def _host(bind: str, wildcard: str) -> str:
-    from .spec import url_host
-
-    if bind in ("0.0.0.0", "::"):
-        return wildcard
-    return url_host(bind)
-
-
 @app.command()
 def status(directory: DirOpt = None, file: FileOpt = None,
            host: HostOpt = None, json_out: JsonOpt = False) -> None:
-    """State, health, ports, image and uptime of every service; certificate and rotation."""
+    """State, health, ports, image and uptime of every service; certificate and rotation;
+    the number of team keys and those expiring within 14 days."""
     from . import deploy
+    from .keyops import summary
 
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
     report = deploy.status(loaded, project)
+    team = summary(loaded)
     if json_out:
         from .ui import emit_json
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "team_keys": team})
     else:
         typer.echo(f"{'SERVICE':<28} {'STATE':<10} {'HEALTH':<9} {'UPTIME':>8}  PORTS / IMAGE")
         for s in report.services:
@@ -355,6 +358,12 @@ def status(directory: DirOpt = None, file: FileOpt = None,
         if report.rotation:
             typer.echo(f"key rotation in progress: old key accepted until "
                        f"{report.rotation.old_key_expires or 'rotate-key --finish'}")
+        if team["count"]:
+            soon = ", ".join(f"{k['name']} ({k['expires']})" for k in team["expiring_soon"])
+            typer.echo(f"team keys: {team['count']}" + (f"; expiring within 14 days: {soon}"
+                                                         if soon else "")
+                       + (f"; expired: {', '.join(team['expired'])}" if team["expired"]
+                          else "") + " (`llmstack keys list`)")
     if not report.healthy:
         raise typer.Exit(ExitCode.RUNTIME)
 
@@ -531,6 +540,207 @@ def rotate_key(
                " --finish)." if result.grace_seconds else "Old key: refused from now on.")
 
 
+def _keys_progress(message: str) -> None:
+    typer.echo(f"keys: {message}", err=True)
+
+
+def _engine_or_none(host: str | None, project: str) -> Project | None:
+    """The engine for live key changes; None (store only) when it cannot be reached."""
+    from .errors import EngineError
+
+    try:
+        return _engine(host, project)
+    except EngineError as exc:
+        _keys_progress(f"engine unreachable ({exc.message}): only the key store changes")
+        return None
+
+
+def _show_issued(issued: Any, json_out: bool, what: str) -> None:
+    if json_out:
+        from .ui import emit_json
+        emit_json(issued.to_dict())
+        return
+    where = "live on the running stack" if issued.live else \
+        "stored; `llmstack up` applies it"
+    typer.echo(f"{what} {issued.name!r} ({where}); it is shown this once:", err=True)
+    if issued.out:
+        typer.echo(f"key written to {issued.out} (mode 0600)", err=True)
+    else:
+        typer.echo(issued.key)
+    if issued.grace_ends:
+        from .keyops import iso
+        typer.echo(f"the old key works until {iso(issued.grace_ends)}", err=True)
+
+
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write the key to this new "
+                                             "file (mode 0600) instead of printing it.",
+                                             show_default=False)]
+
+
+@keys_app.command("add")
+def keys_add(
+    name: Annotated[str, typer.Argument(help="Who or what holds the key: 1-64 lower-case "
+                                        "letters, digits, '.', '_', '@', '-'.")],
+    rate: Annotated[str | None, typer.Option(help="Requests per second or minute, e.g. 5/s "
+                                             "or 30/m (default: rate_limit.requests_per_second"
+                                             " of stack.yaml).", show_default=False)] = None,
+    burst: Annotated[int | None, typer.Option(help="Requests beyond the rate accepted at "
+                                              "once (default: rate_limit.burst).",
+                                              show_default=False)] = None,
+    concurrent: Annotated[int | None, typer.Option(help="Requests at once (default: "
+                                                   "rate_limit.max_concurrent).",
+                                                   show_default=False)] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models (or aliases) the "
+                                               "key may use (default: all).",
+                                               show_default=False)] = None,
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 90d or 12h (default: "
+                                                "none).", show_default=False)] = None,
+    out: OutOpt = None,
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A new key for NAME, live at once on every listener (no restart). The key is shown
+    once; `.keys.json` (0600, next to .env) keeps only its hash."""
+    from . import keyops
+
+    loaded = _load(directory, file)
+    project = _engine_or_none(host, loaded.spec.project)
+    issued = keyops.add(loaded, project, name, rate=rate, burst=burst, concurrent=concurrent,
+                        models=models.split(",") if models is not None else None,
+                        expires=expires, out=out, progress=_keys_progress)
+    _show_issued(issued, json_out, "new key")
+
+
+@keys_app.command("list")
+def keys_list(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+              json_out: JsonOpt = False) -> None:
+    """Team keys: name, created, expires, last used (nginx's access log), limits, models.
+    Never the keys themselves."""
+    from . import keyops
+
+    loaded = _load(directory, file)
+    project = _engine_or_none(host, loaded.spec.project)
+    rows = keyops.listing(loaded, keyops.last_used(project, _keys_progress))
+    if json_out:
+        from .ui import emit_json
+        emit_json({"keys": rows, "store": str(loaded.paths.team_keys)})
+        return
+    if not rows:
+        typer.echo("No team keys. Add one: llmstack keys add NAME")
+        return
+    typer.echo(f"{'NAME':<20} {'CREATED':<25} {'EXPIRES':<25} {'LAST USED':<25} "
+               f"{'RATE':>8} {'BURST':>5} {'CONC':>5}  MODELS")
+    for r in rows:
+        expires = (r["expires"] or "never") + (" (EXPIRED)" if r["expired"] else
+                                               " (soon)" if r["expiring_soon"] else "")
+        typer.echo(f"{r['name']:<20} {r['created']:<25} {expires:<25} "
+                   f"{r['last_used'] or '-':<25} {r['rate']:>8} {r['burst']:>5} "
+                   f"{r['concurrent']:>5}  {','.join(r['models']) if r['models'] else 'all'}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key to refuse from now on.")],
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Refuse NAME's key on every listener at once (no restart; requests already in flight
+    finish). Other keys are not affected."""
+    import time
+
+    from . import keyops
+
+    started = time.monotonic()
+    loaded = _load(directory, file)
+    project = _engine_or_none(host, loaded.spec.project)
+    done = keyops.revoke(loaded, project, name, _keys_progress, started)
+    if json_out:
+        from .ui import emit_json
+        emit_json(done.to_dict())
+        return
+    typer.echo(f"Revoked {name!r}" + (f": refused on every listener ({done.duration_ms} ms)."
+                                      if done.live else "; `llmstack up` applies it."))
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    name: Annotated[str, typer.Argument(help="The key to replace.")],
+    grace: Annotated[str, typer.Option(help="How long the old key keeps working: 0 (default: "
+                                       "refused at once), or e.g. 30s, 10m, 1h, 1d. The window "
+                                       "closes by itself.")] = "0",
+    out: OutOpt = None,
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A new secret for NAME (same name, limits and models), live with no restart; the old
+    one works until the grace window ends. The new key is shown once."""
+    from . import keyops
+
+    loaded = _load(directory, file)
+    project = _engine_or_none(host, loaded.spec.project)
+    issued = keyops.rotate_key(loaded, project, name, grace, out, _keys_progress)
+    _show_issued(issued, json_out, "new key for")
+
+@app.command()
+def connect(
+    client: Annotated[str, typer.Argument(help="continue, cline, aider, llm, openai or curl.",
+                                          show_default=False)],
+    directory: DirOpt = None, file: FileOpt = None,
+    listener: Annotated[str | None, typer.Option(
+        "--listener", help="local, lan or https (default: local, else https, else lan).",
+        show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Host name or IP clients reach this host by (default: the "
+        "listener's bind address; the domain for https).", show_default=False)] = None,
+    ca_path: Annotated[str | None, typer.Option(
+        "--ca-path", help="With --listener https: where a copy of certs/ca.crt lies on the "
+        "machine the client runs on (default: this project's certs/ca.crt).",
+        show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Chat model (chat, edit, apply roles; default: the first chat "
+        "model of stack.yaml).", show_default=False)] = None,
+    autocomplete_model: Annotated[str | None, typer.Option(
+        "--autocomplete-model", help="Continue's tab-completion model (default: --model).",
+        show_default=False)] = None,
+    key_name: Annotated[str | None, typer.Option(
+        "--key-name", help="Which key the client sends (default: master, "
+        "LITELLM_MASTER_KEY in .env).", show_default=False)] = None,
+    show_key: Annotated[bool, typer.Option("--show-key", help="Print the key itself "
+                                           "(otherwise a placeholder or a command reading "
+                                           ".env).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write the configuration to this file, with the key (mode 0600 "
+        "when it holds one); an existing different file is backed up first.",
+        show_default=False)] = None,
+) -> None:
+    """A ready configuration for an editor assistant or client: Continue (config.yaml with
+    chat, edit, apply and autocomplete roles), Cline, aider, llm, the OpenAI SDKs'
+    environment, curl. With --listener https the client trusts certs/ca.crt its own way.
+    The key is never printed unless --show-key; --out files get it (mode 0600). Notes on
+    where to put it go to stderr."""
+    from . import connect as conn
+
+    loaded = _load(directory, file)
+    where = conn.target(loaded, listener, address, ca_path)
+    key = conn.client_key(loaded, key_name)
+    result = conn.render(client, loaded.spec, where, key, show_key or out is not None,
+                         model, autocomplete_model)
+    for note in result.notes if out is None else result.notes[1:]:
+        typer.echo(f"# {note}", err=True)
+    if out is None:
+        typer.echo(result.text, nl=False)
+        return
+    from .fsutil import backup, write_atomic
+
+    target = out.expanduser()
+    saved = None
+    if target.exists() and target.read_bytes() != result.text.encode():
+        saved = backup(target)
+    write_atomic(target, result.text, mode=0o600 if result.holds_key else 0o644)
+    typer.echo(f"wrote {target}" + (" (mode 0600: it holds the key)" if result.holds_key
+                                    else "") + (f"; the old file is in {saved}" if saved else ""))
+
+
 @images_app.command("build")
 def images_build(
     host: HostOpt = None,
@@ -551,6 +761,80 @@ def images_build(
     if not no_model:
         ensure_demo_model(client, progress=lambda m: typer.echo(m, err=True))
     typer.echo("built: " + (", ".join(built) if built else "nothing (all images present)"))
+
+
+def _stack_or_default(directory: Path | None, file: Path | None) -> Any:
+    """The stack.yaml of the folder, or the starter stack when there is none."""
+    from . import initialize, spec
+
+    root = _cwd(directory)
+    if file or (root / "stack.yaml").exists():
+        return _load(directory, file).spec
+    return spec.parse(initialize.starter())
+
+
+@images_app.command("pull")
+def images_pull(
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="Skip the demo model "
+                                           "volume.")] = False,
+) -> None:
+    """Pull the upstream images of the stack (the starter stack outside a project folder)
+    through the engine, each by its pinned digest, refusing a tag whose registry digest
+    differs; `docker login` credentials are used. Then the demo model volume."""
+    from . import pull
+    from .engine.client import connect
+    from .engine.images import ensure_demo_model
+
+    stack = _stack_or_default(directory, file).with_image_source("registry")
+    project = _engine(host, stack.project)
+    refs = pull.stack_refs(stack, "registry")
+    missing = [ref for ref, image_id in project.image_ids(refs).items() if image_id is None]
+    choice = pull.Choice("registry", "llmstack images pull", stack, missing)
+    pulled = pull.ensure(choice, project, lambda m: typer.echo(m, err=True))
+    if not no_model and any(m.source.startswith("volume:llmstack-models/")
+                            for m in stack.models):
+        ensure_demo_model(connect(host), progress=lambda m: typer.echo(m, err=True),
+                          image=stack.images.ref("llamacpp", "registry"))
+    typer.echo("pulled: " + (", ".join(pulled) if pulled else "nothing (all present)"))
+
+
+@images_app.command("save")
+def images_save(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write.")],
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="Leave the demo model "
+                                           "out.")] = False,
+) -> None:
+    """Write a bundle for an air-gapped host: the stack's images as this engine has them
+    (built or pulled: `images: auto` decided here) and the demo model, with checksums."""
+    from . import pull
+    from .engine.bundle import save
+    from .engine.client import connect
+
+    stack = _stack_or_default(directory, file)
+    choice = pull.choose(stack, _engine(host, stack.project))
+    typer.echo(choice.line, err=True)
+    refs = pull.stack_refs(choice.spec, choice.source)
+    manifest = save(connect(host, timeout=1800), refs, out, with_model=not no_model,
+                    progress=lambda m: typer.echo(m, err=True))
+    size = out.stat().st_size / 1e6
+    typer.echo(f"wrote {out} ({size:.0f} MB): {len(manifest['images'])} image(s)"
+               + (", the demo model" if manifest.get("model_wheel") else ""))
+
+
+@images_app.command("load")
+def images_load(
+    bundle: Annotated[Path, typer.Argument(help="A file made by `llmstack images save`.")],
+    host: HostOpt = None,
+) -> None:
+    """Check a bundle's checksums, then load its images and demo model onto the engine
+    (`--host ssh://user@gpu-1` for a remote one): no registry needed."""
+    from .engine.bundle import load
+    from .engine.client import connect
+
+    loaded = load(connect(host, timeout=1800), bundle, progress=lambda m: typer.echo(m, err=True))
+    typer.echo("loaded: " + ", ".join(loaded))
 
 
 @export_app.command("compose")
@@ -584,6 +868,58 @@ def export_compose(
                    f"user; run: sudo chown -R {OWN_UID} {target}/config/nginx/secrets",
                    err=True)
     typer.echo(f"Run it: cd {target} && docker-compose up -d")
+
+
+@export_app.command("k8s")
+def export_k8s(
+    directory: DirOpt = None, file: FileOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default "
+                                             "DIR/k8s).", show_default=False)] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="Namespace of every "
+                                                  "object (default: the project name).",
+                                                  show_default=False)] = None,
+    storage_class: Annotated[str | None, typer.Option(
+        "--storage-class", help="StorageClass of the model caches (default: the cluster's "
+        "default class).", show_default=False)] = None,
+    service_type: Annotated[str, typer.Option(
+        "--service-type", help="How clients reach the edge: LoadBalancer or NodePort.")
+    ] = "LoadBalancer",
+    secret_ref: Annotated[str | None, typer.Option(
+        "--secret-ref", help="Use this Secret of the cluster instead of writing secret.yaml "
+        "(keys: see docs/KUBERNETES.md).", show_default=False)] = None,
+    cache_size: Annotated[str, typer.Option(
+        "--cache-size", help="Size of each model cache volume the export creates.")] = "100Gi",
+    json_out: JsonOpt = False,
+) -> None:
+    """Write Kubernetes manifests and a kustomization.yaml equivalent to `llmstack up`
+    (apply with kubectl apply --server-side -k OUT). Secrets go to secret.yaml (0600) only."""
+    from .errors import UserError
+    from .kube import KUSTOMIZATION, SECRET_FILE, Options, from_project, write
+
+    loaded = _load(directory, file)
+    target = (out or loaded.paths.root / "k8s").resolve()
+    if target == loaded.paths.root.resolve():
+        raise UserError("--out must not be the project folder", "use e.g. -o k8s")
+    options = Options(namespace=namespace or loaded.spec.project, storage_class=storage_class,
+                      service_type=service_type, secret_ref=secret_ref, cache_size=cache_size)
+    exported = from_project(loaded, options)
+    removed = write(exported, target)
+    if json_out:
+        from .ui import emit_json
+        emit_json({"kustomization": str(target / KUSTOMIZATION), "files": sorted(exported.files),
+                   "removed": removed, "namespace": options.namespace,
+                   "published_ports": exported.published})
+        return
+    typer.echo(f"wrote {target / KUSTOMIZATION} and {len(exported.files) - 1} files it uses")
+    for name in removed:
+        typer.echo(f"removed {name} (no longer in {loaded.paths.stack.name})")
+    if not exported.published:
+        typer.echo("note: every listener binds a loopback address, so the edge is not "
+                   "published; reach it with kubectl port-forward, or set a listener's bind "
+                   "to 0.0.0.0 in stack.yaml to publish it", err=True)
+    if SECRET_FILE in exported.files:
+        typer.echo(f"{SECRET_FILE} holds the API keys and the TLS key (0600, git-ignored)")
+    typer.echo(f"Apply it: kubectl apply --server-side -k {target}")
 
 
 def main() -> None:

@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from . import checks, edge, history, names, plan, tls
+from . import checks, edge, fetch, history, names, plan, pull, tls
 from .engine.api import STOPPED_STATES, ContainerInfo, Engine
 from .engine.containers import port_free_here
 from .errors import DeployError, LlmstackError, OwnershipError
 from .project import Loaded, write_config
 
 # How long each kind of service may take to become ready (seconds).
-DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0}
+DEADLINES = plan.READY_DEADLINES
 POLL_INTERVAL = 0.25  # seconds between two rounds of readiness probes
 HINTS = {
     "model": "check the model source and server args in stack.yaml; `llmstack logs {svc}`",
@@ -65,7 +65,7 @@ def compute(loaded: Loaded, project: Engine) -> tuple[list[plan.ServiceSpec], li
                                                      dict[str, tuple[bytes, int]]]:
     """Desired services, the actions to reach them, and nginx's secret files."""
     keys = loaded.keys()
-    wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal)
+    wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal, loaded.pins())
     secret_files = loaded.nginx_secret_files()
     current = edge.secrets_current(project, secret_files)
     nginx = next(s for s in wanted if s.role == names.NGINX)
@@ -303,7 +303,7 @@ def _poll(project: Engine, item: _Starting, report: Reporter) -> float | None:
         report.event(svc.service, "ready", f"{elapsed:.1f}s")
         return elapsed
     detail = f"GET {svc.probe[1]} -> {outcome}"  # type: ignore[index]
-    if elapsed > DEADLINES.get(svc.role, 120.0):
+    if elapsed > DEADLINES.get(svc.role, plan.DEFAULT_READY_DEADLINE):
         raise _failure(project, svc, f"not ready after {elapsed:.0f}s ({detail})", item.key)
     report.event(svc.service, "waiting", f"{elapsed:.0f}s {detail}")
     return None
@@ -328,13 +328,33 @@ def _failure(project: Engine, svc: plan.ServiceSpec, what: str, key: str = "") -
     return DeployError(message, hint)
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
+def decide_images(loaded: Loaded, project: Engine, progress: pull.Progress,
+                  fetch: bool = True) -> tuple[Loaded, pull.Choice]:
+    """The stack with its image source decided for this engine (`images: auto`), one line
+    saying which and why, and (with `fetch`) the missing upstream images pulled."""
+    choice = pull.choose(loaded.spec, project)
+    progress(choice.line)
+    if fetch:
+        pull.ensure(choice, project, progress)
+    return replace(loaded, spec=choice.spec), choice
+
+
 def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = True,
-       take_over: bool = False) -> UpResult:
+       progress: pull.Progress = print, take_over: bool = False) -> UpResult:
     check_owner(project, take_over)
+    # Before anything starts: the image source decided and missing images pulled, hf:
+    # sources downloaded; a failure here leaves every running container as it was.
+    loaded = decide_images(loaded, project, progress)[0]
     write_config(loaded)
+    fetch.ensure(loaded, project, report)  # hf: sources onto the engine's host, pinned
     wanted, actions, secret_files = compute(loaded, project)
     result = UpResult(actions)
     if plan.is_noop(actions):
+        fetch.pull_ollama(loaded.spec, project, report)  # ollama: tags, pulled when missing
         return result
     preflight(loaded, project, wanted, actions, local_engine)
     result.changed = True
@@ -366,7 +386,8 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
                "with Retry-After until `llmstack up` succeeds; `llmstack rollback` starts "
                "the previous revision" if held else ""), exc.hint) from exc
     _finish_swaps(project, swaps, report)
-    result.revision = history.record(project, loaded.spec.images.litellm,
+    fetch.pull_ollama(loaded.spec, project, report)  # ollama: tags, pulled when missing
+    result.revision = history.record(project, loaded.spec.images.for_key("litellm"),
                                      loaded.stack_text(), wanted).number
     return result
 
@@ -453,8 +474,9 @@ def _uptime(have: ContainerInfo, now: dt.datetime) -> int:
 
 def status(loaded: Loaded, project: Engine) -> StackStatus:
     """Per service: state, readiness, ports, image, uptime; plus certificate and rotation."""
+    loaded = decide_images(loaded, project, _quiet, fetch=False)[0]
     wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered,
-                                                 loaded.keys().internal)}
+                                                 loaded.keys().internal, loaded.pins())}
     info = {i.service: i for i in project.info()}
     now = dt.datetime.now(dt.UTC)
     health_up = info.get(names.HEALTH) is not None and info[names.HEALTH].status == "running"

@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import gpu as gpumod
-from . import names, tls
+from . import hfcache, lock, names, tls
 from .checks import DISK_RESERVE_BYTES, GIB, Finding, exit_code, parse_df
 from .errors import LlmstackError
 
 if TYPE_CHECKING:
     from .engine.api import Engine
     from .engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
+    from .lock import Locked
     from .project import Loaded
-    from .spec import StackSpec
+    from .spec import ModelSpec, StackSpec
 
 MIN_API = (1, 40)  # device requests (GPUs) need Engine 19.03 / API 1.40
 SKEW_WARN_S = 60.0
@@ -47,8 +48,10 @@ class Facts:
     snapshot: HostSnapshot | None = None
     published: list[dict[str, Any]] = field(default_factory=list)
     images: dict[str, bool] = field(default_factory=dict)
+    image_source: str = ""  # pull.Choice.line: which images and why
     sources: dict[str, SourceStat] = field(default_factory=dict)  # by model name
     services: dict[str, str] = field(default_factory=dict)  # this project's {service: state}
+    pins: dict[str, Locked] = field(default_factory=dict)  # stack.lock: {hf: source: pin}
 
 
 @dataclass
@@ -296,7 +299,11 @@ def evaluate_disk(spec: StackSpec | None, facts: Facts) -> list[Finding]:
     downloads = 0.0
     for m in spec.models if spec else []:
         running = facts.services.get(names.model_service(m.name)) == "running"
-        if m.parsed_source.kind in ("hf", "ollama") and not running:
+        pin = facts.pins.get(m.source)
+        if pin is not None:  # its real size, unless it is in the cache already
+            stat = facts.sources.get(m.name)
+            downloads += 0 if stat is not None and stat.exists else pin.size
+        elif m.parsed_source.kind in ("hf", "ollama") and not running:
             est = gpumod.estimate(m)
             downloads += (est.weights_mib or 0) * 1024 * 1024
     detail = f"{free / GIB:.1f} GiB free of {total / GIB:.1f} GiB on {root}"
@@ -311,16 +318,34 @@ def evaluate_disk(spec: StackSpec | None, facts: Facts) -> list[Finding]:
 
 
 def evaluate_images(facts: Facts) -> list[Finding]:
-    from .plan import OWN_IMAGE_PREFIX
+    from .images import missing_fix
 
     missing = [t for t, ok in facts.images.items() if not ok]
+    why = f" ({facts.image_source})" if facts.image_source else ""
     if not missing:
-        return [Finding("images", "ok", "present: " + ", ".join(facts.images))]
-    own = [t for t in missing if t.startswith(OWN_IMAGE_PREFIX)]
-    fixes = (["llmstack images build"] if own else []) + \
-        [f"docker pull {t}" for t in missing if t not in own]
-    return [Finding("images", "fail", "missing on the engine: " + ", ".join(missing),
-                    "; ".join(fixes))]
+        return [Finding("images", "ok", "present: " + ", ".join(facts.images) + why)]
+    return [Finding("images", "fail", "missing on the engine: " + ", ".join(missing) + why,
+                    missing_fix(missing))]
+
+
+def hf_finding(model: ModelSpec, check: str, facts: Facts) -> Finding:
+    """An hf: source: pinned or not, in the engine's cache or not, and its download size."""
+    from .fetch import human
+
+    pin = facts.pins.get(model.source)
+    if pin is None:
+        return Finding(check, "ok", f"{model.source}: `up` fetches it into the {hfcache.VOLUME} "
+                       "volume on the engine's host and pins it in the lock file (size known "
+                       "then; needs network there)", scope="config")
+    pinned = f"{model.source}: pinned at commit {pin.commit[:12]}, {human(pin.size)}"
+    stat = facts.sources.get(model.name)
+    if stat is None:
+        return Finding(check, "ok", f"{pinned}; not looked for (no image to look with)",
+                       scope="config")
+    if stat.exists:
+        return Finding(check, "ok", f"{pinned}, in the {hfcache.VOLUME} volume", scope="config")
+    return Finding(check, "ok", f"{pinned}, not on this host yet: `up` downloads "
+                   f"{human(pin.size)} (needs network there)", scope="config")
 
 
 def evaluate_models(spec: StackSpec, facts: Facts) -> list[Finding]:
@@ -328,7 +353,10 @@ def evaluate_models(spec: StackSpec, facts: Facts) -> list[Finding]:
     for m in spec.models:
         src = m.parsed_source
         check = f"model:{m.name}"
-        if src.kind in ("hf", "ollama"):
+        if src.kind == "hf":
+            out.append(hf_finding(m, check, facts))
+            continue
+        if src.kind == "ollama":
             out.append(Finding(check, "ok", f"{m.source}: downloaded on the host when the "
                                "model starts (needs network there)", scope="config"))
             continue
@@ -369,7 +397,7 @@ def evaluate(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
 
 
 def stack_images(spec: StackSpec) -> list[str]:
-    images = [spec.images.nginx, spec.images.litellm]
+    images = [spec.images.for_key("nginx"), spec.images.for_key("litellm")]
     images += [spec.image_for(m) for m in spec.models]
     return list(dict.fromkeys(images))
 
@@ -377,21 +405,32 @@ def stack_images(spec: StackSpec) -> list[str]:
 def probe_images(spec: StackSpec | None, gpu_image: str | None = None) -> list[str]:
     """Images to run nvidia-smi in, best first: the one asked for, GPU models' images (CUDA
     images), then any image of the stack (the toolkit mounts nvidia-smi into any glibc image)."""
-    from .spec import DEFAULT_IMAGES
+    from .images import SERVICE_IMAGES
 
+    keys = ("llamacpp-cuda", "llamacpp", "nginx", "litellm")
     out = [i for i in (gpu_image, os.environ.get(ENV_GPU_IMAGE)) if i]
     if spec is not None:
         out += [spec.image_for(m) for m in spec.models if m.gpu_ids]
-        out += [spec.images.llamacpp_cuda, spec.images.llamacpp, spec.images.nginx,
-                spec.images.litellm]
-    out += [DEFAULT_IMAGES["llamacpp"], DEFAULT_IMAGES["nginx"], DEFAULT_IMAGES["litellm"]]
+        out += [spec.images.for_key(key) for key in keys]
+    # Then any catalog image, local build or upstream, that may already be on the engine.
+    for key in keys:
+        entry = SERVICE_IMAGES[key]
+        out += [ref for ref in (entry.local, entry.registry) if ref]
     return list(dict.fromkeys(out))
 
 
-def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str | None = None
-           ) -> Facts:
-    facts = Facts(target=target)
+def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str | None = None,
+           pins: dict[str, Locked] | None = None) -> Facts:
+    from .engine.host import SourceStat as Stat
+    from .pull import choose
+
+    facts = Facts(target=target, pins=dict(pins or {}))
     facts.engine = engine.engine_facts()
+    if spec is not None:
+        # The images `up` would use here (`images: auto` decided; the registry is only asked
+        # when neither the upstream nor the local images are all present).
+        choice = choose(spec, engine)
+        spec, facts.image_source = choice.spec, choice.line
     facts.gpu = engine.query_gpus(probe_images(spec, gpu_image))
     # Any image present can run df and cat; the stack's own are the likely ones.
     helpers = list(dict.fromkeys([*(stack_images(spec) if spec else []), *probe_images(spec)]))
@@ -406,6 +445,12 @@ def gather(engine: Engine, target: str, spec: StackSpec | None, gpu_image: str |
         src = m.parsed_source
         if src.kind in ("volume", "host") and helper:
             facts.sources[m.name] = engine.stat_source(helper, src.kind, src.location, src.path)
+        pin = facts.pins.get(m.source)
+        if pin is not None and helper:  # the fetch's completion marker in the cache volume
+            seen = engine.stat_source(helper, "volume", hfcache.VOLUME,
+                                      hfcache.marker(pin.repo, pin.commit, pin.file))
+            # The weights' size is the lock's (the GPU estimate reads a single file's size).
+            facts.sources[m.name] = Stat(seen.exists, pin.size if pin.file else None)
     return facts
 
 
@@ -429,6 +474,12 @@ def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
                                 scope="config"))
     if spec is not None:
         findings += local_findings(root, spec)
+    pins: dict[str, Locked] = {}
+    if loaded is not None:
+        try:
+            pins = lock.read(loaded.paths.lock)
+        except LlmstackError as exc:
+            findings.append(Finding("lock", "fail", exc.message, exc.hint, scope="config"))
     target = describe_target(host_arg)
     try:
         engine = open_project(host_arg, spec.project if spec else "llmstack")
@@ -437,7 +488,7 @@ def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
         findings += evaluate(spec, facts)[0]
         return Report(target, findings)
     try:
-        facts = gather(engine, target, spec, gpu_image)
+        facts = gather(engine, target, spec, gpu_image, pins)
     finally:
         engine.close()
     engine_findings, report = evaluate(spec, facts)

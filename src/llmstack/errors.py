@@ -94,3 +94,38 @@ class DeployError(LlmstackError):
     """A service failed to start or to become ready (exit 2)."""
 
     exit_code = ExitCode.RUNTIME
+
+
+# Where no registry answers, the images come from a local build or a bundle.
+OFFLINE_HINT = ("no registry here? build the images on the engine (`llmstack images build`), or "
+                "bring a bundle: `llmstack images save -o bundle.tar` on a machine that has "
+                "them, then `llmstack images load bundle.tar [--host ...]`")
+
+
+class RegistryError(EngineError):
+    """A registry refused or could not serve an image; says which and what to do."""
+
+
+class RegistryUnreachable(RegistryError):
+    """No answer from the registry (no route, no DNS, connection refused, timeout)."""
+
+
+class RegistryAuthError(RegistryError):
+    """The registry wants credentials, or refused the ones `docker login` stored."""
+
+
+class ImageNotInRegistry(RegistryError):
+    """The registry answers but has no such repository, tag or digest."""
+
+
+class DigestMismatch(RegistryError):
+    """The registry serves another digest for the tag than the one pinned: refused."""
+
+
+class SourceAccessError(UserError):
+    """A model source the Hub refuses or does not have: gated, private, misspelt (exit 1)."""
+
+
+class FetchError(DeployError):
+    """Fetching a model's weights failed on the engine's host: network, disk, checksum
+    (exit 2)."""

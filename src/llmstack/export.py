@@ -167,7 +167,8 @@ def from_project(loaded: Any) -> ComposeExport:
     """The export of a loaded project folder (reads its .env and certificates)."""
     from . import plan
 
-    services = plan.desired(loaded.spec, loaded.rendered, loaded.keys().internal)
+    services = plan.desired(loaded.spec, loaded.rendered, loaded.keys().internal,
+                            loaded.pins())
     return compose(loaded.spec.project, services, loaded.nginx_secret_files(),
                    loaded.paths.stack.name)
 

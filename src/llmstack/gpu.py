@@ -167,7 +167,7 @@ def bytes_per_param(model: ModelSpec) -> tuple[float, str]:
     dtype = _arg_value(args, "--dtype")
     if dtype and dtype.lower() in DTYPE_BYTES:
         return DTYPE_BYTES[dtype.lower()], f"--dtype {dtype}"
-    name = model.parsed_source.path.rsplit("/", 1)[-1]
+    name = model.parsed_source.ref.rsplit("/", 1)[-1]
     match = _GGUF_RE.search(name)
     if match:
         tag = match.group(1).upper()
@@ -242,7 +242,7 @@ def estimate(model: ModelSpec, file_bytes: int | None = None) -> Estimate:
     """VRAM per GPU for `model`; `file_bytes` is the size of its weights file on the target
     when the source is a single file (read through the engine), else None."""
     src = model.parsed_source
-    params = params_from_name(f"{model.name} {src.path}")
+    params = params_from_name(f"{model.name} {src.ref}")
     basis: list[str] = []
     weights: float | None = None
     if file_bytes and file_bytes > 0:

@@ -19,7 +19,7 @@ from .project import Paths
 from .resources import data_dir
 
 GITIGNORE = "# written by llmstack init: secrets and generated files stay out of git\n" \
-            ".env\n.env.bak-*\ncerts/\nconfig/\n"
+            ".env\n.env.bak-*\n.keys.json\n.keys.json.bak-*\ncerts/\nconfig/\n"
 
 
 @dataclass(frozen=True)

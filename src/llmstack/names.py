@@ -16,6 +16,8 @@ LABEL_OWNER_FOLDER = "llmstack.owner-folder"
 
 LITELLM, HEALTH, NGINX = "litellm", "health", "nginx"
 LITELLM_PORT, HEALTH_PORT = 4000, 8090
+# LiteLLM's own probe routes: ready once its router is up; live while the process is.
+LITELLM_READY_PATH, LITELLM_LIVE_PATH = "/health/readiness", "/health/liveliness"
 # Ports nginx listens on inside its container; stack.yaml's ports are published onto them.
 NGINX_PORTS = {"local": 8080, "lan": 8081, "https": 8443}
 # Where each service finds its config volume inside its container: CONFIG_ROOT/<service>.
@@ -72,3 +74,9 @@ SPOOL_SUFFIX = "nginx-spool"
 def spool_volume(project: str) -> str:
     """nginx's disk-backed volume for request bodies larger than its buffer."""
     return f"{project}-{SPOOL_SUFFIX}"
+
+
+# The Hugging Face cache on each engine host: `hf:` sources are fetched into it once (a
+# short-lived fetch container) and model containers mount it read-only. One per host, shared
+# by every project there (the cache is content-addressed); `down --volumes` keeps it.
+HF_CACHE_VOLUME = "llmstack-hf-cache"

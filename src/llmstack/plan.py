@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import images, names, sizing
+from . import images, keepalive, names, sizing
 from .backends import BACKENDS, Mount
-from .render import NGINX_SPOOL_DIR, Rendered
+from .render import NGINX_SPOOL_BODY, NGINX_SPOOL_DIR, Rendered
 from .spec import ModelSpec, Resources, StackSpec
 
-# Images llmstack builds itself run as this uid with a read-only root filesystem.
-OWN_IMAGE_PREFIX = images.OWN_IMAGE_PREFIX
+# Images that run as any uid (llmstack's builds and the upstream images the catalog names for
+# nginx, LiteLLM and llama.cpp) run as this uid with a read-only root filesystem.
 OWN_UID = f"{images.IMAGE_UID}:{images.IMAGE_UID}"
 CONFIG_ROOT = names.CONFIG_ROOT
 # Every container's /tmp is a tmpfs: the root filesystem is read-only, and tmpfs pages count
@@ -33,10 +34,15 @@ RESTART_POLICY = "unless-stopped"
 START_FIRST = "start-first"  # the new one starts beside the old, traffic switches when ready
 STOP_FIRST = "stop-first"  # the old one stops first (GPUs that cannot hold both)
 IN_PLACE = "in-place"  # removed and created again (health; nginx, which owns the host ports)
+# How long each kind of service may take to become ready (seconds): `up` waits this long,
+# and Kubernetes' startup probe allows as much.
+READY_DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0}
+DEFAULT_READY_DEADLINE = 120.0
 
 
 def nginx_spool(project: str) -> Mount:
-    return Mount(names.spool_volume(project), NGINX_SPOOL_DIR, read_only=False, managed=True)
+    return Mount(names.spool_volume(project), NGINX_SPOOL_DIR, read_only=False, managed=True,
+                 owned_dir=NGINX_SPOOL_BODY)
 
 
 @dataclass(frozen=True)
@@ -113,25 +119,28 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _hardening(image: str, resources: Resources) -> dict[str, Any]:
-    """The security settings of a container of `image`: llmstack's own images run as OWN_UID
-    on a read-only root with no capability; others as their root user with ROOT_IMAGE_CAPS."""
-    own = image.startswith(OWN_IMAGE_PREFIX)
-    return {"user": OWN_UID if own else None, "read_only": own,
-            "cap_add": () if own else ROOT_IMAGE_CAPS,
+def _hardening(key: str, resources: Resources) -> dict[str, Any]:
+    """The security settings of the image of `images:` key `key`: an image that runs as any
+    uid (images.ServiceImage.any_uid: local builds and upstream alike) runs as OWN_UID on a
+    read-only root with no capability; the others as their root user with ROOT_IMAGE_CAPS."""
+    any_uid = images.SERVICE_IMAGES[key].any_uid
+    return {"user": OWN_UID if any_uid else None, "read_only": any_uid,
+            "cap_add": () if any_uid else ROOT_IMAGE_CAPS,
             "resources": resources, "pids_limit": resources.pids or DEFAULT_PIDS}
 
 
-def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[ServiceSpec]:
-    """The containers of the stack in start order: health, models, litellm, nginx."""
-    health_image = spec.images.litellm  # any image with python3; LiteLLM's is already here
+def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
+            pins: Mapping[str, str] | None = None) -> list[ServiceSpec]:
+    """The containers of the stack in start order: health, models, litellm, nginx. `pins`
+    maps an hf: source to the commit it was fetched at (stack.lock, `fetch.pins`)."""
+    health_image = spec.images.for_key("litellm")  # any image with python3; LiteLLM's is here
     services = [ServiceSpec(
         service=names.HEALTH, role=names.HEALTH, image=health_image,
         entrypoint=["python3"],
         command=[f"{names.config_dir(names.HEALTH)}/healthd.py",
                  f"{names.config_dir(names.HEALTH)}/health.json"],
         config=rendered.services[names.HEALTH],
-        **_hardening(health_image, Resources(memory="128m", pids=64)),
+        **_hardening("litellm", Resources(memory="128m", pids=64)),
         probe=(names.HEALTH_PORT, "/live"),
     )]
     # Start order: health first (readiness probes run in its container); the models and
@@ -141,7 +150,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
     model_services = []
     for model in spec.models:
         backend = BACKENDS[model.backend]
-        launch = backend.launch(model)
+        launch = backend.launch(model, (pins or {}).get(model.source, ""))
         image = spec.image_for(model)
         service = names.model_service(model.name)
         model_services.append(service)
@@ -151,18 +160,25 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
             # Every container has a memory limit: a model's defaults to its estimated needs.
             shm_size=launch.shm_size, probe=(backend.port, backend.health_path),
             start_after=after_health, update=model_update(model),
-            **_hardening(image, sizing.model_resources(model)),
+            **_hardening(spec.image_key(model), sizing.model_resources(model)),
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                   "HOME": "/tmp", "LITELLM_LOG": "ERROR"}
+                   "HOME": "/tmp", "LITELLM_LOG": "ERROR",
+                   # Its client side gives up on idle backend connections first (keepalive.py).
+                   "AIOHTTP_KEEPALIVE_TIMEOUT": str(keepalive.litellm_client_s(
+                       BACKENDS[m.backend].idle_keepalive_s for m in spec.models))}
     services.append(ServiceSpec(
-        service=names.LITELLM, role=names.LITELLM, image=spec.images.litellm,
+        service=names.LITELLM, role=names.LITELLM, image=spec.images.for_key("litellm"),
+        # The entrypoint is named: upstream's image starts a wrapper script instead.
+        entrypoint=["litellm"],
         command=["--config", f"{names.config_dir(names.LITELLM)}/litellm.yaml", "--host", "0.0.0.0",
-                 "--port", str(names.LITELLM_PORT), "--num_workers", "1"],
+                 "--port", str(names.LITELLM_PORT), "--num_workers", "1",
+                 "--keepalive_timeout", str(keepalive.LITELLM_SERVER_S)],
         env=litellm_env, secret_env=("LITELLM_MASTER_KEY",),
-        config=rendered.services[names.LITELLM], probe=(names.LITELLM_PORT, "/health/readiness"),
+        config=rendered.services[names.LITELLM],
+        probe=(names.LITELLM_PORT, names.LITELLM_READY_PATH),
         depends_on=tuple(model_services), start_after=after_health, update=START_FIRST,
-        **_hardening(spec.images.litellm, spec.resources.litellm),
+        **_hardening("litellm", spec.resources.litellm),
     ))
     ports = {f"{names.NGINX_PORTS[n]}/tcp": (lst.bind, lst.port)
              for n, lst in spec.listeners if lst.enabled}
@@ -170,14 +186,17 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str) -> list[Serv
     plain = [n for n in ("local", "lan") if getattr(spec.listeners, n).enabled]
     nginx_probe = (names.NGINX_PORTS[plain[0]], "/health") if plain else None
     services.append(ServiceSpec(
-        service=names.NGINX, role=names.NGINX, image=spec.images.nginx,
+        service=names.NGINX, role=names.NGINX, image=spec.images.for_key("nginx"),
+        # `-e stderr`: the log before the config is read goes to stderr, not to a compiled-in
+        # path that images lay out differently (and a read-only root cannot create).
         entrypoint=["nginx"],
-        command=["-c", f"{names.config_dir(names.NGINX)}/nginx.conf", "-g", "daemon off;"],
+        command=["-e", "stderr", "-c", f"{names.config_dir(names.NGINX)}/nginx.conf", "-g",
+                 "daemon off;"],
         ports=ports, config=rendered.services[names.NGINX], probe=nginx_probe,
         mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS), reloads_config=True,
         depends_on=(names.LITELLM, names.HEALTH),
         start_after=(names.HEALTH, *model_services, names.LITELLM),
-        **_hardening(spec.images.nginx, spec.resources.nginx),
+        **_hardening("nginx", spec.resources.nginx),
     ))
     return services
 
@@ -217,7 +236,8 @@ def placeholder(svc: ServiceSpec, image: str) -> ServiceSpec:
     return ServiceSpec(service=svc.service, role=PLACEHOLDER, image=image,
                        entrypoint=["python3", "-c", PLACEHOLDER_SCRIPT], command=[str(port)],
                        probe=(port, "/"),
-                       **_hardening(image, Resources(memory="64m", pids=32)))
+                       # `image` is the health service's: the `litellm` images key's.
+                       **_hardening("litellm", Resources(memory="64m", pids=32)))
 
 
 def model_update(model: ModelSpec) -> str:

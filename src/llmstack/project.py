@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import names, render, secrets, spec, tls
+from . import lock, names, render, secrets, spec, teamkeys, tls
 from .fsutil import write_atomic
 from .render import Rendered
 from .spec import StackSpec
@@ -17,14 +17,26 @@ from .spec import StackSpec
 @dataclass(frozen=True)
 class Paths:
     root: Path
+    stack_file: Path | None = None  # `--file`; None: stack.yaml in root
 
     @property
     def stack(self) -> Path:
-        return self.root / "stack.yaml"
+        return self.stack_file or self.root / "stack.yaml"
 
     @property
     def env(self) -> Path:
         return self.root / ".env"
+
+    @property
+    def lock(self) -> Path:
+        """The lock file next to the stack file (stack.yaml -> stack.lock): the commits its hf:
+        sources were fetched at (lock.py)."""
+        return self.stack.with_suffix(".lock")
+
+    @property
+    def team_keys(self) -> Path:
+        """The team keys' store (hashes, limits, models; mode 0600), next to `.env`."""
+        return self.root / teamkeys.STORE_FILE
 
     @property
     def certs(self) -> Path:
@@ -86,6 +98,30 @@ class Loaded:
     def keys(self) -> secrets.Keys:
         return secrets.load_keys(self.paths.env)
 
+    def pins(self) -> dict[str, str]:
+        """{hf: source: the commit stack.lock pins it at}: what `plan.desired` needs."""
+        return lock.commits(lock.read(self.paths.lock))
+
+    def team_keys(self) -> teamkeys.Store:
+        return teamkeys.load(self.paths.team_keys)
+
+    def keys_conf(self, keys: secrets.Keys, now: float | None = None,
+                  store: teamkeys.Store | None = None) -> bytes:
+        """nginx's key map for these master keys and the team keys (the store's, by default)."""
+        return render.render_nginx_keys(keys, now or time.time(), self.spec,
+                                        self.team_keys() if store is None else store)
+
+    def key_files(self, keys: secrets.Keys, now: float | None = None,
+                  store: teamkeys.Store | None = None) -> dict[str, tuple[bytes, int]]:
+        """nginx's key files (mode 0600): the key map and the team keys' limits."""
+        now = now or time.time()
+        store = self.team_keys() if store is None else store
+        return {
+            render.KEYS_FILE: (self.keys_conf(keys, now, store), 0o600),
+            render.KEY_LIMITS_FILE: (render.render_nginx_key_limits(self.spec, store, now),
+                                     0o600),
+        }
+
     def nginx_secret_files(self, now: float | None = None) -> dict[str, tuple[bytes, int]]:
         """Files for nginx's secrets/ folder (mode 0600): key maps and the TLS pair."""
         keys = self.keys()
@@ -94,15 +130,15 @@ class Loaded:
         for key_file in tls.private_files(certs):  # as for .env: a key others can read is refused
             secrets.check_private(key_file)
         return {
-            render.KEYS_FILE: (render.render_nginx_keys(keys, now or time.time()), 0o600),
+            **self.key_files(keys, now),
             render.TLS_CERT_FILE: ((certs / tls.CERT).read_bytes(), 0o600),
             render.TLS_KEY_FILE: ((certs / tls.KEY).read_bytes(), 0o600),
         }
 
 
 def load(root: Path, stack_file: Path | None = None) -> Loaded:
-    paths = Paths(root)
-    path = stack_file or paths.stack
+    paths = Paths(root, stack_file)
+    path = paths.stack
     stack = spec.load_file(path)
     return Loaded(paths, stack, render.render(stack, path.name), path)
 

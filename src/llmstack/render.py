@@ -8,16 +8,19 @@ from importlib import resources
 
 import jinja2
 
-from . import capacity, names
+from . import capacity, keepalive, names
 from .backends import BACKENDS
 from .resources import data_dir
 from .secrets import Keys
 from .spec import StackSpec
+from .teamkeys import EdgeKeys, Store, edge_keys
 
 NGINX_CONF_DIR = names.config_dir(names.NGINX)
 # nginx's secret files, as paths in its config volume (shipped by `edge`, read by `up`):
 SECRETS_SUBDIR = "secrets"
 KEYS_FILE = f"{SECRETS_SUBDIR}/keys.conf"  # accepted client keys, the internal key
+# Per-key limits of the team keys, included in every server block (limit_req/limit_conn).
+KEY_LIMITS_FILE = f"{SECRETS_SUBDIR}/key-limits.conf"
 TLS_CERT_FILE = f"{SECRETS_SUBDIR}/tls.crt"
 TLS_KEY_FILE = f"{SECRETS_SUBDIR}/tls.key"
 SECRETS_DIR = f"{NGINX_CONF_DIR}/{SECRETS_SUBDIR}"
@@ -31,15 +34,27 @@ WORKER_SHUTDOWN_TIMEOUT = 600
 NGINX_SPOOL_DIR = "/var/lib/nginx"
 # Retry-After (seconds) on nginx's 503: the gateway is away, or a model restarts stop-first.
 RETRY_AFTER_S = 5
+NGINX_SPOOL_BODY = "body"  # request bodies, in a folder owned by nginx's user
+# nginx's pid file (in its /tmp tmpfs); removed when the master process exits.
+NGINX_PID_FILE = "/tmp/nginx.pid"
+# LiteLLM's callback refusing models a team key may not use; litellm.yaml names its `handler`.
+LITELLM_KEYS_MODULE = "llmstack_keys.py"
+
+
+def nginx_single_quoted(text: str) -> str:
+    """`text` as an nginx single-quoted string (a JSON body with an API key's name in it)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters["sq"] = nginx_single_quoted
+    return env
 
 
 @dataclass(frozen=True)
@@ -77,7 +92,7 @@ def _litellm_entries(spec: StackSpec) -> list[dict[str, str]]:
 
 def health_checks(spec: StackSpec) -> dict[str, str]:
     checks = {names.LITELLM: f"http://{names.container(spec.project, names.LITELLM)}:"
-                             f"{names.LITELLM_PORT}/health/readiness"}
+                             f"{names.LITELLM_PORT}{names.LITELLM_READY_PATH}"}
     for model in spec.models:
         backend = BACKENDS[model.backend]
         host = names.container(spec.project, names.model_service(model.name))
@@ -92,12 +107,15 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
     nginx = env.get_template("nginx.conf.j2").render(
         source=source,
         secrets_dir=SECRETS_DIR,
+        pid_file=NGINX_PID_FILE,
         worker_shutdown_timeout=WORKER_SHUTDOWN_TIMEOUT,
         max_body_size=spec.max_body_size,
         timeouts=spec.timeouts,
         rate=spec.rate_limit,
         litellm_host=names.container(spec.project, names.LITELLM),
         litellm_port=names.LITELLM_PORT,
+        upstream_keepalive=keepalive.EDGE_UPSTREAM_S,
+        litellm_keepalive=keepalive.LITELLM_SERVER_S,
         health_host=names.container(spec.project, names.HEALTH),
         health_port=names.HEALTH_PORT,
         listeners=lst,
@@ -109,19 +127,21 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
         zones=capacity.ZONE_MIB,
         buffers={"body": capacity.BODY_BUFFER, "header": capacity.HEADER_BUFFER,
                  "large_header": "{} {}".format(*capacity.LARGE_HEADER_BUFFERS)},
-        body_spool=f"{NGINX_SPOOL_DIR}/body",
+        body_spool=f"{NGINX_SPOOL_DIR}/{NGINX_SPOOL_BODY}",
         retry_after=RETRY_AFTER_S,
     )
     litellm = env.get_template("litellm.yaml.j2").render(
-        source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read)
+        source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read,
+        keys_callback=LITELLM_KEYS_MODULE.removesuffix(".py") + ".handler")
     # JSON has no comments: the generated-file note is a key the health service ignores.
     health = {"_generated": f"by llmstack from {source} -- do not edit: change stack.yaml and "
                             "run `llmstack up`",
               "port": names.HEALTH_PORT, "timeout": 2.0, "checks": health_checks(spec)}
     healthd = resources.files("llmstack").joinpath("healthd.py").read_bytes()
+    key_models = resources.files("llmstack").joinpath(LITELLM_KEYS_MODULE).read_bytes()
     return Rendered({
         names.NGINX: {"nginx.conf": nginx.encode()},
-        names.LITELLM: {"litellm.yaml": litellm.encode()},
+        names.LITELLM: {"litellm.yaml": litellm.encode(), LITELLM_KEYS_MODULE: key_models},
         names.HEALTH: {"health.json": (json.dumps(health, indent=2, sort_keys=True) + "\n")
                        .encode(), "healthd.py": healthd},
     })
@@ -145,8 +165,32 @@ def digits_before(limit: int) -> str:
     return "(?:" + "|".join(alternatives) + ")" if alternatives else "(?!)"
 
 
-def render_nginx_keys(keys: Keys, now: float) -> bytes:
-    """The nginx secrets file: accepted client keys, grace expiry, the internal key."""
+# What LiteLLM writes as `created` for every model of /v1/models; nginx's own listing for a key
+# limited to some models says the same.
+MODELS_CREATED = 1677610602
+
+
+def team_edge_keys(spec: StackSpec, store: Store, now: float) -> EdgeKeys:
+    rate = spec.rate_limit
+    listed = [(e["public"], e["mode"]) for e in _litellm_entries(spec)]
+    return edge_keys(store, now, rate.requests_per_second, rate.burst, rate.max_concurrent,
+                     listed, MODELS_CREATED)
+
+
+def ip_too_many(spec: StackSpec) -> str:
+    """The 429 body of the per-IP limits (requests without a team key)."""
+    rate = spec.rate_limit
+    return json.dumps({"error": {
+        "message": f"Rate limit exceeded: at most {rate.requests_per_second} requests/s (burst "
+                   f"{rate.burst}) and {rate.max_concurrent} concurrent requests per client IP. "
+                   "Retry later.",
+        "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}},
+        separators=(",", ":"))
+
+
+def render_nginx_keys(keys: Keys, now: float, spec: StackSpec, store: Store) -> bytes:
+    """The nginx secrets file (http level): the master key (and the previous one during a
+    grace window), the internal key, and the team keys (hashes, names, limits, models)."""
     slots = [("current", keys.master)]
     previous_before = ""
     if keys.previous and keys.previous in keys.accepted(now):
@@ -155,5 +199,13 @@ def render_nginx_keys(keys: Keys, now: float) -> bytes:
         expires = keys.previous_expires if keys.previous_expires is not None else 10**10 - 1
         previous_before = digits_before(expires)
     text = _env().get_template("nginx-keys.conf.j2").render(
-        keys=slots, previous_before=previous_before, internal_key=keys.internal)
+        keys=slots, previous_before=previous_before, internal_key=keys.internal,
+        team=team_edge_keys(spec, store, now), ip_too_many=ip_too_many(spec))
+    return text.encode()
+
+
+def render_nginx_key_limits(spec: StackSpec, store: Store, now: float) -> bytes:
+    """The per-key limit directives, included in each server block of nginx.conf."""
+    text = _env().get_template("nginx-key-limits.conf.j2").render(
+        team=team_edge_keys(spec, store, now))
     return text.encode()

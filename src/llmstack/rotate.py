@@ -31,40 +31,30 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import names, plan, render, secrets
+from . import names, plan, secrets
 from .edge import KEYS_FILE, Edge
 from .engine.api import Engine, is_engine_exception
 from .errors import DeployError, EngineError, LlmstackError, UserError
 from .fsutil import backup
 from .project import Loaded
+from .teamkeys import parse_duration
 
 Progress = Callable[[str], None]
 
-GRACE_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
-UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_GRACE = 30 * 86400
 SWAP_DEADLINE = 20.0  # seconds for nginx to replace its workers after a reload
 VERIFY_DEADLINE = 20.0  # seconds for the keys to answer as expected through nginx
 
 
 def parse_grace(text: str) -> int:
-    """'0', '30s', '10m', '2h', '1d' or plain seconds -> seconds."""
-    match = GRACE_RE.match(text)
-    if not match:
-        raise UserError(f"--grace {text!r} is not a duration",
-                        "use e.g. --grace 0 (old key refused at once), 30s, 10m, 2h or 1d")
-    seconds = int(match.group(1)) * UNITS[match.group(2)]
-    if seconds > MAX_GRACE:
-        raise UserError(f"--grace {text!r} is longer than 30 days",
-                        "use a shorter window; clients should switch within days")
-    return seconds
+    """'0', '30s', '10m', '2h', '1d' or plain seconds -> seconds (at most 30 days)."""
+    return parse_duration(text, "--grace", MAX_GRACE)
 
 
 def _iso(ts: float) -> str:
@@ -118,7 +108,7 @@ class Finish:
 # --- the stack, seen from inside its network --------------------------------------------------
 
 
-def _edge(loaded: Loaded, project: Engine, keys: secrets.Keys, progress: Progress) -> Edge:
+def open_edge(loaded: Loaded, project: Engine, keys: secrets.Keys, progress: Progress) -> Edge:
     """The running stack's edge, or a UserError saying how to bring it up."""
     stack = loaded.spec.project
     for service in (names.NGINX, names.HEALTH):
@@ -126,7 +116,12 @@ def _edge(loaded: Loaded, project: Engine, keys: secrets.Keys, progress: Progres
         if state != "running":
             raise UserError(f"stack {stack!r} is not up: {service} is {state}",
                             "start it with `llmstack up`, then run `llmstack rotate-key` again")
-    wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered, keys.internal)}
+    from .deploy import decide_images
+
+    # The images `up` decided on this engine (`images: auto`), never a pull.
+    loaded = decide_images(loaded, project, lambda _: None, fetch=False)[0]
+    wanted = {s.service: s for s in plan.desired(loaded.spec, loaded.rendered, keys.internal,
+                                                 loaded.pins())}
     nginx = wanted[names.NGINX]
     running = project.container(names.NGINX)
     if running is not None and running.labels.get(names.LABEL_HASH) != nginx.config_hash():
@@ -137,8 +132,9 @@ def _edge(loaded: Loaded, project: Engine, keys: secrets.Keys, progress: Progres
     return Edge.of(loaded.spec, nginx, project, SWAP_DEADLINE, VERIFY_DEADLINE)
 
 
-def _certificate_files(loaded: Loaded) -> dict[str, tuple[bytes, int]]:
-    """nginx's secret files other than the key map (the TLS pair), shipped along with it."""
+def certificate_files(loaded: Loaded) -> dict[str, tuple[bytes, int]]:
+    """nginx's secret files other than the key map (the TLS pair, the team keys' limits),
+    shipped along with it."""
     return {k: v for k, v in loaded.nginx_secret_files().items() if k != KEYS_FILE}
 
 
@@ -154,14 +150,16 @@ def _check_serving(edge: Edge, keys: secrets.Keys) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    """One rotation at a time per project folder (the lock dies with the process)."""
+def exclusive(root: Path) -> Iterator[None]:
+    """One key change (rotate-key, keys) at a time per project folder (the lock dies with
+    the process)."""
     fd = os.open(root, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"another `llmstack rotate-key` is running in {root}",
+            raise UserError(f"another `llmstack rotate-key` or `llmstack keys` command is "
+                            f"running in {root}",
                             "wait for it to finish, then run the command again") from None
         yield
     finally:
@@ -176,12 +174,12 @@ def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progre
     """Replace the client key on the running stack; see the module docstring for the order."""
     started = time.monotonic() if started is None else started
     env_path = loaded.paths.env
-    with _exclusive(loaded.paths.root):
+    with exclusive(loaded.paths.root):
         old = loaded.keys()
-        edge = _edge(loaded, project, old, progress)
+        edge = open_edge(loaded, project, old, progress)
         _check_serving(edge, old)
-        other_files = _certificate_files(loaded)
-        old_conf = render.render_nginx_keys(old, time.time())
+        other_files = certificate_files(loaded)
+        old_conf = loaded.keys_conf(old)
         new_master = secrets.new_key()
         # Transitional: the new key is current, the old one accepted with no end (the
         # expiry-less "previous" slot), so whichever of the two `.env` ends up with works.
@@ -191,7 +189,7 @@ def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progre
         progress("shipping a key file that accepts the old and the new key")
         reloaded = False
         try:
-            edge.ship(render.render_nginx_keys(both, time.time()), other_files)
+            edge.ship(loaded.keys_conf(both), other_files)
             edge.test_config()
             reloaded = True  # from here nginx may run the transitional file
             edge.reload()
@@ -222,7 +220,7 @@ def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progre
         progress(f"wrote the new key to {env_path}")
 
         try:
-            edge.ship(render.render_nginx_keys(final, time.time()), other_files)
+            edge.ship(loaded.keys_conf(final), other_files)
             edge.test_config()
             edge.reload()
             edge.expect({new_master: "200", old.master: "200" if grace_seconds else "401"},
@@ -233,7 +231,7 @@ def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progre
             # state nginx may not run: `up` then sees it differ from .env and re-syncs, and
             # `--finish` always does.
             with contextlib.suppress(Exception):
-                edge.ship(render.render_nginx_keys(both, time.time()), other_files)
+                edge.ship(loaded.keys_conf(both), other_files)
             text = exc.message if isinstance(exc, LlmstackError) else f"{type(exc).__name__}: {exc}"
             raise DeployError(
                 f"the new key is live and in {env_path}, but the old key could not be "
@@ -283,17 +281,17 @@ def finish(loaded: Loaded, project: Engine, progress: Progress,
     """
     started = time.monotonic() if started is None else started
     env_path = loaded.paths.env
-    with _exclusive(loaded.paths.root):
+    with exclusive(loaded.paths.root):
         keys = loaded.keys()
-        edge = _edge(loaded, project, keys, progress)
+        edge = open_edge(loaded, project, keys, progress)
         in_progress = bool(keys.previous) and keys.previous in keys.accepted(time.time())
         _check_serving(edge, keys)
-        other_files = _certificate_files(loaded)
+        other_files = certificate_files(loaded)
         final = replace(keys, previous=None, previous_expires=None)
         # nginx first: if this fails or is killed, `.env` still says a window is open, which
         # is true, and its master key works either way.
         progress("shipping a key file with .env's key alone")
-        edge.ship(render.render_nginx_keys(final, time.time()), other_files)
+        edge.ship(loaded.keys_conf(final), other_files)
         edge.test_config()
         edge.reload()
         wanted, labels = {keys.master: "200"}, {keys.master: "current"}

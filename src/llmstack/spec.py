@@ -8,7 +8,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -17,6 +17,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from . import images as catalog
@@ -80,18 +81,6 @@ def host_name(value: str) -> str:
                          "253 characters) or an IP address without a scope ID")
     return value.lower()
 
-# llmstack's own images come from the build catalog (images.py): one place for their tags.
-DEFAULT_IMAGES: dict[str, str] = {
-    "nginx": catalog.NGINX.tag,
-    "litellm": catalog.LITELLM.tag,
-    "llamacpp": catalog.LLAMACPP.tag,
-    "llamacpp-cuda": "ghcr.io/ggml-org/llama.cpp:server-cuda",
-    "vllm": "vllm/vllm-openai:v0.11.0",
-    "ollama": "ollama/ollama:0.12.6",
-    "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
-}
-
-
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -143,14 +132,57 @@ class Source:
     """Where a model's weights come from, parsed from `source:`."""
 
     kind: str  # volume | host | hf | ollama
-    location: str  # volume name; empty for others
-    path: str  # file in the volume, absolute host path, repo id or ollama tag
+    location: str  # volume name; hf: the repository ORG/REPO; empty for others
+    path: str  # file in the volume, absolute host path, file in the hf repository ("" for the
+    # whole repository) or ollama tag
+    revision: str = ""  # hf: the branch, tag or commit after '@' ("" for the default, main)
+
+    @property
+    def ref(self) -> str:
+        """What names the weights, for estimates from the name: hf's ORG/REPO[/FILE], else
+        `path`."""
+        return f"{self.location}/{self.path}".rstrip("/") if self.kind == "hf" else self.path
 
 
 SOURCE_HELP = (
     "use volume:NAME/FILE (a Docker volume on the target), host:/ABS/PATH (a path on the "
-    "target host), hf:ORG/REPO (Hugging Face, vllm/tgi) or ollama:TAG"
+    "target host), hf:ORG/REPO[@REVISION] (a whole Hugging Face repository: vllm, tgi), "
+    "hf:ORG/REPO/FILE.gguf[@REVISION] (one file of it: llamacpp) or ollama:TAG"
 )
+# Hugging Face repository names (huggingface_hub's validate_repo_id): letters, digits, '-',
+# '_', '.', at most 96, not starting or ending with '-' or '.', no '--' or '..'.
+HF_NAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
+# A branch, tag or commit: git ref characters ('refs/pr/1' included), or a 40-hex commit.
+HF_REVISION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+HF_FILE_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}")
+HF_EXAMPLES = ("e.g. hf:Qwen/Qwen2.5-0.5B-Instruct (vllm, tgi) or "
+               "hf:bartowski/Qwen2.5-Coder-7B-Instruct-GGUF/Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf "
+               "(llamacpp)")
+
+
+def parse_hf(rest: str) -> Source:
+    """`ORG/REPO[/PATH/FILE][@REVISION]` (what follows `hf:`); ValueError naming the part
+    that is wrong and the fix."""
+    name, at, revision = rest.partition("@")
+    if at and (not HF_REVISION_RE.fullmatch(revision) or revision.endswith("/") or
+               "//" in revision):
+        raise ValueError(f"revision {revision!r} after '@' is not a branch, tag or commit; "
+                         "write e.g. @main, @v1.0 or a 40-character commit hash, or drop the @")
+    parts = name.split("/")
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"hf: needs ORG/REPO ({name!r} is not); {HF_EXAMPLES}")
+    for part in parts[:2]:
+        if not HF_NAME_RE.fullmatch(part) or "--" in part or ".." in part:
+            raise ValueError(f"{part!r} is not a Hugging Face organisation or repository name "
+                             "(letters, digits, '-', '_', '.', at most 96, no '--' or '..', "
+                             f"not starting or ending with '-' or '.'); {HF_EXAMPLES}")
+    for part in parts[2:]:
+        if not HF_FILE_PART_RE.fullmatch(part):
+            raise ValueError(f"{part!r} is not a file or folder name of a repository; "
+                             f"{HF_EXAMPLES}")
+    return Source("hf", "/".join(parts[:2]), "/".join(parts[2:]), revision)
+
+
 # Host locations no model lives in. A host: source bind-mounts the directory that holds the
 # file (backends.model_mount), so mounting any of these, or a directory above one, would hand
 # the model container the host: the engine's socket (root on the host), kernel interfaces,
@@ -224,7 +256,9 @@ def parse_source(value: str) -> Source:
         if not rest.startswith("/"):
             raise ValueError("host: paths must be absolute (a path on the target host)")
         return Source("host", "", host_source_path(rest))
-    if kind in ("hf", "ollama"):
+    if kind == "hf":
+        return parse_hf(rest)
+    if kind == "ollama":
         return Source(kind, "", rest)
     raise ValueError(f"unknown scheme {kind!r}; {SOURCE_HELP}")
 
@@ -285,35 +319,98 @@ class ServiceResources(Strict):
     litellm: Resources = Resources(memory="2g", pids=512)
 
 
+# Kubernetes names: a RuntimeClass is a DNS subdomain; a node label value is at most 63
+# characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit.
+K8S_SUBDOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
+K8S_LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+
+
+class Kubernetes(Strict):
+    """Read only by `llmstack export k8s`; `up` on one host ignores them."""
+
+    # The RuntimeClass GPU pods run with (e.g. `nvidia` on k3s with the NVIDIA runtime).
+    runtime_class: str | None = None
+    # Schedule GPU models only on nodes whose nvidia.com/gpu.product label (set by NVIDIA's
+    # GPU feature discovery) has this value, e.g. NVIDIA-H100-80GB-HBM3.
+    gpu_product: str | None = None
+
+    @field_validator("runtime_class")
+    @classmethod
+    def _runtime_class(cls, value: str | None) -> str | None:
+        if value is not None and not K8S_SUBDOMAIN_RE.fullmatch(value):
+            raise ValueError("must be a Kubernetes object name: lowercase letters, digits, "
+                             "'-' and '.', e.g. nvidia")
+        return value
+
+    @field_validator("gpu_product")
+    @classmethod
+    def _gpu_product(cls, value: str | None) -> str | None:
+        if value is not None and not K8S_LABEL_VALUE_RE.fullmatch(value):
+            raise ValueError("must be a node label value: at most 63 letters, digits, '-', "
+                             "'_' and '.', e.g. NVIDIA-H100-80GB-HBM3")
+        return value
+
+
 class Images(Strict):
+    """Where the stack's images come from (`source`), and any image named by hand.
+
+    `images: auto` (or `images: {source: auto}`, the default) uses the registry when it
+    answers and the images `llmstack images build` made otherwise; `registry` and `local`
+    force one. A key naming an image (`nginx: nginx:1.28`) overrides the catalog for it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    nginx: str = DEFAULT_IMAGES["nginx"]
-    litellm: str = DEFAULT_IMAGES["litellm"]
-    llamacpp: str = DEFAULT_IMAGES["llamacpp"]
-    llamacpp_cuda: str = Field(default=DEFAULT_IMAGES["llamacpp-cuda"], alias="llamacpp-cuda")
-    vllm: str = DEFAULT_IMAGES["vllm"]
-    ollama: str = DEFAULT_IMAGES["ollama"]
-    tgi: str = DEFAULT_IMAGES["tgi"]
+    source: Literal["auto", "registry", "local"] = "auto"
+    nginx: str | None = None
+    litellm: str | None = None
+    llamacpp: str | None = None
+    llamacpp_cuda: str | None = Field(default=None, alias="llamacpp-cuda")
+    vllm: str | None = None
+    ollama: str | None = None
+    tgi: str | None = None
 
-    @field_validator("*")
+    @model_validator(mode="before")
     @classmethod
-    def _image(cls, value: str) -> str:
-        if not IMAGE_RE.fullmatch(value):
-            raise ValueError("is not a valid image reference (e.g. nginx:1.27 or repo/name:tag)")
+    def _shorthand(cls, value: Any) -> Any:
+        # `images: registry` is short for `images: {source: registry}`.
+        return {"source": value} if isinstance(value, str) else value
+
+    @field_validator("nginx", "litellm", "llamacpp", "llamacpp_cuda", "vllm", "ollama", "tgi")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_RE.fullmatch(value):
+            raise ValueError("is not a valid image reference (e.g. nginx:1.28 or repo/name:tag)")
         return value
 
     @field_validator("litellm")
     @classmethod
-    def _litellm(cls, value: str) -> str:
-        bad = catalog.forbidden_litellm_version(value)
+    def _litellm(cls, value: str | None) -> str | None:
+        bad = catalog.forbidden_litellm_version(value) if value else None
         if bad:
             raise ValueError(f"names LiteLLM {bad}, a compromised release that must never run; "
-                             f"use the default {DEFAULT_IMAGES['litellm']}")
+                             "remove it to use the catalog's image")
         return value
 
+    @property
+    def effective_source(self) -> str:
+        """`registry` or `local`: `auto` counts as local until `up` decides (pull.choose)."""
+        return "local" if self.source == "auto" else self.source
+
+    def named(self, key: str) -> str | None:
+        """The image stack.yaml names by hand for `key`, or None."""
+        return cast("str | None", getattr(self, key.replace("-", "_")))
+
+    def ref(self, key: str, source: str) -> str:
+        """The image of `key` from `source` (registry or local): the hand-named one first,
+        then the catalog's local build, else its upstream image (no local build of it)."""
+        named = self.named(key)
+        if named:
+            return named
+        entry = catalog.SERVICE_IMAGES[key]
+        return entry.local if source == "local" and entry.local else entry.registry
+
     def for_key(self, key: str) -> str:
-        return str(getattr(self, key.replace("-", "_")))
+        return self.ref(key, self.effective_source)
 
 
 class StackSpec(Strict):
@@ -327,17 +424,25 @@ class StackSpec(Strict):
     models: list[ModelSpec] = Field(min_length=1, max_length=64)
     images: Images = Images()
     resources: ServiceResources = ServiceResources()
+    kubernetes: Kubernetes = Kubernetes()
 
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
         return host_name(value)
 
-    def image_for(self, model: ModelSpec) -> str:
-        if model.image:
-            return model.image
+    def image_key(self, model: ModelSpec) -> str:
+        """The `images:` key of the model's backend (its CUDA image when it has GPUs)."""
         backend = BACKENDS[model.backend]
-        return self.images.for_key(backend.gpu_image_key if model.gpu_ids else backend.image_key)
+        return backend.gpu_image_key if model.gpu_ids else backend.image_key
+
+    def image_for(self, model: ModelSpec) -> str:
+        return model.image or self.images.for_key(self.image_key(model))
+
+    def with_image_source(self, source: str) -> StackSpec:
+        """This stack with `images.source` decided (registry or local)."""
+        return self.model_copy(update={"images": self.images.model_copy(
+            update={"source": source})})
 
 
 # --- Messages -------------------------------------------------------------------------------
@@ -540,6 +645,10 @@ def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> lis
         if kind not in backend.source_kinds:
             add(("models", i, "source"), f"backend {model.backend!r} cannot load a {kind}: source",
                 model.source, f"use one of: {', '.join(k + ':' for k in backend.source_kinds)}")
+        elif kind == "hf":
+            problem = hf_form_problem(model.backend, backend.hf_form, src)
+            if problem:
+                add(("models", i, "source"), problem[0], model.source, problem[1])
         if backend.needs_gpu and not model.gpu_ids:
             add(("models", i, "gpus"), f"backend {model.backend!r} needs at least one GPU",
                 model.gpus, "list the GPUs it gets, e.g. gpus: [0], or use backend: llamacpp")
@@ -562,6 +671,23 @@ def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> lis
             f"is too small for {MIN_CONNECTIONS} connections per nginx worker", edge.memory,
             f"give nginx at least {-(-min_memory(edge) // 1024**2)}m (or fewer cpus)")
     return problems
+
+
+def hf_form_problem(backend: str, form: str, src: Source) -> tuple[str, str] | None:
+    """(message, fix) when an hf: source has the wrong form for its backend: llama.cpp loads
+    one GGUF file, vLLM and TGI a whole repository (config, tokenizer and weights)."""
+    repo = src.location + (f"@{src.revision}" if src.revision else "")
+    if form == "file" and not src.path:
+        return (f"backend {backend!r} loads one GGUF file, not a whole repository",
+                f"name the file: hf:{src.location}/FILE.gguf (the repository's Files tab "
+                "lists them), e.g. the Q4_K_M one")
+    if form == "file" and not src.path.lower().endswith(".gguf"):
+        return (f"backend {backend!r} loads GGUF files only ({src.path!r} is not one)",
+                f"pick a .gguf file of {src.location}, or use backend: vllm for other formats")
+    if form == "repo" and src.path:
+        return (f"backend {backend!r} loads a whole repository, not one file",
+                f"drop the file part: hf:{repo}")
+    return None
 
 
 def _rules_despite(exc: ValidationError, data: dict[str, Any],

@@ -15,7 +15,8 @@ def interactive(stream: TextIO = sys.stdout) -> bool:
 
 
 class PlainReporter:
-    """One line per state change; 'waiting' lines at most every 5 s per service."""
+    """One line per state change; 'waiting' and 'downloading' lines at most every 5 s per
+    service."""
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
@@ -24,7 +25,8 @@ class PlainReporter:
     def event(self, service: str, state: str, detail: str = "") -> None:
         now = time.monotonic()
         prev = self.last.get(service)
-        if state == "waiting" and prev and prev[0] == "waiting" and now - prev[1] < 5:
+        if state in ("waiting", "downloading") and prev and prev[0] == state and \
+                now - prev[1] < 5:
             return
         self.last[service] = (state, now)
         print(f"{service:<28} {state:<10} {detail}".rstrip(), file=self.stream, flush=True)
@@ -47,7 +49,8 @@ class LiveReporter:
         if self.drawn:
             self.stream.write(f"\x1b[{self.drawn}F")
         for name, (st, det) in self.rows.items():
-            mark = "ok" if st == "ready" else self.SPIN[self.tick % 4] if st == "waiting" else "."
+            mark = "ok" if st == "ready" else self.SPIN[self.tick % 4] \
+                if st in ("waiting", "downloading") else "."
             self.stream.write(f"\x1b[2K {mark:<2} {name:<28} {st:<10} {det}"[:160] + "\n")
         self.drawn = len(self.rows)
         self.stream.flush()

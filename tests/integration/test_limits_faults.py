@@ -128,9 +128,14 @@ def test_dead_backend_shows_in_health_and_fails_fast(limited: Stack) -> None:
                              json={"model": "deepseek-coder", "max_tokens": 4,
                                    "messages": [{"role": "user", "content": "hi"}]})
         assert time.monotonic() - started < 20 + 5  # the configured read timeout, not a hang
-        assert resp.status_code in (502, 503, 504)
-        assert resp.json()["error"]["code"] in ("backend_error", "upstream_unavailable",
-                                                "upstream_timeout")
+        # LiteLLM's own answer, passed through by the edge: a 500 naming the model group; or,
+        # when LiteLLM's connection attempts outlast timeouts.read, the edge's own 504.
+        error = resp.json()["error"]
+        if resp.status_code == 500:
+            assert error["type"] == "internal_server_error", error
+            assert "deepseek-coder" in error["message"], error
+        else:
+            assert (resp.status_code, error["code"]) == (504, "upstream_timeout"), error
         status = json.loads(limited.cli("status", "--json").stdout)
         state = {s["service"]: s for s in status["services"]}
         assert state["model-deepseek-coder"]["state"] == "exited"

@@ -22,16 +22,17 @@ import pytest
 import requests
 from docker.types import Mount
 
-from llmstack import initialize, names, plan, render, secrets, spec, tls
-from llmstack.spec import DEFAULT_IMAGES, StackSpec
+from llmstack import initialize, names, plan, render, secrets, spec, teamkeys, tls
+from llmstack.images import LITELLM, NGINX
+from llmstack.spec import StackSpec
 from tests.helpers import REPO, wait_for
 
 pytestmark = pytest.mark.integration
 
 GOLDEN = REPO / "tests" / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "stack.yaml").is_file())
-NGINX_IMAGE = DEFAULT_IMAGES["nginx"]
-LITELLM_IMAGE = DEFAULT_IMAGES["litellm"]
+NGINX_IMAGE = NGINX.tag
+LITELLM_IMAGE = LITELLM.tag
 OWN_UID, OWN_GID = (int(x) for x in plan.OWN_UID.split(":"))
 LABEL = {"llmstack.test": "real-programs"}
 
@@ -59,7 +60,18 @@ def nginx_folder(root: Path, stack: StackSpec, conf: bytes | None = None) -> Pat
     # A rotation in progress, so the grace-window map is exercised too.
     keys = secrets.Keys(secrets.new_key(), secrets.new_key(), secrets.new_key(),
                         int(time.time()) + 600)
-    (folder / "secrets" / "keys.conf").write_bytes(render.render_nginx_keys(keys, time.time()))
+    # Team keys too (limits, models, an expiry), so their maps and zones are exercised.
+    _, alice = teamkeys.new_secret()
+    _, bob = teamkeys.new_secret()
+    store = teamkeys.Store((
+        teamkeys.TeamKey("alice", int(time.time()), alice, rate=teamkeys.Rate(2, "s"), burst=1),
+        teamkeys.TeamKey("bob", int(time.time()), bob, concurrent=1,
+                         models=(stack.models[0].name,), expires=int(time.time()) + 600)))
+    (folder / "secrets" / "keys.conf").write_bytes(
+        render.render_nginx_keys(keys, time.time(), stack, store))
+    (folder / "secrets" / "key-limits.conf").write_bytes(
+        render.render_nginx_key_limits(stack, store, time.time()))
+    (folder / "secrets" / "key-limits.conf").chmod(0o600)
     tls.generate(root / "certs", stack.domain)
     for name in (tls.CERT, tls.KEY):
         shutil.copy(root / "certs" / name, folder / "secrets" / name)

@@ -27,7 +27,7 @@ import pytest
 import requests
 
 from llmstack import names, plan
-from llmstack.spec import DEFAULT_IMAGES
+from llmstack.images import LITELLM
 from tests.helpers import Stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,7 @@ def canary(demo_stack: Stack, docker_client: Any) -> Iterator[Canary]:
     """A canary container on the demo stack's network, hardened like the stack's own."""
     name = f"{demo_stack.project}-canary-{uuid.uuid4().hex[:6]}"
     container = docker_client.containers.run(
-        DEFAULT_IMAGES["litellm"], entrypoint=["python3", "-u", "-c"], command=[CANARY_SCRIPT],
+        LITELLM.tag, entrypoint=["python3", "-u", "-c"], command=[CANARY_SCRIPT],
         name=name, network=names.network(demo_stack.project), labels=LABEL, detach=True,
         user=plan.OWN_UID, read_only=True, cap_drop=["ALL"],
         security_opt=["no-new-privileges:true"], mem_limit="128m", pids_limit=64)
@@ -201,8 +201,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 # Fields LiteLLM may ignore rather than refuse; then the real model must have answered.
 MAY_BE_IGNORED = {"litellm_params.api_base", "proxy_base_url"}
-# LiteLLM's management routes: without a database they fail (nginx turns LiteLLM's 500 into
-# its 502) or create an in-memory record; what matters there is that nothing was called.
+# LiteLLM's management routes: without a database they fail (LiteLLM's 500, passed through)
+# or create an in-memory record; what matters there is that nothing was called.
 MANAGEMENT = {"mcp-server", "mcp-oauth-session", "agents"}
 
 

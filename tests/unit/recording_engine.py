@@ -24,6 +24,12 @@ class _Created:
     def start(self) -> None:
         pass
 
+    def put_archive(self, path: str, data: bytes) -> bool:
+        return True
+
+    def remove(self, **_: Any) -> None:
+        pass
+
 
 class _Containers:
     def __init__(self) -> None:
@@ -60,8 +66,10 @@ def started(project: str, services: list[plan.ServiceSpec]) -> dict[str, dict[st
     runner = Project(client, project)  # type: ignore[arg-type]
     for svc in services:
         runner.start(svc)
+    # Containers without a service label are doors into volumes, created and never started.
     return {kwargs["labels"][names.LABEL_SERVICE]: {"image": image, **kwargs}
-            for image, kwargs in client.containers.created}
+            for image, kwargs in client.containers.created
+            if names.LABEL_SERVICE in kwargs["labels"]}
 
 
 def as_json(kwargs: dict[str, Any]) -> Any:

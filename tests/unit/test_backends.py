@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from llmstack import names, plan, render
+from llmstack import images, names, plan, render
 from llmstack.backends import BACKENDS
 from llmstack.spec import StackSpec
 from tests.unit.recording_engine import as_json, started
@@ -34,6 +34,9 @@ CASES: dict[str, dict[str, Any]] = {
     "llamacpp-cuda-host-file": {"name": "qwen-coder", "backend": "llamacpp",
                                 "source": "host:/srv/models/qwen2.5-coder-7b-q4_k_m.gguf",
                                 "gpus": [1], "context": 16384},
+    "llamacpp-cpu-hf-file": {"name": "qwen-coder", "backend": "llamacpp",
+                             "source": "hf:bartowski/Qwen2.5-Coder-7B-Instruct-GGUF/"
+                                       "Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf"},
     "vllm-one-gpu-hf": {"name": "deepseek-coder", "backend": "vllm",
                         "source": "hf:deepseek-ai/deepseek-coder-6.7b-instruct", "gpus": [0],
                         "context": 8192},
@@ -54,12 +57,22 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+# The commits stack.lock pins these sources at (tgi's is not pinned yet: the path names the
+# requested revision until the first fetch).
+PINS = {
+    "hf:bartowski/Qwen2.5-Coder-7B-Instruct-GGUF/Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf":
+        "0123456789abcdef0123456789abcdef01234567",
+    "hf:deepseek-ai/deepseek-coder-6.7b-instruct": "89abcdef0123456789abcdef0123456789abcdef",
+    "hf:BAAI/bge-large-en-v1.5": "d4aa6901d3a41ba39fb536a557fa166f842b0e09",
+}
+
+
 def container(case: dict[str, Any]) -> dict[str, Any]:
     spec = StackSpec.model_validate({"models": [case]})
     model = spec.models[0]
     backend = BACKENDS[model.backend]
     service = names.model_service(model.name)
-    wanted = [s for s in plan.desired(spec, render.render(spec), "sk-internal")
+    wanted = [s for s in plan.desired(spec, render.render(spec), "sk-internal", PINS)
               if s.service == service]
     return {
         "create": as_json(started(spec.project, wanted)[service]),
@@ -106,7 +119,7 @@ def test_llamacpp_uses_its_cuda_image_and_offloads_only_with_gpus() -> None:
     cpu = container(CASES["llamacpp-cpu-chat"])["create"]
     cuda = container(CASES["llamacpp-cuda-host-file"])["create"]
     assert cpu["image"] == "llmstack/llamacpp:forky" and "--n-gpu-layers" not in cpu["command"]
-    assert cuda["image"] == "ghcr.io/ggml-org/llama.cpp:server-cuda"
+    assert cuda["image"] == images.SERVICE_IMAGES["llamacpp-cuda"].registry
     assert cuda["command"][cuda["command"].index("--n-gpu-layers") + 1] == "999"
     assert cuda["mounts"] == [{"Source": "/srv/models", "Target": "/models", "Type": "bind",
                                "ReadOnly": True}]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from llmstack import checks, names, plan, render, secrets
+from llmstack import checks, images, names, plan, render, secrets
 from llmstack.checks import CONFIG, HOST, RUNTIME, Finding, PreflightFacts
 from llmstack.doctor import Facts
 from llmstack.engine import host
@@ -102,20 +102,24 @@ def test_finding_dict_is_the_documented_doctor_shape() -> None:
     ({"llmstack/nginx:1.22": "sha256:1", "vllm/vllm-openai:v0.11.0": "sha256:2"}, None, None),
     ({"llmstack/nginx:1.22": None, "llmstack/litellm:1.108.7": "sha256:2"},
      "images missing on the engine: llmstack/nginx:1.22",
-     "build them with `llmstack images build`"),
+     "build them with `llmstack images build`, or load a bundle made with "
+     "`llmstack images save` (`llmstack images load BUNDLE`)"),
     ({"llmstack/llamacpp:no-such-tag": None},
      "images missing on the engine: llmstack/llamacpp:no-such-tag",
      "`llmstack images build` makes only llmstack/nginx:1.22, llmstack/litellm:1.108.7, "
      "llmstack/llamacpp:forky: name one of those under `images:` in stack.yaml"),
     ({"registry.invalid/a:1": None, "vllm/vllm-openai:v0.11.0": None},
      "images missing on the engine: registry.invalid/a:1, vllm/vllm-openai:v0.11.0",
-     "pull them on the engine: docker pull registry.invalid/a:1; "
-     "docker pull vllm/vllm-openai:v0.11.0"),
+     "pull them with `llmstack images pull` (uses `docker login` credentials), or where no "
+     "registry answers load a bundle (`llmstack images load BUNDLE`)"),
     ({"llmstack/nginx:1.22": None, "llmstack/x:1": None, "b/c:2": None},
      "images missing on the engine: llmstack/nginx:1.22, llmstack/x:1, b/c:2",
-     "build them with `llmstack images build`; `llmstack images build` makes only "
+     "build them with `llmstack images build`, or load a bundle made with "
+     "`llmstack images save` (`llmstack images load BUNDLE`); `llmstack images build` makes only "
      "llmstack/nginx:1.22, llmstack/litellm:1.108.7, llmstack/llamacpp:forky: name one of "
-     "those under `images:` in stack.yaml; pull them on the engine: docker pull b/c:2"),
+     "those under `images:` in stack.yaml; pull them with `llmstack images pull` (uses "
+     "`docker login` credentials), or where no "
+     "registry answers load a bundle (`llmstack images load BUNDLE`)"),
 ])
 def test_preflight_images(ids: dict[str, str | None], detail: str | None, fix: str | None
                           ) -> None:
@@ -258,8 +262,8 @@ def test_an_image_whose_name_says_port_or_disk_gets_only_the_image_fix() -> None
     facts = PreflightFacts(ids, df=DF_FREE_500_GIB)
     with pytest.raises(UserError) as info:
         checks.raise_failing(preflight(s, facts), "preflight failed")
-    assert info.value.hint == \
-        "pull them on the engine: docker pull registry.invalid/transport-disk:1"
+    assert info.value.hint == images.missing_fix(["registry.invalid/transport-disk:1"])
+    assert "port" not in info.value.hint and "disk" not in info.value.hint
 
 
 def test_every_problem_at_once_in_order_with_each_fix_once() -> None:
@@ -282,7 +286,7 @@ def test_every_problem_at_once_in_order_with_each_fix_once() -> None:
         "  - port 0.0.0.0:5000 is already in use on this host",
         "  - disk nearly full on the engine's host: 1.0 GiB free, 2.0 GiB needed to start "
         "containers safely"]
-    assert info.value.hint == "; ".join(["build them with `llmstack images build`",
+    assert info.value.hint == "; ".join([images.missing_fix(["llmstack/nginx:1.22"]),
                                          checks.MODEL_FIX, checks.PORT_FIX, checks.DISK_FIX])
 
 

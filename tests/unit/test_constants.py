@@ -18,11 +18,22 @@ DOCKERFILES = sorted((REPO / "images").glob("*/Dockerfile"))
 
 
 def test_own_image_tags_come_from_the_build_catalog() -> None:
-    assert spec.DEFAULT_IMAGES["nginx"] == images.NGINX.tag
-    assert spec.DEFAULT_IMAGES["litellm"] == images.LITELLM.tag == \
+    own = spec.Images()
+    assert own.ref("nginx", "local") == images.NGINX.tag
+    assert own.ref("litellm", "local") == images.LITELLM.tag == \
         f"{images.OWN_IMAGE_PREFIX}litellm:{images.LITELLM_VERSION}"
-    assert spec.DEFAULT_IMAGES["llamacpp"] == images.LLAMACPP.tag
-    assert all(s.tag.startswith(plan.OWN_IMAGE_PREFIX) for s in images.CATALOG.values())
+    assert own.ref("llamacpp", "local") == images.LLAMACPP.tag
+    assert all(s.tag.startswith(images.OWN_IMAGE_PREFIX) for s in images.CATALOG.values())
+
+
+def test_every_upstream_image_but_tgi_is_pinned_by_digest() -> None:
+    for key, entry in images.SERVICE_IMAGES.items():
+        ref = images.parse_reference(entry.registry)
+        assert ref.tag, key
+        assert (ref.digest is None) == (key == "tgi"), key
+        assert ref.digest is None or re.fullmatch(r"sha256:[0-9a-f]{64}", ref.digest)
+        # no local build: the registry image serves `local` too (bundles bring it)
+        assert spec.Images().ref(key, "local") == (entry.local or entry.registry)
 
 
 def test_the_image_uid_is_one_constant_passed_to_every_build() -> None:
@@ -58,7 +69,7 @@ def test_every_config_path_derives_from_the_config_root() -> None:
 
 def _with_litellm(image: str) -> Any:
     data = yaml.safe_load(initialize.starter())
-    data.setdefault("images", {})["litellm"] = image
+    data["images"] = {"source": data.get("images", "auto"), "litellm": image}
     return spec.parse(yaml.safe_dump(data, sort_keys=False))
 
 

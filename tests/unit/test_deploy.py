@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmstack import cli, deploy, edge, names, plan
-from llmstack.errors import DeployError, EngineError
+from llmstack.errors import DeployError, EngineError, RegistryUnreachable
 from llmstack.initialize import init
 from llmstack.project import Loaded, load
 from tests.fake_engine import FakeEngine
@@ -46,6 +46,12 @@ def up(loaded: Loaded, engine: FakeEngine, events: Events | None = None) -> depl
     return deploy.up(loaded, engine, events or Events(), local_engine=False)
 
 
+def plan_only(loaded: Loaded, engine: FakeEngine, take_over: bool = False) -> list[plan.Action]:
+    """`llmstack plan`'s actions: the image source decided for the engine first, as `up`."""
+    decided = deploy.decide_images(loaded, engine, lambda _: None, fetch=False)[0]
+    return deploy.plan_only(decided, engine, take_over)
+
+
 def starts(engine: FakeEngine) -> list[str]:
     return [c.split(" ", 1)[1] for c in engine.calls if c.startswith("start ")]
 
@@ -78,7 +84,8 @@ def test_first_up_creates_every_service_in_dependency_order(loaded: Loaded,
     assert nginx_volume["nginx.conf"] == (loaded.rendered.services[names.NGINX]["nginx.conf"],
                                           0o644)
     assert {n: m for n, (_, m) in nginx_volume.items() if n.startswith("secrets/")} == {
-        "secrets/keys.conf": 0o600, "secrets/tls.crt": 0o600, "secrets/tls.key": 0o600}
+        "secrets/keys.conf": 0o600, "secrets/key-limits.conf": 0o600,
+        "secrets/tls.crt": 0o600, "secrets/tls.key": 0o600}
 
 
 def test_a_second_up_touches_nothing(loaded: Loaded, engine: FakeEngine) -> None:
@@ -136,7 +143,7 @@ def test_nginx_refusing_its_new_config_keeps_the_old_one(loaded: Loaded,
     # The files nginx runs are put back, so the next `up` still sees the change to make.
     assert engine.volumes[names.config_volume(engine.project, names.NGINX)][edge.KEYS_FILE] \
         == (b"old", 0o600)
-    assert {a.service: a.kind for a in deploy.plan_only(loaded, engine)}[names.NGINX] \
+    assert {a.service: a.kind for a in plan_only(loaded, engine)}[names.NGINX] \
         == "reload"
 
 
@@ -153,12 +160,12 @@ def test_an_nginx_conf_change_reloads_nginx_in_place(loaded: Loaded,
     assert engine.containers[names.NGINX].id == nginx_id  # no new container, no port gap
     volume = engine.volumes[names.config_volume(engine.project, names.NGINX)]
     assert volume["nginx.conf"][0] == changed.rendered.services[names.NGINX]["nginx.conf"]
-    assert plan.is_noop(deploy.plan_only(changed, engine))
+    assert plan.is_noop(plan_only(changed, engine))
     report = {s.service: s for s in deploy.status(changed, engine).services}
     assert report[names.NGINX].in_sync is True
     # A change of nginx's container itself (its published port) still recreates it.
     moved = _edit(changed, lambda d: d["listeners"]["local"].update(port=4100))
-    assert {a.service: a.kind for a in deploy.plan_only(moved, engine)}[names.NGINX] \
+    assert {a.service: a.kind for a in plan_only(moved, engine)}[names.NGINX] \
         == "recreate"
 
 
@@ -203,11 +210,14 @@ def test_a_crashed_container_fails_fast(loaded: Loaded, engine: FakeEngine) -> N
 
 def test_missing_images_are_refused_before_anything_starts(loaded: Loaded,
                                                            engine: FakeEngine) -> None:
-    engine.missing_images = {loaded.spec.images.nginx}
+    local, upstream = (loaded.spec.images.ref("nginx", s) for s in ("local", "registry"))
+    engine.missing_images = {local, upstream}
+    engine.registry_error = RegistryUnreachable("registry docker.io did not answer")
     with pytest.raises(Exception) as err:
         up(loaded, engine)
-    assert "images missing on the engine: " + loaded.spec.images.nginx in str(err.value)
-    assert engine.calls == []
+    assert "images missing on the engine: " + local in str(err.value)
+    assert "llmstack images build" in err.value.hint  # type: ignore[attr-defined]
+    assert engine.calls == [f"registry {upstream}"]  # asked once, nothing started
 
 
 def test_start_order_follows_start_after_not_roles() -> None:
@@ -411,13 +421,13 @@ def test_a_second_folder_with_the_same_project_is_refused(tmp_path: Path,
     assert all(c.labels[names.LABEL_OWNER] == engine.owner_labels[names.LABEL_OWNER]
                for c in engine.containers.values())
     # The first folder itself keeps working on its containers.
-    assert plan.is_noop(deploy.plan_only(first, engine))
+    assert plan.is_noop(plan_only(first, engine))
 
     # The second folder has no id yet (plan writes none): its plan, up and down refuse.
     engine.owner_labels = owner(second.paths, create=False).labels()
     assert engine.owner_labels == {}
     with pytest.raises(OwnershipError) as refused:
-        deploy.plan_only(second, engine)
+        plan_only(second, engine)
     message = refused.value.message
     assert f"project {first.spec.project!r}" in message and str(first.paths.root) in message
     assert "another stack folder" in message
@@ -429,13 +439,13 @@ def test_a_second_folder_with_the_same_project_is_refused(tmp_path: Path,
     assert {c.service: c.id for c in engine.containers.values()} == ids  # nothing touched
 
     # --take-over: every container is recreated as the second folder's.
-    actions = deploy.plan_only(second, engine, take_over=True)
+    actions = plan_only(second, engine, take_over=True)
     assert {a.kind for a in actions} == {"recreate"}
     assert all("another stack folder" in a.reason for a in actions)
     deploy.up(second, engine, Events(), local_engine=False, take_over=True)
     assert all(c.labels[names.LABEL_OWNER] == engine.owner_labels[names.LABEL_OWNER]
                for c in engine.containers.values())
-    assert plan.is_noop(deploy.plan_only(second, engine))
+    assert plan.is_noop(plan_only(second, engine))
 
 
 def test_containers_made_before_owner_labels_are_adopted(loaded: Loaded,
@@ -445,7 +455,7 @@ def test_containers_made_before_owner_labels_are_adopted(loaded: Loaded,
     up(loaded, engine)  # no owner labels: as llmstack made containers before them
     engine.owner_labels = owner(loaded.paths, create=True).labels()
     assert loaded.paths.stack_id.exists()
-    assert plan.is_noop(deploy.plan_only(loaded, engine))
+    assert plan.is_noop(plan_only(loaded, engine))
     assert owner(loaded.paths, create=True).id == engine.owner_labels[names.LABEL_OWNER]
 
 
@@ -507,7 +517,7 @@ def test_a_model_change_starts_the_new_container_beside_the_old_one(loaded: Load
     assert engine.containers[CHAT].id != old_ids[CHAT]
     assert engine.containers[EMBED].id == old_ids[EMBED]
     assert ("nginx", "draining", "old workers finish in-flight requests") in events.seen
-    assert plan.is_noop(deploy.plan_only(changed, engine))
+    assert plan.is_noop(plan_only(changed, engine))
 
 
 def test_a_model_that_never_gets_ready_is_rolled_back(loaded: Loaded, engine: FakeEngine,
@@ -595,7 +605,7 @@ def test_leftovers_of_an_interrupted_update_are_removed(loaded: Loaded,
     svc = next(s for s in plan.desired(loaded.spec, loaded.rendered, loaded.keys().internal)
                if s.service == CHAT)
     engine.start(svc, CHAT + names.NEXT)  # as if `up` was killed mid-update
-    actions = {a.service: a for a in deploy.plan_only(loaded, engine)}
+    actions = {a.service: a for a in plan_only(loaded, engine)}
     assert actions[CHAT + names.NEXT].kind == "remove"
     assert actions[CHAT + names.NEXT].reason == "left over from an interrupted update"
     up(loaded, engine)
@@ -614,7 +624,7 @@ def test_each_changing_up_records_a_revision_and_rollback_returns_to_one(
     assert up(loaded, engine).revision is None  # nothing changed: nothing recorded
     changed = _edit(loaded, lambda d: d["models"][0].update(args=["--threads", "2"]))
     assert up(changed, engine).revision == 2
-    revisions = history.load_all(engine, loaded.spec.images.litellm)
+    revisions = history.load_all(engine, loaded.spec.images.for_key("litellm"))
     assert [r.number for r in revisions] == [1, 2]
     assert "--threads" in revisions[1].stack_yaml and revisions[0].digest != revisions[1].digest
     # No secret in a revision: neither key appears in the recorded files.
@@ -626,6 +636,7 @@ def test_each_changing_up_records_a_revision_and_rollback_returns_to_one(
     monkeypatch.setattr(cli, "_engine", lambda host, project: engine)
     root = str(loaded.paths.root)
     monkeypatch.setattr("sys.argv", ["llmstack", "rollback", "-C", root, "--json"])
+    capsys.readouterr()  # the earlier `up`s' image lines
     cli.main()  # returns: exit 0
     out = json.loads(capsys.readouterr().out)
     assert out["rolled_back_to"] == 1 and out["revision"] == 3

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmstack import doctor, tls
+from llmstack import doctor, images, tls
 from llmstack.doctor import Facts, Finding, Report
 from llmstack.engine import host
 from llmstack.gpu import Gpu
@@ -231,7 +231,8 @@ def test_missing_images_say_how_to_get_them() -> None:
                                                      "vllm/vllm-openai:v0.11.0": False,
                                                      "llmstack/litellm:1.108.7": True}))
     assert f.status == "fail" and f.scope == "host"
-    assert f.fix == "llmstack images build; docker pull vllm/vllm-openai:v0.11.0"
+    assert f.fix == images.missing_fix(["llmstack/nginx:1.22", "vllm/vllm-openai:v0.11.0"])
+    assert "`llmstack images build`" in f.fix and "`llmstack images pull`" in f.fix
 
 
 def test_model_files_present_missing_or_downloaded() -> None:
@@ -243,8 +244,30 @@ def test_model_files_present_missing_or_downloaded() -> None:
     assert found["model:a"].status == "ok" and "93 MiB" in found["model:a"].detail
     assert found["model:b"].status == "fail" and "not found in the host" in \
         found["model:b"].detail
-    assert found["model:c"].status == "ok" and "downloaded on the host" in \
-        found["model:c"].detail
+    assert found["model:c"].status == "ok" and "`up` fetches it into the llmstack-hf-cache " \
+        "volume on the engine's host" in found["model:c"].detail
+
+
+def test_pinned_hf_sources_show_their_commit_size_and_whether_this_host_has_them() -> None:
+    from llmstack.lock import Locked, LockedFile
+
+    models = [{"name": n, "source": f"hf:org/{n}/{n}-Q4_K_M.gguf"} for n in ("a", "b", "c")]
+    s = spec(models=models)
+    pins = {m["source"]: Locked(f"org/{m['name']}", f"{m['name']}-Q4_K_M.gguf", "main",
+                                "c0ffee" * 6 + "abcd",
+                                (LockedFile("x.gguf", 4_683_073_888, "ab" * 32),))
+            for m in models}
+    sources = {"a": host.SourceStat(True, 1), "b": host.SourceStat(False)}
+    facts = facts_with(sources=sources, pins=pins)
+    found = {f.check: f.detail for f in doctor.evaluate_models(s, facts)}
+    pinned = "pinned at commit c0ffeec0ffee, 4.7 GB"
+    assert found["model:a"] == f"hf:org/a/a-Q4_K_M.gguf: {pinned}, in the llmstack-hf-cache volume"
+    assert found["model:b"] == f"hf:org/b/b-Q4_K_M.gguf: {pinned}, not on this host yet: `up` " \
+        "downloads 4.7 GB (needs network there)"
+    assert found["model:c"].endswith("not looked for (no image to look with)")
+    # The disk check counts the real size of what is missing: b (and c, not looked for).
+    (disk,) = doctor.evaluate_disk(s, facts)
+    assert "model downloads need ~8.7 GiB" in disk.detail
 
 
 # --- local files and the exit code ---------------------------------------------------------------
@@ -337,3 +360,23 @@ def test_verify_reaches_listeners_where_a_client_can() -> None:
                              "lan": {"port": 8080, "enabled": False},
                              "https": {"port": 443, "enabled": False}})
     assert endpoints(closed, "gpu-1.example.com")[1] is None
+
+
+def test_gather_takes_a_pinned_gguf_size_from_the_lock_and_looks_for_it_in_the_cache() -> None:
+    from llmstack import hfcache
+    from llmstack.lock import Locked, LockedFile
+    from tests.fake_engine import FakeEngine
+
+    s = spec(models=[{"name": "a", "source": "hf:org/a/a-Q4_K_M.gguf"},
+                     {"name": "b", "backend": "vllm", "source": "hf:org/b-7b", "gpus": [0]}])
+    commit = "c0ffee" * 6 + "abcd"
+    pins = {"hf:org/a/a-Q4_K_M.gguf": Locked("org/a", "a-Q4_K_M.gguf", "main", commit,
+                                             (LockedFile("a-Q4_K_M.gguf", 4_683_073_888,
+                                                         "ab" * 32),)),
+            "hf:org/b-7b": Locked("org/b-7b", "", "main", commit,
+                                  (LockedFile("model.safetensors", 14_000_000_000, "cd" * 32),))}
+    engine = FakeEngine(project=s.project, absent={hfcache.marker("org/b-7b", commit)})
+    engine.host_snapshot = lambda candidates: host.HostSnapshot("img", DF, PROC_NET)  # type: ignore[method-assign]
+    facts = doctor.gather(engine, "local", s, None, pins)
+    assert facts.sources["a"] == host.SourceStat(True, 4_683_073_888)
+    assert facts.sources["b"] == host.SourceStat(False, None)

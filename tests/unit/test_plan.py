@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llmstack import initialize, names, plan, render, secrets, sizing, spec
+from llmstack import images, initialize, names, plan, render, secrets, sizing, spec
 from llmstack.plan import Action, Actual, ServiceSpec
 
 INTERNAL = secrets.new_key()
@@ -124,15 +124,21 @@ def test_a_models_own_memory_limit_wins_and_cpus_pids_stay() -> None:
     assert (by_name[CHAT].pids_limit, by_name[EMBED].pids_limit) == (plan.DEFAULT_PIDS, 128)
 
 
-def test_security_settings_are_decided_by_the_plan_per_image() -> None:
-    def root_image(d: dict[str, Any]) -> None:
-        d["models"][0]["image"] = "ghcr.io/ggml-org/llama.cpp:server"
+def test_security_settings_are_decided_by_the_plan_per_image_key() -> None:
+    def upstream_and_root(d: dict[str, Any]) -> None:
+        # llama.cpp's upstream image runs as any uid, like the local build; vLLM needs root.
+        d["images"] = {"source": "registry"}
+        d["models"][0].update(backend="vllm", source="hf:org/repo", gpus=[0])
 
-    by_name = {s.service: s for s in wanted(root_image)}
+    by_name = {s.service: s for s in wanted(upstream_and_root)}
     own, root = by_name[EMBED], by_name[CHAT]
+    assert own.image == images.SERVICE_IMAGES["llamacpp"].registry
     assert (own.user, own.read_only, own.cap_add) == (plan.OWN_UID, True, ())
     assert (root.user, root.read_only, root.cap_add) == (None, False, plan.ROOT_IMAGE_CAPS)
     assert (root.owner, own.owner) == (None, (10001, 10001))
+    for key in ("nginx", "litellm"):
+        svc = by_name[names.NGINX if key == "nginx" else names.LITELLM]
+        assert svc.image == images.SERVICE_IMAGES[key].registry and svc.user == plan.OWN_UID
     for svc in by_name.values():
         assert svc.cap_drop == ("ALL",) and svc.no_new_privileges and svc.init
         assert svc.restart == "unless-stopped"

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from llmstack import initialize, names, render, secrets, spec
 from llmstack.render import Rendered
+from llmstack.teamkeys import Store
 from tests.helpers import REPO
 
 GOLDEN = REPO / "tests" / "golden"
@@ -37,6 +38,11 @@ def rendered_from(text: str) -> Rendered:
 def in_rotation(previous_expires: int) -> secrets.Keys:
     """Keys during a rotation: a new master key, the old one accepted until `previous_expires`."""
     return secrets.Keys(secrets.new_key(), secrets.new_key(), secrets.new_key(), previous_expires)
+
+
+def keys_conf(keys: secrets.Keys, now: float) -> bytes:
+    """The key map of the starter stack with no team keys."""
+    return render.render_nginx_keys(keys, now, spec.parse(initialize.starter()), Store())
 
 
 def demo() -> Rendered:
@@ -142,9 +148,9 @@ def test_every_rendered_file_says_it_is_generated() -> None:
 def test_no_secret_in_rendered_files() -> None:
     keys = in_rotation(1_700_000_000 + 600)
     r = demo()
-    keys_conf = render.render_nginx_keys(keys, 1_700_000_100)
+    conf = keys_conf(keys, 1_700_000_100)
     for secret in (keys.master, keys.internal, keys.previous):
-        assert secret and secret.encode() in keys_conf  # the secrets file does carry them
+        assert secret and secret.encode() in conf  # the secrets file does carry them
         for service, files in r.services.items():
             for name, data in files.items():
                 assert secret.encode() not in data, f"{service}/{name} leaks a key"
@@ -162,7 +168,8 @@ def test_rate_limits_answer_429_not_503() -> None:
     http = directives(block(nginx_conf(demo()), "http {"))
     assert "limit_req_status 429;" in http
     assert "limit_conn_status 429;" in http
-    assert "limit_req_zone $binary_remote_addr zone=llmstack_rps:4m rate=10r/s;" in http
+    # Keyed by the client's address, or nothing for a team key (its own limits apply).
+    assert "limit_req_zone $llmstack_ip_limit_key zone=llmstack_rps:4m rate=10r/s;" in http
     assert "limit_req zone=llmstack_rps burst=20 nodelay;" in http
     assert "limit_conn llmstack_conn 100;" in http
 
@@ -253,21 +260,22 @@ def test_lossy_model_names_get_distinct_container_names() -> None:
 
 def test_keys_conf_accepts_previous_key_only_before_its_expiry() -> None:
     keys = in_rotation(1_700_000_000 + 600)
-    during = render.render_nginx_keys(keys, 1_700_000_100).decode()
+    during = keys_conf(keys, 1_700_000_100).decode()
     assert f"+{keys.previous}$\" previous;" in during
     pattern = re.search(r'"~\^previous:(.+)\\\." 1;', during)
     assert pattern is not None
     assert re.fullmatch(pattern.group(1), "1700000599")
     assert not re.fullmatch(pattern.group(1), "1700000600")
-    after = render.render_nginx_keys(keys, 1_700_000_601).decode()
+    after = keys_conf(keys, 1_700_000_601).decode()
     assert keys.previous not in after and "previous:" not in after.split("map $scheme")[0] \
         .split('"~^current:" 1;')[1]
 
 
 def test_keys_conf_without_rotation_has_only_the_current_key() -> None:
     keys = secrets.generate()
-    conf = render.render_nginx_keys(keys, 0).decode()
-    assert conf.count("sk-") == 2  # the client key and the internal key
+    conf = keys_conf(keys, 0).decode()
+    assert conf.count(keys.master) == 1 and "previous" not in conf.split("map $scheme")[0] \
+        .split('"~^current:" 1;')[1]
     assert f"default \"Bearer {keys.internal}\";" in conf
 
 

@@ -53,6 +53,10 @@ class FakeEngine:
     generation: int = 1
     project: str = "p"
 
+    def image_ids(self, tags: list[str]) -> dict[str, str | None]:
+        # llmstack's local builds are on this pretend engine, upstream images are not.
+        return {t: f"sha256:{t}" if t.startswith("llmstack/") else None for t in tags}
+
     def _check(self, where: str) -> None:
         key = secrets.load_keys(self.loaded.paths.env).master  # .env must always parse
         for name, conf in (("running nginx", self.running), ("nginx after a restart",
@@ -74,7 +78,8 @@ class FakeEngine:
         self._check("before ship")
         self.calls.append("ship")
         assert svc.config == {}, "a rotation must not ship nginx.conf"
-        assert set(extra) == {"secrets/keys.conf", "secrets/tls.crt", "secrets/tls.key"}
+        assert set(extra) == {"secrets/keys.conf", "secrets/key-limits.conf", "secrets/tls.crt",
+                              "secrets/tls.key"}
         if self.fail_at == "ship":
             raise DeployError("engine refused put_archive")
         self.volume = extra["secrets/keys.conf"][0]

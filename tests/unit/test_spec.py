@@ -95,7 +95,7 @@ def test_defaults_from_the_issue() -> None:
     ("    backend: llamacpp\n    task", "    backnd: llamacpp\n    task", "models[1].backnd",
      "backend"),
     ("  local: {port: 4000,", "  local: {prot: 4000,", "listeners.local.prot", "port"),
-    ("  nginx: llmstack/nginx", "  ngnix: llmstack/nginx", "images.ngnix", "nginx"),
+    ("images: auto", "images: {sorce: auto}", "images.sorce", "source"),
 ])
 def test_misspelt_key_gets_did_you_mean_and_its_line(old: str, new: str, path: str,
                                                      suggestion: str) -> None:
@@ -448,9 +448,83 @@ def test_other_volumes_are_model_volumes(volume: str) -> None:
 
 
 def test_source_kind_the_backend_cannot_load() -> None:
-    problem = only(problems_after(lambda d: d["models"][0].update(source="hf:org/repo")))
-    assert problem.message == "backend 'llamacpp' cannot load a hf: source"
-    assert problem.hint == "use one of: volume:, host:"
+    problem = only(problems_after(lambda d: d["models"][0].update(source="ollama:llama3.1:8b")))
+    assert problem.message == "backend 'llamacpp' cannot load a ollama: source"
+    assert problem.hint == "use one of: volume:, host:, hf:"
+
+
+# --- hf: sources: a whole repository (vllm, tgi) or one GGUF file of it (llamacpp) ------------
+
+
+@pytest.mark.parametrize(("source", "repo", "file", "revision"), [
+    ("hf:bartowski/Qwen2.5-Coder-7B-Instruct-GGUF/Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf",
+     "bartowski/Qwen2.5-Coder-7B-Instruct-GGUF", "Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf", ""),
+    ("hf:org/repo/sub/dir/m-Q4_0.gguf@v1.2", "org/repo", "sub/dir/m-Q4_0.gguf", "v1.2"),
+    ("hf:deepseek-ai/deepseek-coder-6.7b-instruct", "deepseek-ai/deepseek-coder-6.7b-instruct",
+     "", ""),
+    ("hf:org/repo@0123456789abcdef0123456789abcdef01234567", "org/repo", "",
+     "0123456789abcdef0123456789abcdef01234567"),
+    ("hf:org/repo@refs/pr/1", "org/repo", "", "refs/pr/1"),
+])
+def test_hf_source_grammar(source: str, repo: str, file: str, revision: str) -> None:
+    parsed = spec.parse_source(source)
+    assert (parsed.kind, parsed.location, parsed.path, parsed.revision) == \
+        ("hf", repo, file, revision)
+    assert parsed.ref == f"{repo}/{file}".rstrip("/")
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("hf:org", "hf: needs ORG/REPO ('org' is not)"),
+    ("hf:org/", "hf: needs ORG/REPO ('org/' is not)"),
+    ("hf:org//m.gguf", "hf: needs ORG/REPO"),
+    ("hf:-org/repo", "'-org' is not a Hugging Face organisation or repository name"),
+    ("hf:org/re--po", "'re--po' is not a Hugging Face organisation or repository name"),
+    ("hf:org/repo.", "'repo.' is not a Hugging Face organisation or repository name"),
+    ("hf:org/repo@", "revision '' after '@' is not a branch, tag or commit"),
+    ("hf:org/repo@-x", "revision '-x' after '@' is not a branch, tag or commit"),
+    ("hf:org/repo@a@b", "revision 'a@b' after '@' is not a branch, tag or commit"),
+    ("hf:org/repo/-m.gguf", "'-m.gguf' is not a file or folder name of a repository"),
+])
+def test_bad_hf_source_names_the_part_and_the_fix(source: str, message: str) -> None:
+    problem = only(problems_after(lambda d: d["models"][0].update(source=source)))
+    assert problem.path == "models[0].source"
+    assert message in problem.message
+    assert problem.value == source
+
+
+@pytest.mark.parametrize(("backend", "source", "message", "hint"), [
+    ("llamacpp", "hf:org/repo-GGUF", "backend 'llamacpp' loads one GGUF file, not a whole "
+     "repository", "name the file: hf:org/repo-GGUF/FILE.gguf"),
+    ("llamacpp", "hf:org/repo/model.safetensors", "backend 'llamacpp' loads GGUF files only "
+     "('model.safetensors' is not one)", "pick a .gguf file of org/repo"),
+    ("vllm", "hf:org/repo-7b/m.gguf@v2", "backend 'vllm' loads a whole repository, not one file",
+     "drop the file part: hf:org/repo-7b@v2"),
+    ("tgi", "hf:org/repo-7b/m.gguf", "backend 'tgi' loads a whole repository, not one file",
+     "drop the file part: hf:org/repo-7b"),
+    ("ollama", "hf:org/repo", "backend 'ollama' cannot load a hf: source",
+     "use one of: ollama:, volume:"),
+])
+def test_hf_source_form_must_suit_the_backend(backend: str, source: str, message: str,
+                                              hint: str) -> None:
+    gpus = [0] if backend in ("vllm", "tgi") else "cpu"
+    problem = only(problems_after(lambda d: d["models"][0].update(
+        backend=backend, source=source, gpus=gpus, task="chat")))
+    assert problem.path == "models[0].source"
+    assert problem.message == message
+    assert hint in problem.hint
+
+
+@pytest.mark.parametrize(("backend", "source"), [
+    ("llamacpp", "hf:bartowski/Qwen2.5-Coder-7B-Instruct-GGUF/"
+                 "Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf@main"),
+    ("vllm", "hf:deepseek-ai/deepseek-coder-6.7b-instruct"),
+    ("tgi", "hf:org/repo@v1"),
+])
+def test_hf_source_of_the_right_form_is_valid(backend: str, source: str) -> None:
+    data = starter()
+    data["models"] = [{"name": "m", "backend": backend, "source": source,
+                       "gpus": [0] if backend != "llamacpp" else "cpu"}]
+    spec.parse(yaml.safe_dump(data), "stack.yaml")
 
 
 def test_newer_schema_version_is_refused() -> None:
@@ -491,7 +565,7 @@ def test_injected_model_name_and_alias_are_rejected(bad: str) -> None:
 
 @pytest.mark.parametrize(("change", "path"), [
     (lambda d: d["models"][0].update(args=["--x\nserver { }"]), "models[0].args[0]"),
-    (lambda d: d["images"].update(nginx="nginx;rm"), "images.nginx"),
+    (lambda d: d.update(images={"nginx": "nginx;rm"}), "images.nginx"),
     (lambda d: d["models"][0].update(image="x y"), "models[0].image"),
     (lambda d: d.update(max_body_size="10m; allow all"), "max_body_size"),
     (lambda d: d["models"][0].update(resources={"memory": "1g;"}), "models[0].resources.memory"),
@@ -609,14 +683,14 @@ def test_spec_error_to_dict_carries_every_problem() -> None:
 
 
 def test_ipv6_hosts_are_bracketed_wherever_a_url_or_port_names_them() -> None:
-    from llmstack import cli, export
+    from llmstack import endpoints, export
 
     assert [spec.url_host(h) for h in ("::1", "127.0.0.1", "api.example.com")] == \
         ["[::1]", "127.0.0.1", "api.example.com"]
     data = yaml.safe_load(initialize.starter())
     data["domain"] = "::1"
     data["listeners"]["local"]["bind"] = "::1"
-    endpoints = cli._endpoints(spec.parse(yaml.safe_dump(data)))
+    endpoints = endpoints.urls(spec.parse(yaml.safe_dump(data)))
     assert endpoints["https"] == "https://[::1]/v1"
     assert endpoints["local"] == "http://[::1]:4000/v1"
     assert export._port("8080/tcp", "::1", 4000) == "[::1]:4000:8080/tcp"

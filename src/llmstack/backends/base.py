@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from .. import hfcache
+
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
@@ -20,6 +22,9 @@ class Mount:
     # A volume of the stack's own (labelled with the project, removed by `down --volumes`);
     # others, such as model volumes, belong to the user and are never created or removed.
     managed: bool = False
+    # A folder in a managed volume made before the start, owned by the service's user: a new
+    # volume's root belongs to root unless the image has that path (upstream images differ).
+    owned_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,18 +47,42 @@ class Backend(Protocol):
     supports_embeddings: bool
     needs_gpu: bool
     source_kinds: tuple[str, ...]  # accepted `source:` schemes
+    # The form of `hf:` source it loads: "file" (hf:ORG/REPO/FILE.gguf), "repo" (hf:ORG/REPO),
+    # "" when it takes no hf: source.
+    hf_form: str
+    # Where the server keeps weights it fetches itself (hf: repos, ollama: tags); None for a
+    # backend that only reads files it is given.
+    cache_dir: str | None
+    # Seconds the server keeps an idle keep-alive connection open before closing it (its
+    # real default, source named beside each value); None: it never closes idle ones.
+    # LiteLLM's client side must give up on idle connections sooner (see keepalive.py).
+    idle_keepalive_s: int | None
 
-    def launch(self, model: ModelSpec) -> Launch: ...
+    def launch(self, model: ModelSpec, pin: str = "") -> Launch:
+        """`pin`: the commit an hf: source was fetched at (stack.lock), "" when unknown."""
+        ...
 
     def served_name(self, model: ModelSpec) -> str: ...
 
 
-def model_mount(model: ModelSpec, target: str = "/models") -> tuple[list[Mount], str]:
-    """Mount a volume:/host: source read-only; return the mounts and the in-container path."""
+def model_mount(model: ModelSpec, target: str = "/models", pin: str = ""
+                ) -> tuple[list[Mount], str]:
+    """Mount a volume:/host: source read-only, or the Hugging Face cache for an hf: source
+    (fetched at commit `pin`; before the first fetch the path names the requested revision);
+    return the mounts and the in-container path."""
     src = model.parsed_source
+    if src.kind == "hf":
+        commit = pin or src.revision or "main"
+        return [Mount(hfcache.VOLUME, hfcache.MOUNT)], \
+            hfcache.in_container(hfcache.snapshot(src.location, commit, src.path))
     if src.kind == "volume":
         return [Mount(src.location, target)], f"{target}/{src.path}".rstrip("/")
     if src.kind == "host":
         parent, _, name = src.path.rpartition("/")
         return [Mount(parent or "/", target, kind="bind")], f"{target}/{name}"
     return [], src.path
+
+
+def source_env(model: ModelSpec) -> dict[str, str]:
+    """The environment an hf: source needs in the model container: the cache, offline."""
+    return dict(hfcache.OFFLINE_ENV) if model.parsed_source.kind == "hf" else {}

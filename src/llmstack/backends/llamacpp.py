@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Launch, model_mount
+from .base import Launch, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -19,13 +19,17 @@ class LlamaCpp:
     api_base_path = "/v1"
     supports_embeddings = True
     needs_gpu = False
-    source_kinds = ("volume", "host")
+    source_kinds = ("volume", "host", "hf")
+    hf_form = "file"
+    cache_dir: str | None = None
+    idle_keepalive_s = 5  # cpp-httplib CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND; llama-server has no
+    # flag for it. Measured: "Keep-Alive: timeout=5, max=100", idle close after 5.0 s.
 
     def served_name(self, model: ModelSpec) -> str:
         return model.name
 
-    def launch(self, model: ModelSpec) -> Launch:
-        mounts, path = model_mount(model)
+    def launch(self, model: ModelSpec, pin: str = "") -> Launch:
+        mounts, path = model_mount(model, pin=pin)
         cmd = ["--host", "0.0.0.0", "--port", str(self.port), "-m", path,
                "--alias", model.name, "--ctx-size", str(model.context)]
         if model.task == "embedding":
@@ -33,7 +37,7 @@ class LlamaCpp:
             cmd += ["--embeddings", "--pooling", "mean"]
         if model.gpus != "cpu":
             cmd += ["--n-gpu-layers", "999"]
-        return Launch(command=cmd + list(model.args), mounts=mounts)
+        return Launch(command=cmd + list(model.args), mounts=mounts, env=source_env(model))
 
 
 BACKEND = LlamaCpp()

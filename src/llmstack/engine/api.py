@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from ..backends.base import Mount
 from ..errors import EngineError, LlmstackError
 
 if TYPE_CHECKING:
@@ -46,6 +47,25 @@ class ContainerInfo:
     labels: dict[str, str] = field(default_factory=dict)
     restart_count: int = 0
     exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A short-lived container that runs to completion on the engine's host (a model fetch),
+    on the project's network, removed afterwards. Decided by its caller; the engine only
+    translates it. Secrets appear only in `env` values named in `secret_env`, never in
+    `command` (arguments show in `ps` and in the engine's records)."""
+
+    name: str  # the service-like part of the container's name: <project>-<name>
+    image: str
+    entrypoint: list[str]
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: list[Mount] = field(default_factory=list)
+    secret_env: tuple[str, ...] = ()
+    user: str = "0:0"  # root, with every capability dropped: it owns a fresh volume's root
+    memory: str = "1g"
+    pids: int = 256
 
 
 def is_engine_exception(exc: BaseException) -> bool:
@@ -165,6 +185,11 @@ class Engine(Protocol):
     def down(self, volumes: bool = False) -> list[str]:
         """Remove every container and the network (and config volumes): removed names."""
 
+    def run_task(self, task: Task, on_line: Callable[[str], None]) -> int:
+        """Run `task` to completion on the project's network (ensure_network first), each
+        line of its output to `on_line` as it comes; its exit code. The container is removed
+        afterwards, also when this is interrupted."""
+
     # --- the host, seen through the engine -------------------------------------------------
     def close(self) -> None:
         """Release the connection to the engine."""
@@ -195,6 +220,15 @@ class Engine(Protocol):
 
     def running_services(self) -> dict[str, str]:
         """{service: state} of the project's containers."""
+
+    # --- registries ------------------------------------------------------------------------
+    def registry_digest(self, ref: str) -> str:
+        """The digest a registry serves for `ref` now, asked by the engine (no download);
+        RegistryUnreachable, RegistryAuthError or ImageNotInRegistry when it cannot."""
+
+    def pull(self, ref: str, progress: Callable[[str], None]) -> str:
+        """Pull `ref` on the engine (by its digest when it names one) and check the digest;
+        the image id. The same errors as registry_digest, DigestMismatch."""
 
     def stat_source(self, image: str, kind: str, location: str, path: str) -> SourceStat:
         """Whether a model's volume:/host: source exists on the engine's host, its size."""

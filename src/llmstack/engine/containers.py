@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import gpu, names
 from ..errors import EngineError
 from ..plan import Actual, ServiceSpec, parse_user
-from .api import ContainerInfo, mapped
+from .api import ContainerInfo, Task, mapped
 
 if TYPE_CHECKING:
     import docker
@@ -47,6 +47,16 @@ def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int) -> bytes:
             info = tarfile.TarInfo(path)
             info.size, info.mode, info.uid, info.gid, info.mtime = len(data), mode, uid, gid, 0
             tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _tar_dir(path: str, uid: int, gid: int) -> bytes:
+    """A tar of one empty folder owned by uid:gid (mode 0700)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(path)
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o700, uid, gid
+        tar.addfile(info)
     return buf.getvalue()
 
 
@@ -214,21 +224,23 @@ class Project:
         self._ensure_volume(volume)
         files = {name: (data, 0o644) for name, data in svc.config.items()}
         files.update(extra or {})
-        self._put(volume, svc.image, files, _uid(svc.user), f"the config of {svc.service}")
+        uid, gid = _uid(svc.user)
+        self._put(svc.image, volume, _tar(files, uid, gid), f"the config of {svc.service}")
 
     def _door(self, volume: str, image: str, read_only: bool) -> Container:
-        """A created-never-started container of `image` with `volume` on /cfg: the volume's
+        """A created-never-started container of `image` with `volume` on /v: the volume's
         door for archive reads and writes through the engine API."""
         return self.client.containers.create(
             image, command=["true"], entrypoint=[], user="0:0",
-            mounts=[_mount(volume, "/cfg", "volume", read_only)],
+            mounts=[_mount(volume, "/v", "volume", read_only)],
             labels={names.LABEL_PROJECT + ".tmp": self.project})
 
-    def _put(self, volume: str, image: str, files: dict[str, tuple[bytes, int]],
-             owner: tuple[int, int], what: str) -> None:
+    def _put(self, image: str, volume: str, archive: bytes, what: str) -> None:
+        """Unpack `archive` into `volume`: a created-never-started container of the service's
+        own image (present: it is about to run) is the volume's door."""
         door = self._door(volume, image, read_only=False)
         try:
-            if not door.put_archive("/cfg", _tar(files, *owner)):
+            if not door.put_archive("/v", archive):
                 raise EngineError(f"could not write {what}",
                                   "check the engine's disk space and logs")
         finally:
@@ -237,7 +249,7 @@ class Project:
     @mapped
     def write_volume(self, volume: str, files: dict[str, bytes], image: str) -> None:
         self._ensure_volume(volume)
-        self._put(volume, image, {n: (d, 0o644) for n, d in files.items()}, (0, 0), volume)
+        self._put(image, volume, _tar({n: (d, 0o644) for n, d in files.items()}, 0, 0), volume)
 
     @mapped
     def read_volume(self, volume: str, image: str) -> dict[str, bytes]:
@@ -247,7 +259,7 @@ class Project:
             return {}
         door = self._door(volume, image, read_only=True)
         try:
-            stream, _ = door.get_archive("/cfg/.")
+            stream, _ = door.get_archive("/v/.")
             files: dict[str, bytes] = {}
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
                 for member in tar:
@@ -283,6 +295,9 @@ class Project:
         for m in svc.mounts:
             if m.managed:
                 self._ensure_volume(m.source)
+                if m.owned_dir and svc.owner:
+                    self._put(svc.image, m.source, _tar_dir(m.owned_dir, *svc.owner),
+                              f"the folder {m.owned_dir} of volume {m.source}")
         config = [_mount(names.config_volume(self.project, svc.service), svc.config_mount,
                          "volume", True)] if svc.config else []
         kwargs: dict[str, Any] = {
@@ -323,6 +338,35 @@ class Project:
         container = self.client.containers.create(svc.image, **kwargs)
         container.start()
         return str(container.id)
+
+    @mapped
+    def run_task(self, task: Task, on_line: Callable[[str], None]) -> int:
+        """Run a one-shot container to completion, streaming its output line by line."""
+        name = names.container(self.project, task.name)
+        old = self._get(task.name)
+        if old is not None:  # left by an interrupted run
+            old.remove(force=True)
+        c = self.client.containers.create(
+            task.image, command=task.command, entrypoint=task.entrypoint,
+            environment=task.env, name=name, network=names.network(self.project),
+            labels={names.LABEL_PROJECT + ".tmp": self.project, names.LABEL_ROLE: "task"},
+            mounts=[_mount(m.source, m.target, m.kind, m.read_only) for m in task.mounts],
+            user=task.user, cap_drop=["ALL"], security_opt=["no-new-privileges=true"],
+            read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"}, init=True,
+            mem_limit=task.memory, pids_limit=task.pids, detach=True)
+        try:
+            c.start()
+            pending = b""
+            for chunk in c.logs(stream=True, follow=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace"))
+            if pending:
+                on_line(pending.decode(errors="replace"))
+            return int(c.wait().get("StatusCode", 1))
+        finally:
+            c.remove(force=True)
 
     @mapped
     def exec(self, service: str, cmd: list[str], environment: dict[str, str] | None = None
@@ -413,6 +457,18 @@ class Project:
     @mapped
     def present_images(self, tags: list[str]) -> dict[str, bool]:
         return {tag: image_id is not None for tag, image_id in self.image_ids(tags).items()}
+
+    @mapped
+    def registry_digest(self, ref: str) -> str:
+        from .registry import registry_digest
+
+        return registry_digest(self.client, ref)
+
+    @mapped
+    def pull(self, ref: str, progress: Callable[[str], None]) -> str:
+        from .registry import pull
+
+        return pull(self.client, ref, progress)
 
     @mapped
     def published_ports(self) -> list[dict[str, Any]]:

