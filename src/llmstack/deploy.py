@@ -219,8 +219,8 @@ PLACEHOLDER_DEADLINE = 60.0  # seconds for the 503 placeholder to answer
 def _stop_first(project: Engine, svc: plan.ServiceSpec, image: str, report: Reporter) -> None:
     """Replace the model's running container by its 503 placeholder (plan.placeholder): the
     placeholder starts beside it, takes its name once it answers, then the old container
-    stops (its GPUs are free for the new one). Requests to the model get a JSON 503 with
-    Retry-After until the new container takes the name, never a connection error."""
+    stops (its GPUs are free for the new one). Requests to the model get a JSON 503 (through
+    LiteLLM) until the new container takes the name, never a connection error."""
     hold = plan.placeholder(svc, image)
     key = svc.service + names.HOLD
     project.start(hold, key)
@@ -236,8 +236,8 @@ def _stop_first(project: Engine, svc: plan.ServiceSpec, image: str, report: Repo
     project.rename(svc.service, svc.service + names.OLD)
     project.rename(key, svc.service)
     project.remove(svc.service + names.OLD)
-    report.event(svc.service, "stopped", "old container stopped first; requests get 503 "
-                 "with Retry-After until the new one is ready")
+    report.event(svc.service, "stopped", "old container stopped first; requests get JSON "
+                 "errors (503) until the new one is ready")
 
 
 def _promote(project: Engine, service: str, report: Reporter, swaps: Swaps) -> None:
@@ -383,7 +383,7 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
             exc.message + ("\n  rolled back: " + ", ".join(back) + " run their previous "
                            "containers, which kept serving" if back else "")
             + ("\n  stopped first (update: stop-first): " + ", ".join(held) + " answer 503 "
-               "with Retry-After until `llmstack up` succeeds; `llmstack rollback` starts "
+               "(JSON errors) until `llmstack up` succeeds; `llmstack rollback` starts "
                "the previous revision" if held else ""), exc.hint) from exc
     _finish_swaps(project, swaps, report)
     fetch.pull_ollama(loaded.spec, project, report)  # ollama: tags, pulled when missing

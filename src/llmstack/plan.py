@@ -202,7 +202,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
 
 
 # While a model is replaced stop-first, this answers for it under its name: every request
-# gets 503 with a JSON error (nginx adds Retry-After), never a connection error. Stdlib only;
+# gets 503 with a JSON error (through LiteLLM), never a connection error. Stdlib only;
 # one connection per request, so LiteLLM keeps none of its connections once it is gone.
 PLACEHOLDER_SCRIPT = (
     "import sys\n"
@@ -251,8 +251,8 @@ def model_update(model: ModelSpec) -> str:
 UPDATE_WHY = {
     START_FIRST: "start-first: the new container starts beside the old one; traffic moves "
                  "when it is ready, the old one stops once idle",
-    STOP_FIRST: "stop-first: the old container stops first; its requests get 503 with "
-                "Retry-After until the new one is ready",
+    STOP_FIRST: "stop-first: the old container stops first; its requests get JSON "
+                "errors (503) until the new one is ready",
     IN_PLACE: "in place",
 }
 

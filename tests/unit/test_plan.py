@@ -225,7 +225,7 @@ def test_a_stop_first_model_is_replaced_alone() -> None:
     assert kinds(actions) == {names.HEALTH: "keep", CHAT: "recreate", EMBED: "keep",
                               names.LITELLM: "keep", names.NGINX: "keep"}
     assert next(a for a in actions if a.service == CHAT).how == plan.STOP_FIRST
-    assert "503 with Retry-After" in plan.UPDATE_WHY[plan.STOP_FIRST]
+    assert "errors (503)" in plan.UPDATE_WHY[plan.STOP_FIRST]
 
 
 @pytest.mark.parametrize(("gpus", "share", "update", "how"), [
