@@ -260,13 +260,13 @@ def test_port_in_use_is_refused_before_any_container_starts(fresh_stack: Stack,
 
 @pytest.mark.parametrize(("image", "fix"), [
     ("llmstack/llamacpp:no-such-tag", "`llmstack images build` makes only"),
-    ("registry.invalid/llama.cpp:no-such-tag",
-     "docker pull registry.invalid/llama.cpp:no-such-tag"),
+    ("registry.invalid/llama.cpp:no-such-tag", "pull them with `llmstack images pull`"),
 ])
 def test_missing_image_is_named_with_its_fix(fresh_stack: Stack, docker_client: Any,
                                              image: str, fix: str) -> None:
     data = fresh_stack.spec()
-    data["images"]["llamacpp"] = image
+    # `images: local`: no pull before preflight (a registry choice would try to pull it).
+    data["images"] = {"source": "local", "llamacpp": image}
     fresh_stack.write_spec(data)
     proc = fresh_stack.cli("up")
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -279,7 +279,7 @@ def test_missing_image_is_named_with_its_fix(fresh_stack: Stack, docker_client: 
 def test_up_writes_config_for_users_to_read(fresh_stack: Stack) -> None:
     """Even a refused `up` leaves config/ rendered, without secrets, for the user to inspect."""
     data = fresh_stack.spec()
-    data["images"]["llamacpp"] = "llmstack/llamacpp:no-such-tag"
+    data["images"] = {"source": "local", "llamacpp": "llmstack/llamacpp:no-such-tag"}
     fresh_stack.write_spec(data)
     fresh_stack.cli("up")
     config = Path(fresh_stack.root / "config")
