@@ -133,7 +133,8 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
             missed.setdefault(key, []).append(t["what"])
     lines.append("")
     for section in (_latency_section, _ttft_section, _up_section, _limiter_section,
-                    _memory_section, _rotate_section, _help_section):
+                    _memory_section, _rotate_section, _updates_section,
+                    _help_section):
         text = section(results)
         if text:
             lines.append(text)
@@ -308,6 +309,24 @@ def _rotate_section(results: dict[str, Any]) -> str:
     rows = ["## Rotate-key cutover\n", "| figure | value |", "| --- | --- |"]
     rows += [f"| {k} | {_fmt(v) if not isinstance(v, dict | list) else json.dumps(v)} |"
              for k, v in rot.items() if k != "available"]
+    return "\n".join(rows) + "\n"
+
+
+def _updates_section(results: dict[str, Any]) -> str:
+    upd = results.get("updates")
+    if upd is None:
+        return ""
+    if not upd.get("available"):
+        return f"## Changes under load\n\n{upd.get('note')}.\n"
+    rows = ["## Changes under load\n",
+            "`llmstack up` applying a change while 3 closed-loop clients (one streaming) send "
+            "chat completions; start-first next to stop-first (the in-place recreate of "
+            "earlier versions). Target: 0 failed with start-first.\n",
+            "| change | requests | failed | longest gap (ms) | streams complete | up (s) | "
+            "exit |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows += [f"| {r['scenario']} | {r['requests_sent']} | {r['failed_requests']} | "
+             f"{_fmt(r['longest_gap_ms'])} | {r['streams_complete']}/{r['streams']} | "
+             f"{_fmt(r['command_s'])} | {r['command_rc']} |" for r in upd["runs"]]
     return "\n".join(rows) + "\n"
 
 

@@ -412,6 +412,18 @@ def bench_rotate(stack: BenchStack, budget: Budget) -> dict[str, Any]:
     return {"available": True, "seconds": budget.rotate_seconds, **dict(measured)}
 
 
+def bench_updates(stack: BenchStack) -> dict[str, Any]:
+    """benchmarks/updates.py's measure: each change under load, start-first next to
+    stop-first (the in-place recreate of earlier versions)."""
+    try:
+        from benchmarks import updates
+
+        return {"available": True, "runs": updates.measure(stack.root)}
+    except Exception as exc:
+        return {"available": False, "note": f"updates.measure failed: "
+                                            f"{type(exc).__name__}: {exc}"[:500]}
+
+
 # --- Main -----------------------------------------------------------------------------------
 
 
@@ -467,6 +479,10 @@ def run(budget: Budget, out: Path, quick: bool, project: str | None) -> tuple[Pa
             log("rotate-key")
             results["rotate_key"] = bench_rotate(stack, budget)
             phase_done("rotate_key")
+            if not quick:  # about 10 minutes: six changes, each waiting for LiteLLM
+                log("changes under load (start-first vs stop-first)")
+                results["updates"] = bench_updates(stack)
+                phase_done("updates")
             down = stack.cli("down", "--volumes", timeout=300)
             results["meta"]["down_s"] = round(down.seconds, 2)
         except Exception as exc:

@@ -174,6 +174,42 @@ def case_host_facts_through_the_engine(engine: Engine) -> None:
     assert isinstance(engine.is_local(), bool)
 
 
+def case_start_beside_then_rename(engine: Engine) -> None:
+    """A start-first replacement: the new container runs under another key beside the old
+    one, then the two swap names; labels stay the service's, keys follow the names."""
+    up(engine, health(), service("svc-a"))
+    new = service("svc-a", command=["-m", "http.server", "8000"])
+    engine.start(new, "svc-a" + names.NEXT)
+    assert {i.service for i in engine.info()} == {names.HEALTH, "svc-a", "svc-a_next"}
+    nxt = engine.container("svc-a_next")
+    assert nxt is not None and nxt.name == names.container(engine.project, "svc-a_next")
+    assert nxt.labels[names.LABEL_SERVICE] == "svc-a"
+    assert nxt.labels[names.LABEL_HASH] == new.config_hash()
+    engine.rename("svc-a", "svc-a" + names.OLD)
+    engine.rename("svc-a" + names.NEXT, "svc-a")
+    assert sorted(a.service for a in engine.actual()) == sorted([names.HEALTH, "svc-a",
+                                                                 "svc-a_old"])
+    moved = engine.container("svc-a")
+    assert moved is not None and moved.id == nxt.id and moved.status == "running"
+    # Its DNS name on the project network is the service's now.
+    url = f"http://{names.container(engine.project, 'svc-a')}:8000/"
+    assert eventually(lambda: engine.probe(url) == "200")
+    engine.remove("svc-a" + names.OLD)
+    assert engine.state("svc-a_old") == ("missing", None)
+    with pytest.raises(EngineError):
+        engine.rename("svc-a_old", "svc-b")
+
+
+def case_volume_round_trip(engine: Engine) -> None:
+    volume = f"{engine.project}-history"
+    assert engine.read_volume(volume, IMAGE) == {}
+    engine.write_volume(volume, {"r/1.json": b"{}", "r/2.json": b"[]"}, IMAGE)
+    engine.write_volume(volume, {"r/2.json": b"[1]"}, IMAGE)
+    assert engine.read_volume(volume, IMAGE) == {"r/1.json": b"{}", "r/2.json": b"[1]"}
+    engine.down(volumes=True)
+    assert engine.read_volume(volume, IMAGE) == {}
+
+
 def case_a_registry_that_does_not_answer(engine: Engine) -> None:
     """Nothing listens on 127.0.0.1:1: asking and pulling both say so, as llmstack's own
     error naming the registry (never a Docker SDK exception)."""
@@ -186,7 +222,8 @@ def case_a_registry_that_does_not_answer(engine: Engine) -> None:
         engine.pull(ref, lambda _: None)
 
 
-CASES = [case_a_registry_that_does_not_answer, case_start_state_labels_remove,
+CASES = [case_a_registry_that_does_not_answer, case_start_beside_then_rename,
+         case_volume_round_trip, case_start_state_labels_remove,
          case_start_replaces_the_old_container,
          case_host_facts_through_the_engine, case_down_removes_everything, case_config_round_trip,
          case_exec_exit_codes_output_and_environment, case_missing_things_raise_engine_error,

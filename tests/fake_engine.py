@@ -80,12 +80,14 @@ class FakeEngine:
     client: object = None  # no docker client: callers must not need one
     source_files: dict[str, bytes] = field(default_factory=dict)
     image_envs: dict[str, list[str]] = field(default_factory=dict)  # image config Env
+    owner_labels: dict[str, str] = field(default_factory=dict)
 
     # --- reading -------------------------------------------------------------------------
 
     def actual(self) -> list[Actual]:
         return [Actual(c.service, c.id, c.labels.get(names.LABEL_HASH, ""), c.image_id,
-                       c.status) for c in self.containers.values()]
+                       c.status, c.labels.get(names.LABEL_OWNER, ""))
+                for c in self.containers.values()]
 
     def info(self) -> list[ContainerInfo]:
         return [self._info(c) for c in self.containers.values()]
@@ -111,11 +113,16 @@ class FakeEngine:
 
     def read_tree(self, service: str, path: str) -> dict[str, bytes]:
         c = self.containers.get(service)
-        if c is None or not c.config_mount or not path.startswith(c.config_mount + "/"):
+        if c is None or not c.config_mount or not (path == c.config_mount or
+                                                   path.startswith(c.config_mount + "/")):
             return {}
+        files = self.volumes.get(names.config_volume(self.project, c.labels[
+            names.LABEL_SERVICE]), {})
         rel = path[len(c.config_mount) + 1:].rstrip("/")
+        if not rel:  # the whole config folder, under its own name
+            base = c.config_mount.rsplit("/", 1)[-1]
+            return {f"{base}/{name}": data for name, (data, _) in files.items()}
         base = rel.rsplit("/", 1)[-1]
-        files = self.volumes.get(names.config_volume(self.project, service), {})
         return {base + name[len(rel):]: data for name, (data, _) in files.items()
                 if name == rel or name.startswith(rel + "/")}
 
@@ -161,7 +168,9 @@ class FakeEngine:
             return NOT_FOUND
         if c.status != "running":
             return REFUSED
-        script = self.answers.get(service) or ["200"]
+        # A stop-first model's placeholder answers 503 to everything (plan.placeholder).
+        default = "503" if c.labels.get(names.LABEL_ROLE) == "placeholder" else "200"
+        script = self.answers.get(service) or [default]
         return script.pop(0) if len(script) > 1 else script[0]
 
     def logs(self, service: str, tail: int = 50, follow: bool = False) -> Iterator[bytes]:
@@ -191,27 +200,45 @@ class FakeEngine:
         volume.update({n: (data, 0o644) for n, data in svc.config.items()})
         volume.update(extra or {})
 
-    def start(self, svc: ServiceSpec) -> str:
+    def write_volume(self, volume: str, files: dict[str, bytes], image: str) -> None:
+        self.volumes.setdefault(volume, {}).update({n: (d, 0o644) for n, d in files.items()})
+
+    def read_volume(self, volume: str, image: str) -> dict[str, bytes]:
+        return {n: d for n, (d, _) in self.volumes.get(volume, {}).items()}
+
+    def rename(self, key: str, new_key: str) -> None:
+        c = self.containers.pop(key, None)
+        if c is None:
+            raise EngineError(f"no container {names.container(self.project, key)} to rename",
+                              "run `llmstack up` again")
+        self.calls.append(f"rename {key} {new_key}")
+        c.name = names.container(self.project, new_key)
+        c.service = new_key
+        self.containers[new_key] = c
+
+    def start(self, svc: ServiceSpec, key: str | None = None) -> str:
+        key = key or svc.service
         if not self.network:
             raise EngineError(f"NotFound: network {names.network(self.project)} not found",
                               "the Docker engine refused the operation")
         if svc.image in self.missing_images:
             raise EngineError(f"ImageNotFound: No such image: {svc.image}",
                               "the Docker engine refused the operation")
-        self.remove(svc.service)
-        self.calls.append(f"start {svc.service}")
-        crashed = svc.service in self.crash
+        self.remove(key)
+        self.calls.append(f"start {key}")
+        crashed = svc.service in self.crash and svc.role != "placeholder"  # the model's own
         c = FakeContainer(
-            service=svc.service, name=names.container(self.project, svc.service),
+            service=key, name=names.container(self.project, key),
             id=uuid.uuid4().hex, image=svc.image, image_id=f"sha256:{svc.image}",
             labels={names.LABEL_PROJECT: self.project, names.LABEL_SERVICE: svc.service,
-                    names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash()},
+                    names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash(),
+                    **self.owner_labels},
             ports=tuple(sorted(f"{bind}:{port}->{inside}"
                                for inside, (bind, port) in svc.ports.items())),
             status="exited" if crashed else "running", exit_code=1 if crashed else None,
             config_mount=svc.config_mount if svc.config else "",
             log=[f"{svc.service} starting"] + (["fatal: cannot load model"] if crashed else []))
-        self.containers[svc.service] = c
+        self.containers[key] = c
         return c.id
 
     def remove(self, service: str) -> None:

@@ -52,6 +52,10 @@ HostOpt = Annotated[str | None, typer.Option("--host", "-H", help="Docker engine
                                              "the Docker context, then the local socket).",
                                              show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+TakeOverOpt = Annotated[bool, typer.Option(
+    "--take-over", help="Act on the project's containers even when another stack folder made "
+    "them (that folder is gone and this one replaces it); `up` recreates them as this "
+    "folder's.")]
 
 
 def _version(value: bool) -> None:
@@ -84,6 +88,16 @@ def _engine(host: str | None, project: str) -> Project:
     from .engine.containers import open_project
 
     return open_project(host, project)
+
+
+def _owned_engine(host: str | None, loaded: Any, create: bool) -> Project:
+    """The project on the engine, labelling what it starts with this folder's identity
+    (`create`: write the folder's id when it has none yet)."""
+    from .project import owner
+
+    project = _engine(host, loaded.spec.project)
+    project.owner_labels = owner(loaded.paths, create).labels()
+    return project
 
 
 @app.command()
@@ -153,7 +167,8 @@ def render(directory: DirOpt = None, file: FileOpt = None,
 
 @app.command("plan")
 def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
-             host: HostOpt = None, json_out: JsonOpt = False) -> None:
+             host: HostOpt = None, json_out: JsonOpt = False,
+             take_over: TakeOverOpt = False) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
     from . import fetch
     from .checks import exit_code, failing, finding_lines
@@ -162,9 +177,9 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
     from .gpu import budget_lines
 
     loaded = _load(directory, file)
-    project = _engine(host, loaded.spec.project)
+    project = _owned_engine(host, loaded, create=False)
     loaded, choice = decide_images(loaded, project, progress=lambda m: None, fetch=False)
-    actions = plan_only(loaded, project)
+    actions = plan_only(loaded, project, take_over)
     sources = fetch.states(loaded, project)  # hf: sources: pinned? in the engine's cache?
     # Models with GPUs: the host's real GPUs (nvidia-smi via the engine) and a budget per GPU.
     gpu_findings, budget = gpu_plan(project, loaded.spec)
@@ -182,11 +197,15 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
                           "findings": [f.to_dict() for f in gpu_findings]}
         emit_json(out)
         raise typer.Exit(code)
+    from .plan import UPDATE_WHY
+
     typer.echo(choice.line)
     for ref in choice.missing:
         typer.echo(f"{'pull' if choice.source == 'registry' else 'missing':<9} {ref}")
     for a in actions:
         typer.echo(f"{a.kind:<9} {a.service:<28} {a.reason}")
+        if a.how:
+            typer.echo(f"{'':<9} {'':<28} {UPDATE_WHY[a.how]}")
     if sources:
         typer.echo(f"\nModel downloads (hf: sources, into {fetch.hfcache.VOLUME} on the engine's "
                    "host; pinned in the lock file):")
@@ -204,7 +223,8 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
 
 @app.command()
 def up(directory: DirOpt = None, file: FileOpt = None,
-       host: HostOpt = None, json_out: JsonOpt = False) -> None:
+       host: HostOpt = None, json_out: JsonOpt = False,
+       take_over: TakeOverOpt = False) -> None:
     """Render config/, start what is missing or changed, and wait until every service is
     ready. Idempotent: with no change it touches nothing."""
     import time
@@ -214,13 +234,14 @@ def up(directory: DirOpt = None, file: FileOpt = None,
 
     started = time.monotonic()
     loaded = _load(directory, file)
-    project = _engine(host, loaded.spec.project)
+    project = _owned_engine(host, loaded, create=True)
     result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local(),
-                       progress=lambda m: typer.echo(m, err=True))
+                       progress=lambda m: typer.echo(m, err=True), take_over=take_over)
     elapsed = time.monotonic() - started
     endpoints = urls(loaded.spec)
     if json_out:
         ui.emit_json({"changed": result.changed, "seconds": round(elapsed, 2),
+                      "revision": result.revision,
                       "actions": [a.to_dict() for a in result.actions],
                       "ready_seconds": result.ready_seconds, "endpoints": endpoints,
                       "key_file": str(loaded.paths.env)})
@@ -230,11 +251,82 @@ def up(directory: DirOpt = None, file: FileOpt = None,
                    f"({elapsed:.2f}s).")
     else:
         done = [a for a in result.actions if a.kind != "keep"]
-        typer.echo(f"Stack {loaded.spec.project} is up ({len(done)} changes, {elapsed:.1f}s).")
+        typer.echo(f"Stack {loaded.spec.project} is up ({len(done)} changes, {elapsed:.1f}s; "
+                   f"revision {result.revision}).")
     for name, url in endpoints.items():
         typer.echo(f"  {name:<6} {url}")
     typer.echo(f"  key    LITELLM_MASTER_KEY in {loaded.paths.env} (send it as "
                "Authorization: Bearer <key>)")
+
+
+@app.command()
+def history(directory: DirOpt = None, file: FileOpt = None,
+            host: HostOpt = None, json_out: JsonOpt = False) -> None:
+    """The revisions `up` recorded on the engine (newest last): number, time, digest of the
+    containers, models. `llmstack rollback [REVISION]` returns the stack to one."""
+    from . import history as hist
+
+    loaded = _load(directory, file)
+    project = _engine(host, loaded.spec.project)
+    revisions = hist.load_all(project, loaded.spec.images.for_key("litellm"))
+    if json_out:
+        from .ui import emit_json
+        emit_json({"revisions": [r.to_dict() for r in revisions]})
+        return
+    if not revisions:
+        typer.echo("No revision recorded yet: each `llmstack up` that changes the stack "
+                   "records one.")
+        return
+    typer.echo(f"{'REVISION':<9} {'CREATED':<26} {'DIGEST':<17} MODELS")
+    for r in revisions:
+        mark = "  (latest)" if r is revisions[-1] else ""
+        typer.echo(f"{r.number:<9} {r.created:<26} {r.digest:<17} {', '.join(r.models())}"
+                   + mark)
+
+
+@app.command()
+def rollback(
+    revision: Annotated[int | None, typer.Argument(help="Revision to return to (default: the "
+                                                   "one before the latest; see `llmstack "
+                                                   "history`).", show_default=False)] = None,
+    directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+    json_out: JsonOpt = False, take_over: TakeOverOpt = False,
+) -> None:
+    """Return the running stack to a recorded revision, with `up`'s rules (start-first
+    changes, no failed request; a change that fails is rolled back). stack.yaml is not
+    edited: the next `llmstack up` applies it again."""
+    import tempfile
+    import time
+
+    from . import deploy, ui
+    from . import history as hist
+    from .project import load
+
+    started = time.monotonic()
+    loaded = _load(directory, file)
+    project = _owned_engine(host, loaded, create=True)
+    deploy.check_owner(project, take_over)
+    target = hist.pick(hist.load_all(project, loaded.spec.images.for_key("litellm")), revision)
+    with tempfile.TemporaryDirectory(prefix="llmstack-rollback-") as tmp:
+        # Named stack.yaml, so the rendered files are byte for byte those of that revision.
+        path = Path(tmp) / "stack.yaml"
+        path.write_text(target.stack_yaml, encoding="utf-8")
+        if loaded.paths.lock.exists():  # the folder's pins: hf: sources are not fetched again
+            (Path(tmp) / "stack.lock").write_bytes(loaded.paths.lock.read_bytes())
+        old = load(loaded.paths.root, path)
+        result = deploy.up(old, project, ui.reporter(json_out), local_engine=project.is_local(),
+                           progress=lambda m: typer.echo(m, err=True), take_over=take_over)
+    elapsed = time.monotonic() - started
+    if json_out:
+        ui.emit_json({"rolled_back_to": target.number, "revision": result.revision,
+                      "changed": result.changed, "seconds": round(elapsed, 2),
+                      "actions": [a.to_dict() for a in result.actions]})
+        return
+    done = [a for a in result.actions if a.kind != "keep"]
+    typer.echo(f"Stack {old.spec.project} runs revision {target.number} again ({len(done)} "
+               f"changes, {elapsed:.1f}s" + (f"; recorded as revision {result.revision}"
+                                             if result.changed else "") + ").")
+    typer.echo("stack.yaml is unchanged: the next `llmstack up` applies it again.")
 
 
 @app.command()
@@ -305,10 +397,13 @@ def down(directory: DirOpt = None, file: FileOpt = None,
          host: HostOpt = None,
          volumes: Annotated[bool, typer.Option("--volumes", help="Also remove the project's "
                                                "config volumes.")] = False,
-         json_out: JsonOpt = False) -> None:
+         json_out: JsonOpt = False, take_over: TakeOverOpt = False) -> None:
     """Remove the stack's containers and network. Keeps .env, certs/ and model volumes."""
+    from .deploy import check_owner
+
     loaded = _load(directory, file)
-    project = _engine(host, loaded.spec.project)
+    project = _owned_engine(host, loaded, create=False)
+    check_owner(project, take_over)
     removed = project.down(volumes=volumes)
     if json_out:
         from .ui import emit_json

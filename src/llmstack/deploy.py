@@ -6,16 +6,17 @@ nginx's secret files and reloads belong to `edge`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from . import checks, edge, fetch, names, plan, pull, tls
+from . import checks, edge, fetch, history, names, plan, pull, tls
 from .engine.api import STOPPED_STATES, ContainerInfo, Engine
 from .engine.containers import port_free_here
-from .errors import DeployError
+from .errors import DeployError, LlmstackError, OwnershipError
 from .project import Loaded, write_config
 
 # How long each kind of service may take to become ready (seconds).
@@ -38,6 +39,26 @@ class UpResult:
     actions: list[plan.Action]
     ready_seconds: dict[str, float] = field(default_factory=dict)
     changed: bool = False
+    revision: int | None = None  # recorded by a successful `up` that changed something
+
+
+def check_owner(project: Engine, take_over: bool = False) -> None:
+    """Refuse to touch containers of the project that another stack folder made (their
+    names.LABEL_OWNER differs from `project.owner_labels`), unless `take_over`. Containers
+    without the label (made before it existed) are adopted."""
+    mine = project.owner_labels.get(names.LABEL_OWNER, "")
+    foreign = [i for i in project.info()
+               if i.labels.get(names.LABEL_OWNER) not in (None, "", mine)]
+    if not foreign or take_over:
+        return
+    other = foreign[0].labels.get(names.LABEL_OWNER_FOLDER) or "an unknown folder"
+    here = project.owner_labels.get(names.LABEL_OWNER_FOLDER) or "this folder"
+    raise OwnershipError(
+        f"project {project.project!r} on this engine belongs to another stack folder: "
+        f"{other} made its containers ({', '.join(sorted(i.name for i in foreign))}); "
+        f"this stack ({here}) names the same project and would take them over",
+        f"set `project:` in stack.yaml to a name no other stack uses; or, if {other} is gone "
+        "and this folder replaces it, run the command again with --take-over")
 
 
 def compute(loaded: Loaded, project: Engine) -> tuple[list[plan.ServiceSpec], list[plan.Action],
@@ -47,8 +68,11 @@ def compute(loaded: Loaded, project: Engine) -> tuple[list[plan.ServiceSpec], li
     wanted = plan.desired(loaded.spec, loaded.rendered, keys.internal, loaded.pins())
     secret_files = loaded.nginx_secret_files()
     current = edge.secrets_current(project, secret_files)
+    nginx = next(s for s in wanted if s.role == names.NGINX)
     image_ids = project.image_ids([s.image for s in wanted])
-    actions = plan.diff(wanted, project.actual(), image_ids, secrets_current=current)
+    actions = plan.diff(wanted, project.actual(), image_ids, secrets_current=current,
+                        owner=project.owner_labels.get(names.LABEL_OWNER, ""),
+                        config_current=edge.config_current(project, nginx))
     return wanted, actions, secret_files
 
 
@@ -92,35 +116,64 @@ def gather_preflight(loaded: Loaded, project: Engine, wanted: list[plan.ServiceS
 class _Starting:
     svc: plan.ServiceSpec
     since: float  # monotonic time of its start
+    key: str = ""  # its container's key: svc.service, or SERVICE_next when start-first
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.svc.service
 
 
-def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec], kinds: dict[str, str],
-                    secret_files: edge.SecretFiles, report: Reporter, result: UpResult) -> None:
-    """Create or recreate the services `kinds` names, each once the services in its
+@dataclass
+class Swaps:
+    """What start-first replacements did so far, to finish (drain, stop the old containers)
+    or to roll back: the new containers started beside old ones, those promoted (the old one
+    renamed SERVICE_old, the new one given the service's name), config files replaced."""
+
+    started: list[str] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)
+    stopped_first: list[str] = field(default_factory=list)  # old container already gone
+    saved_config: dict[str, tuple[plan.ServiceSpec, dict[str, bytes]]] = field(
+        default_factory=dict)
+
+
+def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec],
+                    actions: dict[str, plan.Action], secret_files: edge.SecretFiles,
+                    report: Reporter, result: UpResult, swaps: Swaps | None = None) -> None:
+    """Create or recreate the services `actions` names, each once the services in its
     `start_after` are ready (those kept as they are count as ready), and wait until every one
     answers its readiness probe. Services whose dependencies are ready start together; one
-    loop polls them all from inside the network."""
-    todo = {s.service: s for s in wanted if kinds.get(s.service) in ("create", "recreate")}
+    loop polls them all from inside the network. A start-first replacement starts beside the
+    container it replaces and takes its name once ready (see `Swaps`); a LiteLLM replaced
+    start-first waits for the models replaced start-first, so it connects to the new ones."""
+    swaps = swaps if swaps is not None else Swaps()
+    todo = {s.service: s for s in wanted
+            if s.service in actions and actions[s.service].kind in ("create", "recreate")}
     known = {s.service for s in wanted}
     ready = known - set(todo)
+    swapped_models = {s.service for s in todo.values() if s.role == "model"
+                      and actions[s.service].how == plan.START_FIRST}
+    hold_image = next((s.image for s in wanted if s.role == names.HEALTH), "")
     starting: dict[str, _Starting] = {}
     while todo or starting:
         unblocked = [s for s in todo.values()
-                     if all(d in ready or d not in known for d in s.start_after)]
+                     if all(d in ready or d not in known for d in s.start_after)
+                     and (s.role != names.LITELLM or swapped_models <= ready)]
         if not unblocked and not starting:
             raise DeployError("cannot order the start of " + ", ".join(todo) + ": their "
                               "start_after form a cycle", "report this as a bug")
         for svc in unblocked:
             del todo[svc.service]
-            _start(project, svc, kinds[svc.service], secret_files, report)
+            key = _start(project, svc, actions[svc.service], secret_files, report, swaps,
+                         hold_image)
             if svc.probe:
-                starting[svc.service] = _Starting(svc, time.monotonic())
+                starting[svc.service] = _Starting(svc, time.monotonic(), key)
             else:
                 result.ready_seconds[svc.service] = 0.0
                 ready.add(svc.service)
         for name, item in list(starting.items()):
             elapsed = _poll(project, item, report)
             if elapsed is not None:
+                if item.key != name:
+                    _promote(project, name, report, swaps)
                 result.ready_seconds[name] = elapsed
                 ready.add(name)
                 del starting[name]
@@ -128,48 +181,148 @@ def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec], kinds: dict
             time.sleep(POLL_INTERVAL)
 
 
-def _start(project: Engine, svc: plan.ServiceSpec, kind: str, secret_files: edge.SecretFiles,
-           report: Reporter) -> None:
-    report.event(svc.service, "starting", kind)
+def _start(project: Engine, svc: plan.ServiceSpec, action: plan.Action,
+           secret_files: edge.SecretFiles, report: Reporter, swaps: Swaps,
+           hold_image: str = "") -> str:
+    """Start the service's new container; its key (SERVICE_next when start-first, and for a
+    model replaced stop-first, whose 503 placeholder holds its name meanwhile)."""
+    start_first = action.kind == "recreate" and action.how == plan.START_FIRST
+    if (action.kind == "recreate" and action.how == plan.STOP_FIRST and svc.role == "model"
+            and hold_image):
+        _stop_first(project, svc, hold_image, report)
+        swaps.stopped_first.append(svc.service)
+        start_first = True  # the new one starts beside the placeholder
+    report.event(svc.service, "starting", action.kind + (f" ({action.how})" if action.how
+                                                         else ""))
     if svc.role == names.NGINX:
         edge.ship(project, svc, secret_files)
     elif svc.config:
+        if start_first:
+            # The old container read its files when it started; keep them for a rollback.
+            old = project.read_tree(svc.service, svc.config_mount)
+            prefix = svc.config_mount.rsplit("/", 1)[-1] + "/"
+            swaps.saved_config[svc.service] = (svc, {n.removeprefix(prefix): d
+                                                     for n, d in old.items()})
         project.write_config(svc)
-    project.start(svc)
+    if not start_first:
+        project.start(svc)
+        return svc.service
+    key = svc.service + names.NEXT
+    project.start(svc, key)
+    swaps.started.append(svc.service)
+    return key
+
+
+PLACEHOLDER_DEADLINE = 60.0  # seconds for the 503 placeholder to answer
+
+
+def _stop_first(project: Engine, svc: plan.ServiceSpec, image: str, report: Reporter) -> None:
+    """Replace the model's running container by its 503 placeholder (plan.placeholder): the
+    placeholder starts beside it, takes its name once it answers, then the old container
+    stops (its GPUs are free for the new one). Requests to the model get a JSON 503 (through
+    LiteLLM) until the new container takes the name, never a connection error."""
+    hold = plan.placeholder(svc, image)
+    key = svc.service + names.HOLD
+    project.start(hold, key)
+    deadline = time.monotonic() + PLACEHOLDER_DEADLINE
+    while (answer := project.probe(_probe_url(project.project, hold, key))) != "503":
+        if time.monotonic() > deadline or project.state(key)[0] in STOPPED_STATES:
+            detail = project.tail_logs(key, 10)
+            project.remove(key)
+            raise DeployError(f"the 503 placeholder of {svc.service} did not answer within "
+                              f"{PLACEHOLDER_DEADLINE:.0f}s (GET / -> {answer}): {detail}",
+                              f"the old {svc.service} keeps serving; `llmstack doctor`")
+        time.sleep(POLL_INTERVAL)
+    project.rename(svc.service, svc.service + names.OLD)
+    project.rename(key, svc.service)
+    project.remove(svc.service + names.OLD)
+    report.event(svc.service, "stopped", "old container stopped first; requests get JSON "
+                 "errors (503) until the new one is ready")
+
+
+def _promote(project: Engine, service: str, report: Reporter, swaps: Swaps) -> None:
+    """The ready SERVICE_next takes the service's name (its DNS name on the network) and
+    the old container becomes SERVICE_old; both keep running, no connection is touched."""
+    project.rename(service, service + names.OLD)
+    project.rename(service + names.NEXT, service)
+    swaps.promoted.append(service)
+    report.event(service, "switched", f"new container serves; old one is {service}"
+                 f"{names.OLD} until idle")
+
+
+def rollback(project: Engine, swaps: Swaps, report: Reporter) -> list[str]:
+    """Put back every container a failed `up` replaced start-first, and the config files it
+    read: the old containers never stopped, so they serve again at once. The services rolled
+    back."""
+    done = []
+    for service in reversed(swaps.promoted):
+        if service in swaps.stopped_first:
+            continue  # its old container is gone: the new one, ready, keeps serving
+        project.rename(service, service + names.NEXT)
+        project.rename(service + names.OLD, service)
+        done.append(service)
+    for service in swaps.started:
+        if service in swaps.promoted and service in swaps.stopped_first:
+            continue
+        project.remove(service + names.NEXT)
+        if service not in done and service not in swaps.stopped_first:
+            done.append(service)
+    for svc, files in swaps.saved_config.values():
+        if files:
+            project.write_config(replace(svc, config=files))
+    for service in done:
+        report.event(service, "rolled back", "the previous container serves again")
+    return done
+
+
+def _finish_swaps(project: Engine, swaps: Swaps, report: Reporter) -> None:
+    """After the switch: wait until nginx's old workers finished their requests (those
+    hold the old LiteLLM, which holds the old models), then stop the old containers."""
+    if not swaps.promoted:
+        return
+    if names.LITELLM in swaps.promoted and project.container(names.NGINX) is not None:
+        report.event(names.NGINX, "draining", "old workers finish in-flight requests")
+        edge.wait_drained(project, edge.DRAIN_DEADLINE)
+    order = sorted(swaps.promoted, key=lambda s: s != names.LITELLM)  # LiteLLM first
+    for service in order:
+        report.event(service + names.OLD, "removing", "replaced and idle")
+        project.remove(service + names.OLD)
 
 
 def _poll(project: Engine, item: _Starting, report: Reporter) -> float | None:
     """One readiness check: seconds since the start when ready, None while waiting;
     DeployError (with the last log lines) when the container stopped or the deadline passed."""
     svc = item.svc
-    status, exit_code = project.state(svc.service)
+    status, exit_code = project.state(item.key)
     if status in STOPPED_STATES:
         # "restarting": it crashed and the restart policy is looping it.
-        raise _failure(project, svc, f"container {status} (exit code {exit_code})")
-    outcome = project.probe(_probe_url(project.project, svc))
+        raise _failure(project, svc, f"container {status} (exit code {exit_code})", item.key)
+    outcome = project.probe(_probe_url(project.project, svc, item.key))
     elapsed = time.monotonic() - item.since
     if outcome == "200":
         report.event(svc.service, "ready", f"{elapsed:.1f}s")
         return elapsed
     detail = f"GET {svc.probe[1]} -> {outcome}"  # type: ignore[index]
     if elapsed > DEADLINES.get(svc.role, plan.DEFAULT_READY_DEADLINE):
-        raise _failure(project, svc, f"not ready after {elapsed:.0f}s ({detail})")
+        raise _failure(project, svc, f"not ready after {elapsed:.0f}s ({detail})", item.key)
     report.event(svc.service, "waiting", f"{elapsed:.0f}s {detail}")
     return None
 
 
-def _probe_url(project: str, svc: plan.ServiceSpec) -> str:
-    """The service's readiness URL as seen from the health container, which runs probes."""
+def _probe_url(project: str, svc: plan.ServiceSpec, key: str = "") -> str:
+    """The service's readiness URL as seen from the health container, which runs probes;
+    `key` names another container of the service (SERVICE_next)."""
     if svc.ready_check:  # a check the health service runs (Ollama: tag listed, warmed up)
         return (f"http://{names.container(project, names.HEALTH)}:{names.HEALTH_PORT}"
                 f"/ready/{svc.ready_check}")
     port, path = svc.probe  # type: ignore[misc]
-    host = "127.0.0.1" if svc.role == names.HEALTH else names.container(project, svc.service)
+    host = "127.0.0.1" if svc.role == names.HEALTH else names.container(project,
+                                                                         key or svc.service)
     return f"http://{host}:{port}{path}"
 
 
-def _failure(project: Engine, svc: plan.ServiceSpec, what: str) -> DeployError:
-    logs = project.tail_logs(svc.service, 20)
+def _failure(project: Engine, svc: plan.ServiceSpec, what: str, key: str = "") -> DeployError:
+    logs = project.tail_logs(key or svc.service, 20)
     probe = f"GET {svc.probe[1]} on port {svc.probe[0]}" if svc.probe else "none"
     message = (f"service {svc.service} failed: {what}\n  probe: {probe}\n  last log lines:\n"
                + "\n".join("    " + line for line in (logs or "(no output)").splitlines()))
@@ -194,7 +347,10 @@ def decide_images(loaded: Loaded, project: Engine, progress: pull.Progress,
 
 
 def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = True,
-       progress: pull.Progress = print) -> UpResult:
+       progress: pull.Progress = print, take_over: bool = False) -> UpResult:
+    check_owner(project, take_over)
+    # Before anything starts: the image source decided and missing images pulled, hf:
+    # sources downloaded; a failure here leaves every running container as it was.
     loaded = decide_images(loaded, project, progress)[0]
     write_config(loaded)
     fetch.ensure(loaded, project, report)  # hf: sources onto the engine's host, pinned
@@ -210,18 +366,37 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
             report.event(action.service, "removing", action.reason)
             project.remove(action.service)
     project.ensure_network()
-    kinds = {a.service: a.kind for a in actions}
-    _start_in_order(project, wanted, kinds, secret_files, report, result)
-    if kinds.get(names.NGINX) == "reload":
-        nginx = next(s for s in wanted if s.role == names.NGINX)
-        report.event(names.NGINX, "reloading", next(a.reason for a in actions
-                                                    if a.service == names.NGINX))
-        edge.reload_nginx(project, nginx, secret_files)
+    by_service = {a.service: a for a in actions}
+    swaps = Swaps()
+    nginx = next(s for s in wanted if s.role == names.NGINX)
+    try:
+        _start_in_order(project, wanted, by_service, secret_files, report, result, swaps)
+        if by_service[names.NGINX].kind == "reload":
+            report.event(names.NGINX, "reloading", by_service[names.NGINX].reason)
+            edge.reload_nginx(project, nginx, secret_files)
+    except LlmstackError as exc:
+        if not (swaps.started or swaps.promoted or swaps.stopped_first):
+            raise
+        back = rollback(project, swaps, report)
+        if names.LITELLM in swaps.promoted and project.container(names.NGINX) is not None:
+            with contextlib.suppress(LlmstackError):  # back to the old LiteLLM's address
+                edge.graceful_reload(project, nginx, edge.RELOAD_DEADLINE)
+        held = [s for s in swaps.stopped_first if s not in swaps.promoted]
+        raise DeployError(
+            exc.message + ("\n  rolled back: " + ", ".join(back) + " run their previous "
+                           "containers, which kept serving" if back else "")
+            + ("\n  stopped first (update: stop-first): " + ", ".join(held) + " answer 503 "
+               "(JSON errors) until `llmstack up` succeeds; `llmstack rollback` starts "
+               "the previous revision" if held else ""), exc.hint) from exc
+    _finish_swaps(project, swaps, report)
     fetch.pull_ollama(loaded.spec, project, report)  # ollama: tags, pulled when missing
+    result.revision = history.record(project, loaded.spec.images.for_key("litellm"),
+                                     loaded.stack_text(), wanted).number
     return result
 
 
-def plan_only(loaded: Loaded, project: Engine) -> list[plan.Action]:
+def plan_only(loaded: Loaded, project: Engine, take_over: bool = False) -> list[plan.Action]:
+    check_owner(project, take_over)
     return compute(loaded, project)[1]
 
 
@@ -319,6 +494,9 @@ def status(loaded: Loaded, project: Engine) -> StackStatus:
             services.append(ServiceStatus(name, "missing", healthy, note=note))
             continue
         in_sync = svc is not None and have.labels.get(names.LABEL_HASH) == svc.config_hash()
+        if svc is not None and not in_sync:
+            note = ("runs its previous revision: stack.yaml changed since, or the last `up` "
+                    "of this change failed and was rolled back; `llmstack up` applies it")
         services.append(ServiceStatus(
             name, have.status, healthy, image=have.image, container=have.name,
             restarts=have.restart_count, uptime_s=_uptime(have, now), ports=have.ports,

@@ -52,6 +52,14 @@ def secrets_current(engine: Engine, secret_files: SecretFiles) -> bool:
     return all(live.get(n) == data for n, (data, _) in secret_files.items())
 
 
+def config_current(engine: Engine, nginx: plan.ServiceSpec) -> bool:
+    """Whether nginx's config volume holds exactly its rendered config files (nginx.conf):
+    they are not in its config hash, a change is applied by a reload (`reload_nginx`)."""
+    live = engine.read_tree(names.NGINX, nginx.config_mount)
+    base = nginx.config_mount.rsplit("/", 1)[-1]
+    return all(live.get(f"{base}/{n}") == data for n, data in nginx.config.items())
+
+
 def ship(engine: Engine, nginx: plan.ServiceSpec, secret_files: SecretFiles) -> None:
     """Write nginx's config volume: its rendered files and the secret files (nothing is
     loaded until nginx starts or reloads). A `nginx` with config={} ships the secrets only."""
@@ -142,12 +150,43 @@ def _wait_for_new_workers(engine: Engine, before: set[str], deadline_s: float) -
         time.sleep(0.05)
 
 
+# Old workers finish their requests within worker_shutdown_timeout; `up` waits that long
+# (and a little) before it stops the containers they may still be talking to.
+DRAIN_DEADLINE = render.WORKER_SHUTDOWN_TIMEOUT + 10.0
+SHUTTING_DOWN = "shutting down"
+
+
+def wait_drained(engine: Engine, deadline_s: float) -> bool:
+    """Wait until no old nginx worker ("... is shutting down") is left: every request
+    that started before the reload has finished. False when it cannot tell or gave up."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        code, out = engine.exec(names.NGINX, ["sh", "-c", WORKERS_SCRIPT])
+        if code != 0:
+            return False
+        if SHUTTING_DOWN not in out:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def reload_nginx(engine: Engine, nginx: plan.ServiceSpec, secret_files: SecretFiles) -> None:
     """`up`'s reload: ship the config and secret files, `nginx -t`, reload gracefully
     (in-flight requests finish on the old workers)."""
+    base = nginx.config_mount.rsplit("/", 1)[-1] + "/"
+    before = {n.removeprefix(base): d for n, d in
+              engine.read_tree(names.NGINX, nginx.config_mount).items()}
     ship(engine, nginx, secret_files)
-    check_nginx_config(engine, nginx, "its new configuration",
-                       "the running nginx keeps the old one; fix and run `llmstack up`")
+    try:
+        check_nginx_config(engine, nginx, "its new configuration",
+                           "the running nginx keeps the old one; fix and run `llmstack up`")
+    except DeployError:
+        # Put the files it runs back, so that the next `up` sees the change still to do.
+        engine.write_config(replace(nginx, config={}), {
+            n: (d, 0o600 if n.startswith(render.SECRETS_SUBDIR + "/") else 0o644)
+            for n, d in before.items()})
+        raise
     graceful_reload(engine, nginx, RELOAD_DEADLINE)
 
 

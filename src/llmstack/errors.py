@@ -76,6 +76,10 @@ class SpecError(UserError):
         return data
 
 
+class OwnershipError(UserError):
+    """The project's containers on the engine belong to another stack folder (exit 1)."""
+
+
 class SecretsError(UserError):
     """`.env`, keys or certificates are missing, unsafe or corrupt."""
 

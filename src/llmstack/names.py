@@ -9,6 +9,10 @@ LABEL_PROJECT = "llmstack.project"
 LABEL_SERVICE = "llmstack.service"
 LABEL_HASH = "llmstack.config-hash"
 LABEL_ROLE = "llmstack.role"  # model | litellm | health | nginx
+# The stack folder that made a container: its stable id (.llmstack-id) and, for messages,
+# where it is ("host:/path"). Another folder naming the same project is refused.
+LABEL_OWNER = "llmstack.owner"
+LABEL_OWNER_FOLDER = "llmstack.owner-folder"
 
 LITELLM, HEALTH, NGINX = "litellm", "health", "nginx"
 LITELLM_PORT, HEALTH_PORT = 4000, 8090
@@ -37,6 +41,20 @@ def container(project: str, service: str) -> str:
     return f"{project}-{service}"
 
 
+# A start-first replacement runs as SERVICE_next until it is ready; the container it replaces
+# is renamed SERVICE_old until it is idle (for a stop-first one: its 503 placeholder). "_" is
+# in no service name (model slugs are [a-z0-9-]), so these never collide with a service.
+NEXT, OLD = "_next", "_old"
+HOLD = "_hold"  # the 503 placeholder of a model replaced stop-first, before it takes the name
+
+
+def service_key(project: str, container_name: str, label: str) -> str:
+    """The key a container is known by: its name without the project prefix (a service, or
+    SERVICE_next / SERVICE_old during an update); the service label for a foreign name."""
+    prefix = f"{project}-"
+    return container_name[len(prefix):] if container_name.startswith(prefix) else label
+
+
 def network(project: str) -> str:
     return f"{project}-net"
 
@@ -48,6 +66,11 @@ def config_dir(service: str) -> str:
 
 def config_volume(project: str, service: str) -> str:
     return f"{project}-{service}-config"
+
+
+def history_volume(project: str) -> str:
+    """The stack's recorded revisions (llmstack.history)."""
+    return f"{project}-history"
 
 
 SPOOL_SUFFIX = "nginx-spool"

@@ -11,7 +11,7 @@ from typing import Any
 from . import gpu, images, keepalive, names, sizing
 from .backends import BACKENDS, Mount, Placement
 from .render import NGINX_SPOOL_BODY, NGINX_SPOOL_DIR, Rendered
-from .spec import Resources, StackSpec
+from .spec import ModelSpec, Resources, StackSpec
 
 # Images that run as any uid (llmstack's builds and the upstream images the catalog names for
 # nginx, LiteLLM and llama.cpp) run as this uid with a read-only root filesystem.
@@ -30,6 +30,10 @@ ROOT_IMAGE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
 # Process limit of a container whose resources name none.
 DEFAULT_PIDS = 4096
 RESTART_POLICY = "unless-stopped"
+# How `up` replaces a changed container (ServiceSpec.update, Action.how):
+START_FIRST = "start-first"  # the new one starts beside the old, traffic switches when ready
+STOP_FIRST = "stop-first"  # the old one stops first (GPUs that cannot hold both)
+IN_PLACE = "in-place"  # removed and created again (health; nginx, which owns the host ports)
 # How long each kind of service may take to become ready (seconds): `up` waits this long,
 # and Kubernetes' startup probe allows as much.
 READY_DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0}
@@ -77,6 +81,11 @@ class ServiceSpec:
     # Services that must be ready before `up` starts this one. Start order only, so not part
     # of the config hash; `depends_on` says what a service uses at run time (compose, reloads).
     start_after: tuple[str, ...] = ()
+    # How `up` replaces it when it changes (START_FIRST, STOP_FIRST, IN_PLACE); not hashed.
+    update: str = IN_PLACE
+    # Its config files are applied by a reload (nginx): they are compared with the live ones
+    # in its config volume instead of being part of the hash, so a change reloads in place.
+    reloads_config: bool = False
 
     @property
     def config_mount(self) -> str:
@@ -90,10 +99,13 @@ class ServiceSpec:
     def config_hash(self) -> str:
         """Stable digest of every setting; secret values enter only as their own digests."""
         data = asdict(self)
-        del data["start_after"], data["ready_check"]  # how `up` waits, not the container
+        # How `up` orders, waits and switches, not the container itself.
+        del data["start_after"], data["ready_check"], data["update"], data["reloads_config"]
         data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
                        for k, v in sorted(self.env.items())}
         data["config"] = {k: _digest(v) for k, v in sorted(self.config.items())}
+        if self.reloads_config:
+            data["config"] = sorted(self.config)  # the names only: contents reload
         data["resources"] = self.resources.model_dump()
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return _digest(blob)[:16]
@@ -159,6 +171,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
                          if backend.ready_check(model, "") is not None else None),
             start_after=after_health + tuple(names.model_service(m)
                                              for m in gpu_waits.get(model.name, [])),
+            update=model_update(model),
             **_hardening(spec.image_key(model), sizing.model_resources(model)),
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -176,7 +189,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
         env=litellm_env, secret_env=("LITELLM_MASTER_KEY",),
         config=rendered.services[names.LITELLM],
         probe=(names.LITELLM_PORT, names.LITELLM_READY_PATH),
-        depends_on=tuple(model_services), start_after=after_health,
+        depends_on=tuple(model_services), start_after=after_health, update=START_FIRST,
         **_hardening("litellm", spec.resources.litellm),
     ))
     ports = {f"{names.NGINX_PORTS[n]}/tcp": (lst.bind, lst.port)
@@ -192,12 +205,68 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
         command=["-e", "stderr", "-c", f"{names.config_dir(names.NGINX)}/nginx.conf", "-g",
                  "daemon off;"],
         ports=ports, config=rendered.services[names.NGINX], probe=nginx_probe,
-        mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS),
+        mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS), reloads_config=True,
         depends_on=(names.LITELLM, names.HEALTH),
         start_after=(names.HEALTH, *model_services, names.LITELLM),
         **_hardening("nginx", spec.resources.nginx),
     ))
     return services
+
+
+# While a model is replaced stop-first, this answers for it under its name: every request
+# gets 503 with a JSON error (through LiteLLM), never a connection error. Stdlib only;
+# one connection per request, so LiteLLM keeps none of its connections once it is gone.
+PLACEHOLDER_SCRIPT = (
+    "import sys\n"
+    "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
+    "BODY = (b'{\"error\":{\"message\":\"This model is restarting; retry shortly.\",'\n"
+    "        b'\"type\":\"service_unavailable\",\"param\":null,'\n"
+    "        b'\"code\":\"model_restarting\"}}\\n')\n"
+    "class Restarting(BaseHTTPRequestHandler):\n"
+    "    def answer(self):\n"
+    "        length = int(self.headers.get('Content-Length') or 0)\n"
+    "        if length:\n"
+    "            self.rfile.read(length)\n"
+    "        self.send_response(503)\n"
+    "        self.send_header('Content-Type', 'application/json')\n"
+    "        self.send_header('Content-Length', str(len(BODY)))\n"
+    "        self.send_header('Connection', 'close')\n"
+    "        self.end_headers()\n"
+    "        self.wfile.write(BODY)\n"
+    "    do_GET = do_POST = answer\n"
+    "    def log_message(self, *args):\n"
+    "        pass\n"
+    "ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), Restarting).serve_forever()\n"
+)
+PLACEHOLDER = "placeholder"  # its role
+
+
+def placeholder(svc: ServiceSpec, image: str) -> ServiceSpec:
+    """The container that answers 503 for model `svc` while it restarts stop-first: on the
+    model's port, in `image` (any with python3: the health service's)."""
+    port = svc.probe[0] if svc.probe else 8000
+    return ServiceSpec(service=svc.service, role=PLACEHOLDER, image=image,
+                       entrypoint=["python3", "-c", PLACEHOLDER_SCRIPT], command=[str(port)],
+                       probe=(port, "/"),
+                       # `image` is the health service's: the `litellm` images key's.
+                       **_hardening("litellm", Resources(memory="64m", pids=32)))
+
+
+def model_update(model: ModelSpec) -> str:
+    """How a changed model is replaced: its `update`, else start-first, except for a model
+    with GPUs of its own (no gpu_share): a second container would not get them."""
+    if model.update:
+        return model.update
+    return STOP_FIRST if model.gpu_ids and not model.gpu_share else START_FIRST
+
+
+UPDATE_WHY = {
+    START_FIRST: "start-first: the new container starts beside the old one; traffic moves "
+                 "when it is ready, the old one stops once idle",
+    STOP_FIRST: "stop-first: the old container stops first; its requests get JSON "
+                "errors (503) until the new one is ready",
+    IN_PLACE: "in place",
+}
 
 
 # --- Comparing with what runs -----------------------------------------------------------------
@@ -212,6 +281,7 @@ class Actual:
     config_hash: str
     image_id: str
     status: str  # running | exited | created | restarting | paused | dead
+    owner: str = ""  # the id of the stack folder that made it ("" before ownership labels)
 
 
 @dataclass(frozen=True)
@@ -219,21 +289,30 @@ class Action:
     kind: str  # create | recreate | remove | keep | reload
     service: str
     reason: str
+    how: str = ""  # for recreate: START_FIRST | STOP_FIRST | IN_PLACE
 
     def to_dict(self) -> dict[str, str]:
-        return {"action": self.kind, "service": self.service, "reason": self.reason}
+        data = {"action": self.kind, "service": self.service, "reason": self.reason}
+        if self.how:
+            data["update"] = self.how
+        return data
 
 
 def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, str | None],
-         secrets_current: bool = True) -> list[Action]:
+         secrets_current: bool = True, owner: str = "", config_current: bool = True
+         ) -> list[Action]:
     """What `up` must do so that what runs equals what is wanted.
 
     `image_ids` maps each wanted image tag to its id on the engine (None when missing);
-    `secrets_current` says whether nginx's secret files match the desired ones.
+    `secrets_current` says whether nginx's secret files match the desired ones, and
+    `config_current` whether its config files (nginx.conf) do; `owner` is
+    the deploying folder's id: a container another folder made is recreated (only reached
+    with --take-over, see deploy.check_owner).
     """
     by_service = {a.service: a for a in actual}
     actions: list[Action] = []
     changed: set[str] = set()
+    swapped: list[str] = []  # models replaced start-first
     for svc in wanted:
         have = by_service.get(svc.service)
         if have is None:
@@ -241,20 +320,32 @@ def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, s
             changed.add(svc.service)
             continue
         reason = ""
-        if have.config_hash != svc.config_hash():
+        if owner and have.owner and have.owner != owner:
+            reason = "made by another stack folder (--take-over)"
+        elif have.config_hash != svc.config_hash():
             reason = "configuration changed"
         elif image_ids.get(svc.image) and have.image_id != image_ids[svc.image]:
             reason = f"image {svc.image} was rebuilt or updated"
         elif have.status != "running":
             reason = f"container is {have.status}"
+        if not reason and svc.role == names.LITELLM and set(swapped) & set(svc.depends_on):
+            # LiteLLM keeps pooled connections to the old model container: a fresh LiteLLM
+            # lets the old model go idle, and nginx moves to it by a graceful reload.
+            reason = "drops its connections to replaced " + ", ".join(swapped)
         if reason:
-            actions.append(Action("recreate", svc.service, reason))
+            # A container that is not running serves nothing: nothing to start beside.
+            how = svc.update if have.status == "running" else IN_PLACE
+            actions.append(Action("recreate", svc.service, reason, how))
             changed.add(svc.service)
+            if svc.role == "model" and how == START_FIRST:
+                swapped.append(svc.service)
         elif svc.role == names.NGINX and (changed & set(svc.depends_on)):
             # nginx resolves upstream names at load: a recreated upstream needs a reload.
             actions.append(Action("reload", svc.service,
                                   "upstream recreated: " + ", ".join(sorted(changed &
                                                                             set(svc.depends_on)))))
+        elif svc.role == names.NGINX and not config_current:
+            actions.append(Action("reload", svc.service, "nginx.conf changed"))
         elif svc.role == names.NGINX and not secrets_current:
             actions.append(Action("reload", svc.service, "keys or certificate changed"))
         else:
@@ -262,7 +353,9 @@ def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, s
     wanted_names = {s.service for s in wanted}
     for have in actual:
         if have.service not in wanted_names:
-            actions.append(Action("remove", have.service, "no longer in stack.yaml"))
+            leftover = have.service.endswith((names.NEXT, names.OLD, names.HOLD))
+            actions.append(Action("remove", have.service, "left over from an interrupted "
+                                  "update" if leftover else "no longer in stack.yaml"))
     return actions
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import lock, render, secrets, spec, teamkeys, tls
+from . import lock, names, render, secrets, spec, teamkeys, tls
 from .fsutil import write_atomic
 from .render import Rendered
 from .spec import StackSpec
@@ -44,12 +46,54 @@ class Paths:
     def config(self) -> Path:
         return self.root / "config"
 
+    @property
+    def stack_id(self) -> Path:
+        """The folder's stable identity (written by the first `up`), see `Owner`."""
+        return self.root / ID_FILE
+
+
+# A random id, written once per stack folder: containers carry it (names.LABEL_OWNER), so a
+# second folder whose stack.yaml names the same `project` is told apart from this one.
+ID_FILE = ".llmstack-id"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The stack folder deploying: its id ("" before its first `up`) and where it is."""
+
+    id: str
+    folder: str  # "host:/absolute/path", for messages
+
+    def labels(self) -> dict[str, str]:
+        """Labels on every container this folder starts; none without an id."""
+        if not self.id:
+            return {}
+        return {names.LABEL_OWNER: self.id, names.LABEL_OWNER_FOLDER: self.folder}
+
+
+def owner(paths: Paths, create: bool) -> Owner:
+    """This folder's identity; `create` writes a new id when it has none (`up` does, `plan`
+    and `down` only read)."""
+    folder = f"{socket.gethostname()}:{paths.root.resolve()}"
+    if paths.stack_id.exists():
+        return Owner(paths.stack_id.read_text(encoding="utf-8").strip(), folder)
+    if not create:
+        return Owner("", folder)
+    stack_id = uuid.uuid4().hex
+    write_atomic(paths.stack_id, stack_id + "\n", mode=0o644)
+    return Owner(stack_id, folder)
+
 
 @dataclass(frozen=True)
 class Loaded:
     paths: Paths
     spec: StackSpec
     rendered: Rendered
+    stack_file: Path | None = None  # the file loaded, when not paths.stack (`--file`)
+
+    def stack_text(self) -> str:
+        """The stack file as loaded from disk (history records it)."""
+        return (self.stack_file or self.paths.stack).read_text(encoding="utf-8")
 
     def keys(self) -> secrets.Keys:
         return secrets.load_keys(self.paths.env)
@@ -96,7 +140,7 @@ def load(root: Path, stack_file: Path | None = None) -> Loaded:
     paths = Paths(root, stack_file)
     path = paths.stack
     stack = spec.load_file(path)
-    return Loaded(paths, stack, render.render(stack, path.name))
+    return Loaded(paths, stack, render.render(stack, path.name), path)
 
 
 def write_config(loaded: Loaded) -> list[Path]:

@@ -33,6 +33,8 @@ WORKER_SHUTDOWN_TIMEOUT = 600
 # Request bodies larger than nginx's body buffer are written here: a disk-backed volume (see
 # plan.NGINX_SPOOL), not /tmp, whose tmpfs counts against the container's memory limit.
 NGINX_SPOOL_DIR = "/var/lib/nginx"
+# Retry-After (seconds) on nginx's 503: the gateway is away, or a model restarts stop-first.
+RETRY_AFTER_S = 5
 NGINX_SPOOL_BODY = "body"  # request bodies, in a folder owned by nginx's user
 # nginx's pid file (in its /tmp tmpfs); removed when the master process exits.
 NGINX_PID_FILE = "/tmp/nginx.pid"
@@ -129,6 +131,7 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
         buffers={"body": capacity.BODY_BUFFER, "header": capacity.HEADER_BUFFER,
                  "large_header": "{} {}".format(*capacity.LARGE_HEADER_BUFFERS)},
         body_spool=f"{NGINX_SPOOL_DIR}/{NGINX_SPOOL_BODY}",
+        retry_after=RETRY_AFTER_S,
     )
     litellm = env.get_template("litellm.yaml.j2").render(
         source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read,

@@ -277,6 +277,9 @@ class ModelSpec(Strict):
         default_factory=list, max_length=256)
     image: Annotated[str, StringConstraints(pattern=IMAGE_RE.pattern)] | None = None
     resources: Resources = Resources()
+    # How `up` replaces the model's container (None: start-first, or stop-first when it has
+    # GPUs of its own, which a second container could not get). See docs/UPDATES.md.
+    update: Literal["start-first", "stop-first"] | None = None
 
     @field_validator("source")
     @classmethod

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from llmstack import names
-from tests.helpers import Stack, make_stack, name_image, wait_for
+from tests.helpers import Stack, make_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -131,18 +131,24 @@ def test_plan_json_lists_every_service_and_why(stack: Stack) -> None:
     assert stack.key not in proc.stdout + text.stdout
 
 
-def test_changing_one_models_args_recreates_only_that_model(stack: Stack,
-                                                            docker_client: Any) -> None:
+def test_changing_one_models_args_replaces_that_model_and_litellm_only(
+        stack: Stack, docker_client: Any) -> None:
     data = stack.spec()
     chat = next(m for m in data["models"] if m["name"] == "deepseek-coder")
     chat["args"] = ["--threads", "1"]
     stack.write_spec(data)
+    # Start-first: a fresh LiteLLM drops its pooled connections to the old model container,
+    # and nginx reloads to reach it (docs/UPDATES.md).
     assert plan_actions(stack) == {names.HEALTH: "keep", CHAT: "recreate", EMBED: "keep",
-                                   names.LITELLM: "keep", names.NGINX: "keep"}
+                                   names.LITELLM: "recreate", names.NGINX: "reload"}
     before = ids(docker_client, stack.project)
     up(stack)
     after = ids(docker_client, stack.project)
-    assert {s for s in ALL if before[s] != after[s]} == {CHAT}
+    assert {s for s in ALL if before[s] != after[s]} == {CHAT, names.LITELLM}
+    left = docker_client.containers.list(  # no _old/_next container is left
+        all=True, filters={"label": f"{names.LABEL_PROJECT}={stack.project}"})
+    assert sorted(c.name for c in left) == sorted(names.container(stack.project, s)
+                                                  for s in ALL)
     cmd = containers(docker_client, stack.project)[CHAT].attrs["Config"]["Cmd"]
     assert cmd[-2:] == ["--threads", "1"]
     assert plan_actions(stack) == dict.fromkeys(ALL, "keep")
@@ -259,7 +265,8 @@ def test_port_in_use_is_refused_before_any_container_starts(fresh_stack: Stack,
 def test_missing_image_is_named_with_its_fix(fresh_stack: Stack, docker_client: Any,
                                              image: str, fix: str) -> None:
     data = fresh_stack.spec()
-    name_image(data, "llamacpp", image)
+    # `images: local`: no pull before preflight (a registry choice would try to pull it).
+    data["images"] = {"source": "local", "llamacpp": image}
     fresh_stack.write_spec(data)
     proc = fresh_stack.cli("up")
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -272,7 +279,7 @@ def test_missing_image_is_named_with_its_fix(fresh_stack: Stack, docker_client: 
 def test_up_writes_config_for_users_to_read(fresh_stack: Stack) -> None:
     """Even a refused `up` leaves config/ rendered, without secrets, for the user to inspect."""
     data = fresh_stack.spec()
-    name_image(data, "llamacpp", "llmstack/llamacpp:no-such-tag")
+    data["images"] = {"source": "local", "llamacpp": "llmstack/llamacpp:no-such-tag"}
     fresh_stack.write_spec(data)
     fresh_stack.cli("up")
     config = Path(fresh_stack.root / "config")

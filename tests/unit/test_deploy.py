@@ -46,6 +46,12 @@ def up(loaded: Loaded, engine: FakeEngine, events: Events | None = None) -> depl
     return deploy.up(loaded, engine, events or Events(), local_engine=False)
 
 
+def plan_only(loaded: Loaded, engine: FakeEngine, take_over: bool = False) -> list[plan.Action]:
+    """`llmstack plan`'s actions: the image source decided for the engine first, as `up`."""
+    decided = deploy.decide_images(loaded, engine, lambda _: None, fetch=False)[0]
+    return deploy.plan_only(decided, engine, take_over)
+
+
 def starts(engine: FakeEngine) -> list[str]:
     return [c.split(" ", 1)[1] for c in engine.calls if c.startswith("start ")]
 
@@ -100,10 +106,16 @@ def test_a_changed_service_is_recreated_and_nginx_reloaded(loaded: Loaded,
     kinds = {a.service: a.kind for a in result.actions}
     assert kinds == {names.HEALTH: "keep", CHAT: "keep", EMBED: "keep",
                      names.LITELLM: "recreate", names.NGINX: "reload"}
-    assert starts(engine) == [names.LITELLM]
-    # nginx resolves its upstream at load: shipped, tested, reloaded (not restarted).
-    assert engine.calls[-3:] == ["write_config nginx", "nginx -t", "nginx reload"]
+    # Start-first: the new LiteLLM runs beside the old one and takes its name when ready.
+    assert starts(engine) == [names.LITELLM + names.NEXT]
+    old, new = names.LITELLM + names.OLD, names.LITELLM + names.NEXT
+    # nginx resolves its upstream at load: shipped, tested, reloaded (not restarted); the
+    # old LiteLLM stops once nginx's old workers are gone.
+    assert engine.calls[-6:] == [f"rename {names.LITELLM} {old}",
+                                 f"rename {new} {names.LITELLM}", "write_config nginx",
+                                 "nginx -t", "nginx reload", f"remove {old}"]
     assert list(result.ready_seconds) == [names.LITELLM]
+    assert sorted(engine.containers) == sorted(ALL)
 
 
 def test_new_keys_reach_nginx_by_a_reload(loaded: Loaded, engine: FakeEngine) -> None:
@@ -128,6 +140,33 @@ def test_nginx_refusing_its_new_config_keeps_the_old_one(loaded: Loaded,
         up(loaded, engine)
     assert "nginx rejected its new configuration: nginx: [emerg]" in err.value.message
     assert "nginx reload" not in engine.calls
+    # The files nginx runs are put back, so the next `up` still sees the change to make.
+    assert engine.volumes[names.config_volume(engine.project, names.NGINX)][edge.KEYS_FILE] \
+        == (b"old", 0o600)
+    assert {a.service: a.kind for a in plan_only(loaded, engine)}[names.NGINX] \
+        == "reload"
+
+
+def test_an_nginx_conf_change_reloads_nginx_in_place(loaded: Loaded,
+                                                     engine: FakeEngine) -> None:
+    up(loaded, engine)
+    nginx_id = engine.containers[names.NGINX].id
+    changed = _edit(loaded, lambda d: d["rate_limit"].update(requests_per_second=50))
+    engine.calls.clear()
+    result = up(changed, engine)
+    assert {a.service: (a.kind, a.reason) for a in result.actions}[names.NGINX] == \
+        ("reload", "nginx.conf changed")
+    assert engine.calls == ["write_config nginx", "nginx -t", "nginx reload"]
+    assert engine.containers[names.NGINX].id == nginx_id  # no new container, no port gap
+    volume = engine.volumes[names.config_volume(engine.project, names.NGINX)]
+    assert volume["nginx.conf"][0] == changed.rendered.services[names.NGINX]["nginx.conf"]
+    assert plan.is_noop(plan_only(changed, engine))
+    report = {s.service: s for s in deploy.status(changed, engine).services}
+    assert report[names.NGINX].in_sync is True
+    # A change of nginx's container itself (its published port) still recreates it.
+    moved = _edit(changed, lambda d: d["listeners"]["local"].update(port=4100))
+    assert {a.service: a.kind for a in plan_only(moved, engine)}[names.NGINX] \
+        == "recreate"
 
 
 def test_a_removed_service_is_removed_first(loaded: Loaded, engine: FakeEngine) -> None:
@@ -188,15 +227,15 @@ def test_start_order_follows_start_after_not_roles() -> None:
     c = plan.ServiceSpec("c", "x", "img", [], probe=None, start_after=("a", "gone"))
     engine = FakeEngine(network=True)
     result = deploy.UpResult([])
-    deploy._start_in_order(engine, [b, c, a], dict.fromkeys("abc", "create"), {}, Events(),
-                           result)
+    deploy._start_in_order(engine, [b, c, a], {n: plan.Action("create", n, "") for n in "abc"},
+                           {}, Events(), result)
     assert starts(engine) == ["a", "c", "b"]
     assert result.ready_seconds == {"a": 0.0, "b": 0.0, "c": 0.0}
     loop = [plan.ServiceSpec("d", "x", "img", [], start_after=("e",)),
             plan.ServiceSpec("e", "x", "img", [], start_after=("d",))]
     with pytest.raises(DeployError, match="cycle"):
-        deploy._start_in_order(engine, loop, dict.fromkeys("de", "create"), {}, Events(),
-                               deploy.UpResult([]))
+        deploy._start_in_order(engine, loop, {n: plan.Action("create", n, "") for n in "de"},
+                               {}, Events(), deploy.UpResult([]))
 
 
 def test_desired_start_order_health_then_models_with_litellm_then_nginx(
@@ -356,3 +395,270 @@ def test_a_failed_reload_is_a_deploy_error(loaded: Loaded) -> None:
                  if s.service == names.NGINX)
     with pytest.raises(DeployError, match="nginx reload failed: nginx: \\[error\\] invalid"):
         edge.reload_nginx(engine, nginx, loaded.nginx_secret_files())
+
+
+# --- ownership: one project name, one stack folder ---------------------------------------------
+
+
+def _folder(tmp_path: Path, name: str) -> Loaded:
+    init(tmp_path / name)
+    return load(tmp_path / name)
+
+
+def test_a_second_folder_with_the_same_project_is_refused(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from llmstack.errors import OwnershipError
+    from llmstack.project import owner
+
+    monkeypatch.setattr(deploy, "POLL_INTERVAL", 0.0)
+    first, second = _folder(tmp_path, "a"), _folder(tmp_path, "b")
+    assert first.spec.project == second.spec.project
+    engine = FakeEngine(project=first.spec.project)
+    engine.owner_labels = owner(first.paths, create=True).labels()
+    up(first, engine)
+    ids = {c.service: c.id for c in engine.containers.values()}
+    assert all(c.labels[names.LABEL_OWNER] == engine.owner_labels[names.LABEL_OWNER]
+               for c in engine.containers.values())
+    # The first folder itself keeps working on its containers.
+    assert plan.is_noop(plan_only(first, engine))
+
+    # The second folder has no id yet (plan writes none): its plan, up and down refuse.
+    engine.owner_labels = owner(second.paths, create=False).labels()
+    assert engine.owner_labels == {}
+    with pytest.raises(OwnershipError) as refused:
+        plan_only(second, engine)
+    message = refused.value.message
+    assert f"project {first.spec.project!r}" in message and str(first.paths.root) in message
+    assert "another stack folder" in message
+    assert "`project:` in stack.yaml" in refused.value.hint
+    assert "--take-over" in refused.value.hint
+    engine.owner_labels = owner(second.paths, create=True).labels()
+    with pytest.raises(OwnershipError):
+        up(second, engine)
+    assert {c.service: c.id for c in engine.containers.values()} == ids  # nothing touched
+
+    # --take-over: every container is recreated as the second folder's.
+    actions = plan_only(second, engine, take_over=True)
+    assert {a.kind for a in actions} == {"recreate"}
+    assert all("another stack folder" in a.reason for a in actions)
+    deploy.up(second, engine, Events(), local_engine=False, take_over=True)
+    assert all(c.labels[names.LABEL_OWNER] == engine.owner_labels[names.LABEL_OWNER]
+               for c in engine.containers.values())
+    assert plan.is_noop(plan_only(second, engine))
+
+
+def test_containers_made_before_owner_labels_are_adopted(loaded: Loaded,
+                                                         engine: FakeEngine) -> None:
+    from llmstack.project import owner
+
+    up(loaded, engine)  # no owner labels: as llmstack made containers before them
+    engine.owner_labels = owner(loaded.paths, create=True).labels()
+    assert loaded.paths.stack_id.exists()
+    assert plan.is_noop(plan_only(loaded, engine))
+    assert owner(loaded.paths, create=True).id == engine.owner_labels[names.LABEL_OWNER]
+
+
+def test_the_cli_refuses_a_takeover_with_exit_1(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy, "POLL_INTERVAL", 0.0)
+    first, second = _folder(tmp_path, "a"), _folder(tmp_path, "b")
+    from llmstack.project import owner
+
+    engine = FakeEngine(project=first.spec.project)
+    engine.owner_labels = owner(first.paths, create=True).labels()
+    up(first, engine)
+    monkeypatch.setattr(cli, "_engine", lambda host, project: engine)
+    runner = CliRunner()
+    for command in (["plan"], ["up"], ["down"]):
+        monkeypatch.setattr("sys.argv", ["llmstack", *command, "-C", str(second.paths.root),
+                                         "--json"])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        assert exit_.value.code == 1, command
+    assert len(engine.containers) == 5
+    out = runner.invoke(cli.app, ["down", "-C", str(second.paths.root), "--take-over"])
+    assert out.exit_code == 0, out.output
+    assert engine.containers == {}
+
+
+# --- updates: start-first, rollback, stop-first ------------------------------------------------
+
+
+def _edit(loaded: Loaded, change: object) -> Loaded:
+    import yaml
+
+    data = yaml.safe_load(loaded.paths.stack.read_text())
+    change(data)  # type: ignore[operator]
+    loaded.paths.stack.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load(loaded.paths.root)
+
+
+def test_a_model_change_starts_the_new_container_beside_the_old_one(loaded: Loaded,
+                                                                    engine: FakeEngine) -> None:
+    up(loaded, engine)
+    old_ids = {k: c.id for k, c in engine.containers.items()}
+    changed = _edit(loaded, lambda d: d["models"][0].update(args=["--threads", "2"]))
+    engine.calls.clear()
+    engine.answers = {CHAT + names.NEXT: ["503", "200"]}
+    events = Events()
+    up(changed, engine, events)
+    nxt, old = CHAT + names.NEXT, CHAT + names.OLD
+    lnext, lold = names.LITELLM + names.NEXT, names.LITELLM + names.OLD
+    assert engine.calls == [
+        f"start {nxt}",  # beside the old model, which keeps serving
+        f"rename {CHAT} {old}", f"rename {nxt} {CHAT}",  # once ready: the name moves
+        "write_config litellm", f"start {lnext}",  # a fresh LiteLLM: fresh connections
+        f"rename {names.LITELLM} {lold}", f"rename {lnext} {names.LITELLM}",
+        "write_config nginx", "nginx -t", "nginx reload",  # nginx moves to it gracefully
+        f"remove {lold}", f"remove {old}",  # the old ones stop once idle, LiteLLM first
+    ]
+    assert sorted(engine.containers) == sorted(ALL)
+    assert engine.containers[CHAT].id != old_ids[CHAT]
+    assert engine.containers[EMBED].id == old_ids[EMBED]
+    assert ("nginx", "draining", "old workers finish in-flight requests") in events.seen
+    assert plan.is_noop(plan_only(changed, engine))
+
+
+def test_a_model_that_never_gets_ready_is_rolled_back(loaded: Loaded, engine: FakeEngine,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    up(loaded, engine)
+    before = {k: (c.id, c.labels[names.LABEL_HASH]) for k, c in engine.containers.items()}
+    broken = _edit(loaded, lambda d: d["models"][0].update(args=["--no-such-flag"]))
+    engine.crash = {CHAT}  # the new container exits at once, as llama.cpp does on a bad flag
+    events = Events()
+    with pytest.raises(DeployError) as failed:
+        up(broken, engine, events)
+    message = failed.value.message
+    assert f"service {CHAT} failed: container exited (exit code 1)" in message
+    assert "probe: GET /health on port 8000" in message
+    assert "fatal: cannot load model" in message  # the new container's last log lines
+    assert f"rolled back: {CHAT} run their previous containers" in message
+    # Every old container still runs, untouched; no new one is left behind.
+    assert {k: (c.id, c.labels[names.LABEL_HASH]) for k, c in engine.containers.items()} \
+        == before
+    assert engine.state(CHAT) == ("running", None)
+    assert (CHAT, "rolled back", "the previous container serves again") in events.seen
+    report = {s.service: s for s in deploy.status(broken, engine).services}
+    assert report[CHAT].in_sync is False and report[CHAT].healthy is True
+    assert "runs its previous revision" in (report[CHAT].note or "")
+
+
+def test_a_litellm_failing_after_the_models_switched_rolls_everything_back(
+        loaded: Loaded, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    up(loaded, engine)
+    before = {k: c.id for k, c in engine.containers.items()}
+    old_config = dict(engine.volumes[names.config_volume(engine.project, names.LITELLM)])
+    changed = _edit(loaded, lambda d: d["models"][0].update(
+        args=["--threads", "2"], aliases=["qwen-coder", "mistral", "new-alias"]))
+    engine.crash = {names.LITELLM}
+    with pytest.raises(DeployError, match="rolled back"):
+        up(changed, engine)
+    assert {k: c.id for k, c in engine.containers.items()} == before
+    # LiteLLM's config volume holds the files the old LiteLLM read again.
+    assert engine.volumes[names.config_volume(engine.project, names.LITELLM)] == old_config
+
+
+def test_a_stop_first_model_is_stopped_then_started(loaded: Loaded, engine: FakeEngine) -> None:
+    first = _edit(loaded, lambda d: d["models"][0].update(update="stop-first"))
+    up(first, engine)
+    changed = _edit(first, lambda d: d["models"][0].update(args=["--threads", "2"]))
+    engine.calls.clear()
+    result = up(changed, engine)
+    assert {a.service: a.how for a in result.actions if a.kind == "recreate"} == {
+        CHAT: plan.STOP_FIRST}
+    hold, nxt, old = CHAT + names.HOLD, CHAT + names.NEXT, CHAT + names.OLD
+    assert engine.calls == [
+        f"start {hold}",  # the 503 placeholder, beside the old model
+        f"rename {CHAT} {old}", f"rename {hold} {CHAT}", f"remove {old}",  # old one stopped
+        f"start {nxt}",  # the new model: the GPUs it needs are free now
+        f"rename {CHAT} {old}", f"rename {nxt} {CHAT}",  # ready: it takes the name
+        f"remove {old}",  # the placeholder goes; LiteLLM and nginx are kept
+    ]
+    assert sorted(engine.containers) == sorted(ALL)
+    assert engine.containers[CHAT].labels[names.LABEL_ROLE] == "model"
+
+
+def test_a_stop_first_model_that_fails_leaves_its_503_placeholder(loaded: Loaded,
+                                                                  engine: FakeEngine) -> None:
+    first = _edit(loaded, lambda d: d["models"][0].update(update="stop-first"))
+    up(first, engine)
+    broken = _edit(first, lambda d: d["models"][0].update(args=["--no-such-flag"]))
+    engine.crash = {CHAT}
+    with pytest.raises(DeployError) as failed:
+        up(broken, engine)
+    assert f"stopped first (update: stop-first): {CHAT} answer 503" in failed.value.message
+    assert "`llmstack rollback`" in failed.value.message
+    assert engine.containers[CHAT].labels[names.LABEL_ROLE] == "placeholder"
+    assert sorted(engine.containers) == sorted(ALL)
+    url = f"http://{names.container(engine.project, CHAT)}:8000/v1/chat/completions"
+    assert engine.probe(url) == "503"
+    # The next `up` of a good stack.yaml replaces the placeholder by the model again.
+    engine.crash = set()
+    up(first, engine)
+    assert engine.containers[CHAT].labels[names.LABEL_ROLE] == "model"
+
+
+def test_leftovers_of_an_interrupted_update_are_removed(loaded: Loaded,
+                                                        engine: FakeEngine) -> None:
+    up(loaded, engine)
+    svc = next(s for s in plan.desired(loaded.spec, loaded.rendered, loaded.keys().internal)
+               if s.service == CHAT)
+    engine.start(svc, CHAT + names.NEXT)  # as if `up` was killed mid-update
+    actions = {a.service: a for a in plan_only(loaded, engine)}
+    assert actions[CHAT + names.NEXT].kind == "remove"
+    assert actions[CHAT + names.NEXT].reason == "left over from an interrupted update"
+    up(loaded, engine)
+    assert sorted(engine.containers) == sorted(ALL)
+
+
+# --- history and rollback ----------------------------------------------------------------------
+
+
+def test_each_changing_up_records_a_revision_and_rollback_returns_to_one(
+        loaded: Loaded, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from llmstack import history
+
+    assert up(loaded, engine).revision == 1
+    assert up(loaded, engine).revision is None  # nothing changed: nothing recorded
+    changed = _edit(loaded, lambda d: d["models"][0].update(args=["--threads", "2"]))
+    assert up(changed, engine).revision == 2
+    revisions = history.load_all(engine, loaded.spec.images.for_key("litellm"))
+    assert [r.number for r in revisions] == [1, 2]
+    assert "--threads" in revisions[1].stack_yaml and revisions[0].digest != revisions[1].digest
+    # No secret in a revision: neither key appears in the recorded files.
+    keys = loaded.keys()
+    for data in engine.read_volume(names.history_volume(engine.project), "img").values():
+        assert keys.master.encode() not in data and keys.internal.encode() not in data
+    hash_v2 = engine.containers[CHAT].labels[names.LABEL_HASH]
+
+    monkeypatch.setattr(cli, "_engine", lambda host, project: engine)
+    root = str(loaded.paths.root)
+    monkeypatch.setattr("sys.argv", ["llmstack", "rollback", "-C", root, "--json"])
+    capsys.readouterr()  # the earlier `up`s' image lines
+    cli.main()  # returns: exit 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rolled_back_to"] == 1 and out["revision"] == 3
+    assert {a["service"]: a.get("update") for a in out["actions"]
+            if a["action"] == "recreate"} == {CHAT: "start-first",
+                                              names.LITELLM: "start-first"}
+    assert engine.containers[CHAT].labels[names.LABEL_HASH] == revisions[0].services[CHAT]
+    assert engine.containers[CHAT].labels[names.LABEL_HASH] != hash_v2
+    assert "--threads\n" in loaded.paths.stack.read_text().replace("- ", "")  # file kept
+    monkeypatch.setattr("sys.argv", ["llmstack", "history", "-C", root, "--json"])
+    cli.main()
+    assert [r["revision"] for r in json.loads(capsys.readouterr().out)["revisions"]] == [1, 2, 3]
+    monkeypatch.setattr("sys.argv", ["llmstack", "rollback", "7", "-C", root])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 1
+    assert "revision 7 is not recorded" in capsys.readouterr().err
+
+
+def test_rollback_without_an_earlier_revision_is_refused(loaded: Loaded) -> None:
+    from llmstack import history
+    from llmstack.errors import UserError
+
+    with pytest.raises(UserError, match="no earlier revision"):
+        history.pick([], None)

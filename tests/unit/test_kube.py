@@ -382,6 +382,10 @@ NOT_COMPARED = {
                   "podPidsLimit is node-wide): docs/KUBERNETES.md",
     "probe": "test_probes_target_each_backends_own_endpoints",
     "mounts": "model volumes as claims, nginx's spool as an emptyDir (compared)",
+    "update": "how `up` replaces a changed container; a Deployment's strategy is "
+              "kube.strategy (test_strategy...)",
+    "reloads_config": "`up` reloads nginx in place when only nginx.conf changed; a cluster "
+                      "rolls the Deployment on its config-hash annotation",
 }
 COMPARED = {"image", "command", "entrypoint", "env", "gpus", "shm_size", "tmpfs", "resources",
             "user", "read_only", "cap_drop", "cap_add", "no_new_privileges", "init"}

@@ -204,13 +204,51 @@ def test_everything_up_to_date_is_a_noop() -> None:
                                     "reason": "up to date"}
 
 
-def test_changed_model_args_recreate_only_that_model() -> None:
+def test_changed_model_args_replace_that_model_start_first_and_litellm_with_it() -> None:
     old = wanted()
     new = wanted(lambda d: d["models"][0].update(args=["--threads", "1"]))
     actions = plan.diff(new, running(old), ids_for(new))
     assert kinds(actions) == {names.HEALTH: "keep", CHAT: "recreate", EMBED: "keep",
-                              names.LITELLM: "keep", names.NGINX: "keep"}
+                              names.LITELLM: "recreate", names.NGINX: "reload"}
     assert reason(actions, CHAT) == "configuration changed"
+    # LiteLLM's pooled connections would keep the old model busy: a fresh LiteLLM drops them.
+    assert reason(actions, names.LITELLM).startswith(f"drops its connections to replaced {CHAT}")
+    hows = {a.service: a.how for a in actions}
+    assert hows[CHAT] == hows[names.LITELLM] == plan.START_FIRST
+    assert next(a for a in actions if a.service == CHAT).to_dict()["update"] == "start-first"
+
+
+def test_a_stop_first_model_is_replaced_alone() -> None:
+    old = wanted(lambda d: d["models"][0].update(update="stop-first"))
+    new = wanted(lambda d: d["models"][0].update(update="stop-first", args=["--threads", "1"]))
+    actions = plan.diff(new, running(old), ids_for(new))
+    assert kinds(actions) == {names.HEALTH: "keep", CHAT: "recreate", EMBED: "keep",
+                              names.LITELLM: "keep", names.NGINX: "keep"}
+    assert next(a for a in actions if a.service == CHAT).how == plan.STOP_FIRST
+    assert "errors (503)" in plan.UPDATE_WHY[plan.STOP_FIRST]
+
+
+@pytest.mark.parametrize(("gpus", "share", "update", "how"), [
+    ("cpu", False, None, plan.START_FIRST),
+    ([0], False, None, plan.STOP_FIRST),  # its own GPU: two containers cannot both hold it
+    ([0], True, None, plan.START_FIRST),  # gpu_share: the new one fits beside the old
+    ([0], False, "start-first", plan.START_FIRST),  # the user's word wins
+    ("cpu", False, "stop-first", plan.STOP_FIRST),
+])
+def test_update_strategy_per_model(gpus: object, share: bool, update: str | None,
+                                   how: str) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["models"][0].update(gpus=gpus, gpu_share=share)
+        if gpus != "cpu":
+            d["models"][0].update(backend="vllm", source="hf:org/model")
+        if update:
+            d["models"][0]["update"] = update
+        d["models"][1]["gpus"] = "cpu"
+
+    services = {s.service: s for s in wanted(change)}
+    assert services[CHAT].update == how
+    assert services[names.LITELLM].update == plan.START_FIRST
+    assert services[names.NGINX].update == services[names.HEALTH].update == plan.IN_PLACE
 
 
 def test_rebuilt_image_recreates_its_containers() -> None:
@@ -218,7 +256,8 @@ def test_rebuilt_image_recreates_its_containers() -> None:
     ids = ids_for(services)
     ids["llmstack/llamacpp:forky"] = "sha256:rebuilt"
     actions = plan.diff(services, running(services), ids)
-    assert {n for n, k in kinds(actions).items() if k == "recreate"} == {CHAT, EMBED}
+    assert {n for n, k in kinds(actions).items() if k == "recreate"} == {CHAT, EMBED,
+                                                                         names.LITELLM}
     assert reason(actions, CHAT) == "image llmstack/llamacpp:forky was rebuilt or updated"
 
 
@@ -233,6 +272,7 @@ def test_exited_container_is_recreated() -> None:
     actions = plan.diff(services, running(services, **{CHAT: "exited"}), ids_for(services))
     assert kinds(actions)[CHAT] == "recreate"
     assert reason(actions, CHAT) == "container is exited"
+    assert next(a for a in actions if a.service == CHAT).how == plan.IN_PLACE
     assert [k for n, k in kinds(actions).items() if n != CHAT] == ["keep"] * 4
 
 

@@ -30,6 +30,8 @@ NOT_CONTAINER_SETTINGS = {
     "ready_check": "the health service's check `up` polls instead of probe (Ollama)",
     "depends_on": "start order: `up` orders, compose gets depends_on",
     "start_after": "start order of `up` (not hashed); compose orders by depends_on",
+    "update": "how `up` replaces the container (not hashed); compose recreates in place",
+    "reloads_config": "nginx: config contents reload (not hashed); compose mounts the files",
     "secret_env": "which env values are secret (compared: env_file vs environment)",
     "resources": "memory and cpus (compared), pids via pids_limit",
 }

@@ -37,7 +37,7 @@ class ContainerInfo:
     """One container of the project. `ports` are "HOSTIP:HOSTPORT->PORT/PROTO" strings,
     sorted; `started_at` is the engine's RFC 3339 time ("" when never started)."""
 
-    service: str
+    service: str  # its key: the service, or SERVICE_next / SERVICE_old (names.service_key)
     name: str
     id: str
     image: str
@@ -116,6 +116,9 @@ class Engine(Protocol):
     """One project's containers, config volumes and network on one engine."""
 
     project: str
+    # Labels of the stack folder deploying (project.Owner.labels): every container and the
+    # network it creates carry them; {} when the caller starts nothing.
+    owner_labels: dict[str, str]
 
     # --- reading -------------------------------------------------------------------------
     def actual(self) -> list[Actual]:
@@ -159,11 +162,25 @@ class Engine(Protocol):
                      ) -> None:
         """Fill the service's config volume with svc.config (0644) and `extra` files."""
 
-    def start(self, svc: ServiceSpec) -> str:
-        """(Re)create and start the service's container; its id."""
+    def write_volume(self, volume: str, files: dict[str, bytes], image: str) -> None:
+        """Write `files` ({relative path: bytes}, 0644) into the named volume (created with
+        the project's label when missing), through a container of `image`."""
+
+    def read_volume(self, volume: str, image: str) -> dict[str, bytes]:
+        """Every regular file in the named volume, by its relative path; {} without it."""
+
+    def start(self, svc: ServiceSpec, key: str | None = None) -> str:
+        """(Re)create and start the service's container; its id. `key` names the container
+        instead of svc.service (names.NEXT for a start-first replacement); labels, config
+        volume and settings stay the service's."""
+
+    def rename(self, key: str, new_key: str) -> None:
+        """Rename a running container (key -> new_key): connections are untouched, and its
+        DNS name on the project network becomes the new one at once."""
 
     def remove(self, service: str) -> None:
-        """Remove the service's container (no error when there is none)."""
+        """Remove the service's container (no error when there is none); also a key such as
+        SERVICE_old."""
 
     def down(self, volumes: bool = False) -> list[str]:
         """Remove every container and the network (and config volumes): removed names."""

@@ -78,10 +78,15 @@ def _ports(c: Container) -> tuple[str, ...]:
                         for p, bs in ports.items() for b in (bs or [])))
 
 
+def _key(c: Container) -> str:
+    project = c.labels.get(names.LABEL_PROJECT, "")
+    return names.service_key(project, c.name, c.labels.get(names.LABEL_SERVICE, c.name))
+
+
 def _info(c: Container) -> ContainerInfo:
     state = c.attrs.get("State", {})
     return ContainerInfo(
-        service=c.labels.get(names.LABEL_SERVICE, c.name), name=c.name, id=c.id[:12],
+        service=_key(c), name=c.name, id=c.id[:12],
         image=c.attrs.get("Config", {}).get("Image", ""), status=c.status,
         started_at=state.get("StartedAt", ""), ports=_ports(c), labels=dict(c.labels),
         restart_count=int(c.attrs.get("RestartCount", 0)), exit_code=state.get("ExitCode"))
@@ -92,11 +97,13 @@ class Project:
     Implements `api.Engine`: it returns llmstack's types, and every public method raises
     EngineError (never docker's or requests' exceptions)."""
 
-    def __init__(self, client: docker.DockerClient, project: str) -> None:
+    def __init__(self, client: docker.DockerClient, project: str,
+                 owner_labels: dict[str, str] | None = None) -> None:
         from docker import errors as docker_errors
 
         self.client = client
         self.project = project
+        self.owner_labels = dict(owner_labels or {})
         self.errors = docker_errors
 
     def close(self) -> None:
@@ -114,9 +121,10 @@ class Project:
         out = []
         for c in self._containers():
             labels = c.labels
-            out.append(Actual(service=labels.get(names.LABEL_SERVICE, c.name),
+            out.append(Actual(service=_key(c),
                               container_id=c.id, config_hash=labels.get(names.LABEL_HASH, ""),
-                              image_id=c.attrs.get("Image", ""), status=c.status))
+                              image_id=c.attrs.get("Image", ""), status=c.status,
+                              owner=labels.get(names.LABEL_OWNER, "")))
         return out
 
     @mapped
@@ -198,7 +206,8 @@ class Project:
         name = names.network(self.project)
         if not self.client.networks.list(names=[name]):
             self.client.networks.create(name, driver="bridge",
-                                        labels={names.LABEL_PROJECT: self.project})
+                                        labels={names.LABEL_PROJECT: self.project,
+                                                **self.owner_labels})
 
     def _ensure_volume(self, volume: str) -> None:
         """A volume of the stack's own, labelled so that `down --volumes` removes it."""
@@ -218,17 +227,46 @@ class Project:
         uid, gid = _uid(svc.user)
         self._put(svc.image, volume, _tar(files, uid, gid), f"the config of {svc.service}")
 
+    def _door(self, volume: str, image: str, read_only: bool) -> Container:
+        """A created-never-started container of `image` with `volume` on /v: the volume's
+        door for archive reads and writes through the engine API."""
+        return self.client.containers.create(
+            image, command=["true"], entrypoint=[], user="0:0",
+            mounts=[_mount(volume, "/v", "volume", read_only)],
+            labels={names.LABEL_PROJECT + ".tmp": self.project})
+
     def _put(self, image: str, volume: str, archive: bytes, what: str) -> None:
         """Unpack `archive` into `volume`: a created-never-started container of the service's
         own image (present: it is about to run) is the volume's door."""
-        door = self.client.containers.create(
-            image, command=["true"], entrypoint=[], user="0:0",
-            mounts=[_mount(volume, "/v", "volume", False)],
-            labels={names.LABEL_PROJECT + ".tmp": self.project})
+        door = self._door(volume, image, read_only=False)
         try:
             if not door.put_archive("/v", archive):
                 raise EngineError(f"could not write {what}",
                                   "check the engine's disk space and logs")
+        finally:
+            door.remove(force=True)
+
+    @mapped
+    def write_volume(self, volume: str, files: dict[str, bytes], image: str) -> None:
+        self._ensure_volume(volume)
+        self._put(image, volume, _tar({n: (d, 0o644) for n, d in files.items()}, 0, 0), volume)
+
+    @mapped
+    def read_volume(self, volume: str, image: str) -> dict[str, bytes]:
+        try:
+            self.client.volumes.get(volume)
+        except self.errors.NotFound:
+            return {}
+        door = self._door(volume, image, read_only=True)
+        try:
+            stream, _ = door.get_archive("/v/.")
+            files: dict[str, bytes] = {}
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                for member in tar:
+                    handle = tar.extractfile(member) if member.isfile() else None
+                    if handle:
+                        files[member.name.split("/", 1)[1]] = handle.read()
+            return files
         finally:
             door.remove(force=True)
 
@@ -239,12 +277,21 @@ class Project:
             c.remove(force=True)
 
     @mapped
-    def start(self, svc: ServiceSpec) -> str:
+    def rename(self, key: str, new_key: str) -> None:
+        c = self._get(key)
+        if c is None:
+            raise EngineError(f"no container {names.container(self.project, key)} to rename",
+                              "run `llmstack up` again")
+        c.rename(names.container(self.project, new_key))
+
+    @mapped
+    def start(self, svc: ServiceSpec, key: str | None = None) -> str:
         """Create and start the service's container: a translation of `svc`, deciding nothing
         (every setting is in the ServiceSpec, as `export.compose` translates it too)."""
         from docker.types import DeviceRequest
 
-        self.remove(svc.service)
+        key = key or svc.service
+        self.remove(key)
         for m in svc.mounts:
             if m.managed:
                 self._ensure_volume(m.source)
@@ -254,11 +301,12 @@ class Project:
         config = [_mount(names.config_volume(self.project, svc.service), svc.config_mount,
                          "volume", True)] if svc.config else []
         kwargs: dict[str, Any] = {
-            "name": names.container(self.project, svc.service),
+            "name": names.container(self.project, key),
             "command": svc.command,
             "environment": svc.env,
             "labels": {names.LABEL_PROJECT: self.project, names.LABEL_SERVICE: svc.service,
-                       names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash()},
+                       names.LABEL_ROLE: svc.role, names.LABEL_HASH: svc.config_hash(),
+                       **self.owner_labels},
             "network": names.network(self.project),
             "ports": svc.ports,
             "mounts": config + [_mount(m.source, m.target, m.kind, m.read_only)
