@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from benchmarks.http_load import read_status
-from llmstack.spec import size_bytes
+from llmstack.spec import StackSpec, size_bytes
 from tests.helpers import Stack, make_unthrottled_stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ def _attack(docker_client: Any, stack: Stack, hold_s: float) -> Any:
     from docker.types import Ulimit
 
     return docker_client.containers.run(
-        stack.spec().get("images", {}).get("litellm", "llmstack/litellm:1.108.7"),
+        StackSpec.model_validate(stack.spec()).images.for_key("litellm"),
         entrypoint=["python3", "-c", ATTACKER],
         command=[f"{stack.project}-nginx", "8080", str(SLOW_CLIENTS),
                  str(_large_header_buffer(stack)), str(hold_s)],

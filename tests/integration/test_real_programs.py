@@ -200,7 +200,8 @@ def test_litellm_loads_the_rendered_config(docker_client: Any, tmp_path: Path, c
     litellm = next(s for s in plan.desired(stack, rendered, key) if s.service == names.LITELLM)
     folder = tmp_path / "litellm"
     folder.mkdir()
-    (folder / "litellm.yaml").write_bytes(rendered.files()["litellm.yaml"])
+    for name, data in litellm.config.items():  # litellm.yaml and the team-keys callback
+        (folder / name).write_bytes(data)
     give_to_service_user(folder)
     # As `up` starts it (command, environment, user, read-only root), but published on a
     # random loopback port so this test can call it.
