@@ -82,13 +82,16 @@ main() {
     local engine
     engine="$(installed_engine)"
     if [[ -n "$engine" ]]; then
-        if is_root && command -v dockerd >/dev/null 2>&1 && ! command -v systemctl >/dev/null 2>&1; then
-            log "engine installed ($engine) but not running: starting it"
-            start_dockerd
-        elif is_root && command -v systemctl >/dev/null 2>&1 && systemctl start docker 2>/dev/null; then
+        # systemd manages the engine only where systemd runs (containers and CI machines often
+        # have systemctl installed but no systemd): start dockerd directly there.
+        if is_root && [[ -d "${SYSTEMD_DIR:-/run/systemd/system}" ]] && command -v systemctl >/dev/null 2>&1 \
+                && systemctl start docker 2>/dev/null; then
             log "engine installed ($engine): started it with systemctl"
             local deadline=$((SECONDS + DOCKER_WAIT_S))
             until engine_answers; do ((SECONDS < deadline)) || die "docker did not answer within ${DOCKER_WAIT_S}s"; sleep 1; done
+        elif is_root && command -v dockerd >/dev/null 2>&1; then
+            log "engine installed ($engine) but not running: starting it"
+            start_dockerd
         else
             die "a Docker engine is installed ($engine) but does not answer: start it (sudo systemctl start docker, or open Docker Desktop), and if you are not root, join the docker group (sudo usermod -aG docker \$USER, then log in again) or set DOCKER_HOST"
         fi

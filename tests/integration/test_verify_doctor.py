@@ -62,7 +62,9 @@ def test_verify_passes_on_the_demo_stack(demo_stack: Stack) -> None:
     assert by["embeddings"]["data"]["dimension"] == 576  # SmolLM2-135M's hidden size
     assert by["auth"]["data"] == {"wrong key": 401, "no key": 401}
     limited = by["rate_limit"]["data"]
-    assert limited["limited"] >= 1 and limited["passed"] >= 20  # burst 20 passes first
+    # The burst (20) passes first, less any slot verify's own requests of the last ~100 ms
+    # still hold in nginx's leaky bucket (10 r/s); then 429s.
+    assert limited["limited"] >= 1 and limited["passed"] >= 18
     assert report["metrics"]["embeddings.dimension"] == 576
     limit_lifted(demo_stack)
 

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmstack import cli, deploy, edge, names, plan
+from llmstack.backends import BACKENDS
 from llmstack.errors import DeployError, EngineError, RegistryUnreachable
 from llmstack.initialize import init
 from llmstack.project import Loaded, load
@@ -531,7 +532,7 @@ def test_a_model_that_never_gets_ready_is_rolled_back(loaded: Loaded, engine: Fa
         up(broken, engine, events)
     message = failed.value.message
     assert f"service {CHAT} failed: container exited (exit code 1)" in message
-    assert "probe: GET /health on port 8000" in message
+    assert f"probe: GET /health on port {BACKENDS['llamacpp'].port}" in message
     assert "fatal: cannot load model" in message  # the new container's last log lines
     assert f"rolled back: {CHAT} run their previous containers" in message
     # Every old container still runs, untouched; no new one is left behind.

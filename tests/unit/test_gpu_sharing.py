@@ -84,8 +84,9 @@ def test_up_starts_a_gpu_neighbour_only_once_the_first_is_ready(
     engine = FakeEngine(network=True)
     engine.answers = {svc("a"): ["503", "503", "200"], svc("c"): ["503", "200"]}
     events = Events()
-    deploy._start_in_order(engine, services, {s.service: "create" for s in services}, {},
-                           events, deploy.UpResult([]))
+    deploy._start_in_order(engine, services,
+                           {s.service: plan.Action("create", s.service, "new") for s in services},
+                           {}, events, deploy.UpResult([]))
     order = [(s, st) for s, st, _ in events.seen if st in ("starting", "ready")]
     assert order.index((svc("c"), "starting")) < order.index((svc("a"), "ready"))
     assert order.index((svc("b"), "starting")) > order.index((svc("a"), "ready"))

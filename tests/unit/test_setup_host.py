@@ -102,7 +102,8 @@ exit 1
 """
     systemctl = f'#!/bin/bash\necho "systemctl $*" >> "$CALLS"\ntouch {flag}\n'
     proc, calls = run(tmp_path, docker=docker, uid=0, installed={"docker-ce", "containerd.io"},
-                      extra={"apt-get": RECORD, "systemctl": systemctl})
+                      extra={"apt-get": RECORD, "systemctl": systemctl},
+                      env={"SYSTEMD_DIR": str(tmp_path)})  # systemd runs
     assert proc.returncode == 0, proc.stderr
     assert "systemctl start docker" in calls
     assert not [c for c in calls if c.startswith("apt-get")]
@@ -157,3 +158,19 @@ def test_the_user_setup_installs_no_test_tools() -> None:
     for tool in ("openssh-server", "nginx-light", "docker-compose", "debootstrap"):
         assert tool in tests
     assert "setup-test-host.sh" in (SCRIPT.parent / "test.sh").read_text()
+
+
+def test_systemctl_without_systemd_starts_dockerd_itself(tmp_path: Path) -> None:
+    """A container or CI machine: systemctl installed, systemd not running (the CI case)."""
+    flag = tmp_path / "started"
+    docker = f"""#!/bin/bash
+echo "docker $*" >> "$CALLS"
+[ -e {flag} ] && exit 0
+exit 1
+"""
+    dockerd = f'#!/bin/bash\necho "dockerd $*" >> "$CALLS"\ntouch {flag}\nexec sleep 5\n'
+    proc, calls = run(tmp_path, docker=docker, uid=0, installed={"docker.io"},
+                      extra={"apt-get": RECORD, "systemctl": RECORD, "dockerd": dockerd},
+                      env={"SYSTEMD_DIR": str(tmp_path / "no-systemd")})
+    assert proc.returncode == 0, proc.stderr
+    assert "dockerd " in calls and not [c for c in calls if c.startswith(("apt-get", "systemctl"))]
