@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,22 @@ def name_image(data: dict[str, Any], key: str, image: str) -> None:
         images = {"source": images}
     images[key] = image
     data["images"] = images
+
+
+@contextlib.contextmanager
+def upstream_stand_in(docker_client: Any, prefix: str, image: str, aliases: list[str],
+                      labels: dict[str, str]) -> Iterator[str]:
+    """A network where each of `aliases` resolves to one sleeping container of `image`: the
+    upstream names a rendered nginx.conf needs for `nginx -t`. Yields the network's name."""
+    net_name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    network = docker_client.networks.create(net_name, driver="bridge", labels=labels)
+    stand_in = docker_client.containers.create(
+        image, entrypoint=["sleep", "600"], command=[], labels=labels,
+        name=f"{net_name}-upstreams")
+    docker_client.api.connect_container_to_network(stand_in.id, net_name, aliases=aliases)
+    stand_in.start()
+    try:
+        yield net_name
+    finally:
+        stand_in.remove(force=True)
+        network.remove()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from llmstack import kube, names, plan, render, secrets, spec, tls
 from llmstack.images import LITELLM, NGINX
 from llmstack.spec import StackSpec
 from llmstack.teamkeys import Store
-from tests.helpers import REPO, wait_for
+from tests.helpers import REPO, upstream_stand_in, wait_for
 from tests.integration.test_real_programs import nginx_t
 
 pytestmark = pytest.mark.integration
@@ -89,20 +88,10 @@ def _project(docs: dict[str, list[Any]], volume: dict[str, Any], folder: Path,
 def kube_net(docker_client: Any) -> Iterator[str]:
     """A network where every upstream name of the cases resolves (to a sleeping stand-in):
     on the cluster these are the Services' names."""
-    net_name = f"t-kube-{uuid.uuid4().hex[:8]}"
-    network = docker_client.networks.create(net_name, driver="bridge", labels=LABEL)
     aliases = sorted({names.container(spec.load_file(p).project, svc)
                       for p in STACKS.values() for svc in (names.LITELLM, names.HEALTH)})
-    stand_in = docker_client.containers.create(
-        NGINX_IMAGE, entrypoint=["sleep", "600"], command=[], labels=LABEL,
-        name=f"{net_name}-upstreams")
-    docker_client.api.connect_container_to_network(stand_in.id, net_name, aliases=aliases)
-    stand_in.start()
-    try:
-        yield net_name
-    finally:
-        stand_in.remove(force=True)
-        network.remove()
+    with upstream_stand_in(docker_client, "t-kube", NGINX_IMAGE, aliases, LABEL) as net:
+        yield net
 
 
 @pytest.mark.parametrize("case", list(STACKS))

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from docker.types import Mount
 from llmstack import initialize, names, plan, render, secrets, spec, teamkeys, tls
 from llmstack.images import LITELLM, NGINX
 from llmstack.spec import StackSpec
-from tests.helpers import REPO, wait_for
+from tests.helpers import REPO, upstream_stand_in, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -97,20 +96,10 @@ def run_once(client: Any, image: str, **kwargs: Any) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def upstream_net(docker_client: Any) -> Iterator[str]:
     """A network where every upstream name of every case resolves (to a sleeping stand-in)."""
-    net_name = f"t-nginx-{uuid.uuid4().hex[:8]}"
-    network = docker_client.networks.create(net_name, driver="bridge", labels=LABEL)
     aliases = sorted({names.container(stack_of(c).project, svc) for c in [*CASES, "starter"]
                       for svc in (names.LITELLM, names.HEALTH)})
-    stand_in = docker_client.containers.create(
-        NGINX_IMAGE, entrypoint=["sleep", "600"], command=[], labels=LABEL,
-        name=f"{net_name}-upstreams")
-    docker_client.api.connect_container_to_network(stand_in.id, net_name, aliases=aliases)
-    stand_in.start()
-    try:
-        yield net_name
-    finally:
-        stand_in.remove(force=True)
-        network.remove()
+    with upstream_stand_in(docker_client, "t-nginx", NGINX_IMAGE, aliases, LABEL) as net:
+        yield net
 
 
 def nginx_service(stack: StackSpec) -> plan.ServiceSpec:
