@@ -168,7 +168,8 @@ def query_gpus(client: docker.DockerClient, candidates: list[str], project: str 
     try:
         # Discovery only: every GPU (count=-1), no network, no capabilities, removed at once.
         code, out = _run(client, image, gpumod.NVIDIA_SMI_QUERY, ["nvidia-smi"], project,
-                         device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])],
+                         device_requests=[DeviceRequest(driver=gpumod.DEVICE_DRIVER, count=-1,
+                                                       capabilities=[["gpu"]])],
                          environment={"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
                          network_mode="none")
     except APIError as exc:
@@ -187,7 +188,8 @@ def query_gpus(client: docker.DockerClient, candidates: list[str], project: str 
         return GpuProbe("error", image=image, detail=str(exc))
     try:  # the table's header says the driver's CUDA version (no --query field does)
         _, table = _run(client, image, [], ["nvidia-smi"], project,
-                        device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])],
+                        device_requests=[DeviceRequest(driver=gpumod.DEVICE_DRIVER, count=-1,
+                                                       capabilities=[["gpu"]])],
                         environment={"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
                         network_mode="none")
     except DockerException:
