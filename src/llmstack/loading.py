@@ -14,15 +14,13 @@ which one a slow model is in. Pure: the engine's readings come in as `Activity` 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .engine.api import Activity
 
 # The longest a model may show no sign of progress; the old fixed deadline, so a model that
 # used to become ready still does, and one that hangs fails as early as before.
 STALL_S = 600.0
-# The ceiling when stack.yaml sets none: a 70B model from a network disk, with some margin.
-DEFAULT_CEILING_S = 3600
 # How often the container's activity is read (a log and a stats call); probes run every poll.
 SAMPLE_S = 5.0
 # Growth that counts as progress; smaller changes are the noise of an idle process.
@@ -39,7 +37,6 @@ class Loading:
     ceiling_s: float
     field: str  # where the ceiling comes from, for the message: models[N].load_timeout
     phases: tuple[tuple[str, str], ...] = ()
-    stall_s: float = STALL_S
 
 
 @dataclass
@@ -55,7 +52,6 @@ class Watch:
     last_outcome: str = ""
     most_read: int = 0
     most_memory: int = 0
-    seen: list[str] = field(default_factory=list)  # what counted as progress last time
 
     def __post_init__(self) -> None:
         self.last_progress = self.started
@@ -67,31 +63,30 @@ class Watch:
     def observe(self, now: float, outcome: str, activity: Activity | None) -> str | None:
         """Take one poll's readings (`activity` None when not read this time); None while the
         model may go on loading, else why it failed."""
-        signs = []
+        progress = False
         if outcome != self.last_outcome:
-            if self.last_outcome:
-                signs.append(f"probe {self.last_outcome} -> {outcome}")
+            progress = bool(self.last_outcome)  # the first answer is no change
             self.last_outcome = outcome
         if activity is not None:
             self.last_sample = now
             self.cursor = activity.cursor
             if activity.output.strip():
-                signs.append("log output")
+                progress = True
                 self.phase = phase_of(self.loading.phases, activity.output) or self.phase
             if activity.read_bytes >= self.most_read + READ_STEP:
-                signs.append("disk reads")
+                progress = True
                 self.most_read = activity.read_bytes
             if activity.memory_bytes >= self.most_memory + MEMORY_STEP:
-                signs.append("memory growth")
+                progress = True
                 self.most_memory = activity.memory_bytes
-        if signs:
-            self.last_progress, self.seen = now, signs
+        if progress:
+            self.last_progress = now
         elapsed, quiet = now - self.started, now - self.last_progress
         if elapsed > self.loading.ceiling_s:
             return (f"not ready after {elapsed:.0f}s, the ceiling {self.loading.field} sets "
                     f"({self.loading.ceiling_s:.0f}s; last phase: {self.phase})")
-        stall = min(self.loading.stall_s, self.loading.ceiling_s)
-        if quiet > stall:
+        # quiet <= elapsed: a ceiling below STALL_S has already ended the wait above.
+        if quiet > STALL_S:
             return (f"no sign of progress for {quiet:.0f}s (no new log output, disk reads, "
                     f"memory growth or change of its probe's answer; last phase: "
                     f"{self.phase})")

@@ -64,10 +64,11 @@ def test_the_ceiling_ends_a_load_that_keeps_showing_progress() -> None:
                    "last phase: loading tensors)")
 
 
-def test_a_ceiling_below_the_stall_window_is_the_stall_window() -> None:
+def test_a_ceiling_below_the_stall_window_ends_a_silent_wait_at_the_ceiling() -> None:
     watch = Watch(Loading(60.0, "models[0].load_timeout"), started=0.0)
     watch.observe(0.0, "503", quiet())
-    assert watch.observe(61.0, "503", None) is not None
+    why = watch.observe(61.0, "503", None)
+    assert why is not None and why.startswith("not ready after 61s, the ceiling")
 
 
 def test_the_cursor_moves_and_activity_is_read_every_few_seconds() -> None:

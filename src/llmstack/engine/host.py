@@ -165,13 +165,16 @@ def query_gpus(client: docker.DockerClient, candidates: list[str], project: str 
     if image is None:
         return GpuProbe("no-image", detail="none of these images is on the engine: "
                         + ", ".join(dict.fromkeys(candidates)))
+    # Discovery only: every GPU (count=-1), no network, only the driver's compute and
+    # utility libraries, removed at once; both nvidia-smi runs below take the same settings.
+    discovery: dict[str, Any] = {
+        "device_requests": [DeviceRequest(driver=gpumod.DEVICE_DRIVER, count=-1,
+                                          capabilities=[["gpu"]])],
+        "environment": {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
+        "network_mode": "none"}
     try:
-        # Discovery only: every GPU (count=-1), no network, no capabilities, removed at once.
         code, out = _run(client, image, gpumod.NVIDIA_SMI_QUERY, ["nvidia-smi"], project,
-                         device_requests=[DeviceRequest(driver=gpumod.DEVICE_DRIVER, count=-1,
-                                                       capabilities=[["gpu"]])],
-                         environment={"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
-                         network_mode="none")
+                         **discovery)
     except APIError as exc:
         text = str(exc.explanation or exc)
         if any(marker in text for marker in _NO_RUNTIME):
@@ -187,11 +190,7 @@ def query_gpus(client: docker.DockerClient, candidates: list[str], project: str 
     except gpumod.GpuQueryError as exc:
         return GpuProbe("error", image=image, detail=str(exc))
     try:  # the table's header says the driver's CUDA version (no --query field does)
-        _, table = _run(client, image, [], ["nvidia-smi"], project,
-                        device_requests=[DeviceRequest(driver=gpumod.DEVICE_DRIVER, count=-1,
-                                                       capabilities=[["gpu"]])],
-                        environment={"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
-                        network_mode="none")
+        _, table = _run(client, image, [], ["nvidia-smi"], project, **discovery)
     except DockerException:
         table = ""
     return GpuProbe("ok", gpus, image=image, nvidia_smi=table)
