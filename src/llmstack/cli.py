@@ -216,7 +216,7 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
     if hosts:
         from . import fleet
         _fleet_done(fleet.each(_cwd(directory), _resolved(file), hosts, host, "plan",
-                               fleet.plan_one(take_over), make_secrets=True), json_out)
+                               fleet.plan_one(take_over)), json_out)
     from . import fetch
     from .checks import exit_code, failing, finding_lines
     from .deploy import decide_images, plan_only
@@ -389,8 +389,7 @@ def status(directory: DirOpt = None, file: FileOpt = None,
 
     if hosts:
         from . import fleet
-        result = fleet.each(_cwd(directory), _resolved(file), hosts, host, "status",
-                            fleet.status_one)
+        result = fleet.status(_cwd(directory), _resolved(file), hosts, host)
         if not json_out:
             for line in fleet.status_table(result):
                 typer.echo(line)

@@ -52,6 +52,7 @@ class HostResult:
 class FleetResult:
     command: str
     hosts: list[HostResult]
+    extra: dict[str, Any] = field(default_factory=dict)  # command-wide findings
 
     @property
     def exit_code(self) -> int:
@@ -60,7 +61,8 @@ class FleetResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"command": self.command, "ok": self.exit_code == 0,
-                "exit_code": self.exit_code, "hosts": [h.to_dict() for h in self.hosts]}
+                "exit_code": self.exit_code, "hosts": [h.to_dict() for h in self.hosts],
+                **self.extra}
 
 
 def select(fleet: Fleet, hosts: str) -> list[HostSpec]:
@@ -110,9 +112,10 @@ HostAction = Callable[[Loaded, str | None, HostResult], None]
 
 
 def each(root: Path, file: Path | None, hosts: str, default_engine: str | None,
-         command: str, action: HostAction, make_secrets: bool = False) -> FleetResult:
+         command: str, action: HostAction) -> FleetResult:
     """`action` on every selected host in turn; an error on one host is that host's result
-    (its exit code), and the others still run."""
+    (its exit code), and the others still run. A host's certificate (and own .env) is made
+    first when missing (`prepare`), so a host not deployed yet reads as such."""
     from .engine.client import describe_target
 
     fleet = load_fleet(root, file)
@@ -123,8 +126,7 @@ def each(root: Path, file: Path | None, hosts: str, default_engine: str | None,
         out.hosts.append(result)
         try:
             loaded = load(root, file, host.name)
-            if make_secrets:
-                prepare(loaded)
+            prepare(loaded)
             action(loaded, url, result)
         except LlmstackError as exc:
             fail(result, exc)
@@ -188,9 +190,37 @@ def status_one(loaded: Loaded, url: str | None, result: HostResult) -> None:
     project = _open(loaded, url)
     report = deploy.status(loaded, project)
     revision = _revision(loaded, project)
-    result.data = {**report.to_dict(), "revision": revision}
+    result.data = {**report.to_dict(), "revision": revision, "weights": weights(loaded)}
     if not report.healthy:
         result.exit_code, result.status = ExitCode.RUNTIME, "failed"
+
+
+def weights(loaded: Loaded) -> dict[str, str]:
+    """{model: the weights it serves}: its source, with the commit stack.lock pins an hf:
+    source at (the lock file is the folder's, so every host gets the same commit)."""
+    pins = loaded.pins()
+    out = {}
+    for model in loaded.spec.models:
+        commit = pins.get(model.source)
+        out[model.name] = model.source + (f" (commit {commit})" if commit else "")
+    return out
+
+
+def differing_weights(result: FleetResult) -> dict[str, dict[str, str]]:
+    """Models that serve different weights on different hosts: {model: {host: weights}}."""
+    seen: dict[str, dict[str, str]] = {}
+    for host in result.hosts:
+        for model, ref in (host.data.get("weights") or {}).items():
+            seen.setdefault(model, {})[host.host] = ref
+    return {m: refs for m, refs in seen.items() if len(set(refs.values())) > 1}
+
+
+def status(root: Path, file: Path | None, hosts: str, default_engine: str | None
+           ) -> FleetResult:
+    """`status --hosts`: every host's status, and the models whose weights differ."""
+    result = each(root, file, hosts, default_engine, "status", status_one)
+    result.extra["differing_weights"] = differing_weights(result)
+    return result
 
 
 def status_table(result: FleetResult) -> list[str]:
@@ -202,16 +232,16 @@ def status_table(result: FleetResult) -> list[str]:
         rev = f"{revision.get('revision')} ({revision.get('digest')})" if revision else "-"
         for s in data.get("services", []):
             health = {True: "healthy", False: "unhealthy", None: "-"}[s.get("healthy")]
+            behind = "  (runs its previous revision; `up` applies stack.yaml)" \
+                if s.get("in_sync") is False else ""
             lines.append(f"{host.host:<16} {s['service']:<28} {s['state']:<10} {health:<9} "
-                         f"{rev}")
+                         f"{rev}{behind}")
         if "services" not in data:
             lines.append(f"{host.host:<16} {'-':<28} {'error':<10} {'-':<9} -")
             lines += [f"  {line}" for line in host.lines]
-    digests = {(h.data.get("revision") or {}).get("digest") for h in result.hosts
-               if h.data.get("revision")}
-    if len(digests) > 1:
-        lines.append("note: the hosts run different revisions (digests differ): a rolling "
-                     "`up --hosts all` stopped part way, or the hosts' overrides differ")
+    for model, refs in differing_weights(result).items():
+        lines.append(f"WARNING: model {model} serves other weights on some hosts: "
+                     + "; ".join(f"{host}: {ref}" for host, ref in refs.items()))
     bad = [h.host for h in result.hosts if h.status == "failed"]
     lines.append(f"{len(result.hosts) - len(bad)} of {len(result.hosts)} host(s) healthy"
                  + (f"; not: {', '.join(bad)}" if bad else ""))
