@@ -591,7 +591,7 @@ def rotate_key(
     if hosts:  # one new key for the hosts sharing the fleet's .env, one grace window
         from . import fleet
         _fleet_done(fleet.rotate_fleet(_cwd(directory), _resolved(file), hosts, host, seconds,
-                                       progress, finish_), json_out)
+                                       progress, finish_, show), json_out)
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
 

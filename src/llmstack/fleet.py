@@ -391,7 +391,8 @@ def rolling_up(root: Path, file: Path | None, hosts: str, default_engine: str | 
 
 
 def rotate_fleet(root: Path, file: Path | None, hosts: str, default_engine: str | None,
-                 grace_seconds: int, progress: Progress, finish: bool = False) -> FleetResult:
+                 grace_seconds: int, progress: Progress, finish: bool = False,
+                 show: bool = False) -> FleetResult:
     """One new key for the hosts that share the fleet's .env, in one pass with one grace
     window (rotate.rotate_group); each host with `key: host` rotates its own."""
     from . import rotate
@@ -428,7 +429,7 @@ def rotate_fleet(root: Path, file: Path | None, hosts: str, default_engine: str 
                 line = "grace window ended" if done.was_in_progress else "no grace window open"
             else:
                 rotated = rotate.rotate_group(targets, grace_seconds, say)
-                data = rotated.to_dict()
+                data = rotated.to_dict(show=show)
                 line = (f"new key in {env}; " + (f"old key accepted until {data['grace_ends']}"
                                                   if grace_seconds else "old key refused"))
         except LlmstackError as exc:
@@ -438,4 +439,6 @@ def rotate_fleet(root: Path, file: Path | None, hosts: str, default_engine: str 
         for m in members:
             m[2].data = data
             m[2].lines.append(line)
+        if show and "key" in data:
+            members[0][2].lines.append(f"new key: {data['key']}")
     return out
