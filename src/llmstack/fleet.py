@@ -6,8 +6,10 @@ DOCKER_HOST / the Docker context), with its own certificate (hosts/NAME/certs/, 
 domain) and config/ (hosts/NAME/config/) in the deploying folder; the client key is the
 folder's .env, one for the whole fleet, unless the host says `key: host`.
 
-A command runs host by host in the inventory's order and gives one result per host; its
-exit code is the worst of them (0 < 1 < 2). `up` rolls: one host (or `parallel` hosts) at a
+A command gives one result per host, in the inventory's order; its exit code is the worst of
+them (0 < 1 < 2). `plan`, `status`, `verify`, `doctor` and `down` ask up to MAX_AT_ONCE hosts
+at once (each host is independent); `up` rolls, and `rotate-key` moves the whole fleet one
+step at a time. `up` rolls: one host (or `parallel` hosts) at a
 time, each verified through its edge as a client; it stops once `max_failures` hosts failed,
 leaving the hosts it did not reach untouched; a host whose change fails is rolled back (by
 `up`'s own safe changes, or to its previous revision when `verify` fails after `up`).
@@ -30,6 +32,7 @@ from .spec import Fleet, HostSpec
 
 Progress = Callable[[str], None]
 ALL = "all"
+MAX_AT_ONCE = 8  # hosts a read-only fleet command (plan, status, verify, doctor) asks at once
 
 
 @dataclass
@@ -119,17 +122,23 @@ def each(root: Path, file: Path | None, hosts: str, default_engine: str | None,
     from .engine.client import describe_target
 
     fleet = load_fleet(root, file)
-    out = FleetResult(command, [])
-    for host in select(fleet, hosts):
-        url = engine_url(host, default_engine)
-        result = HostResult(host.name, describe_target(url))
-        out.hosts.append(result)
+    chosen = select(fleet, hosts)
+    out = FleetResult(command, [HostResult(h.name, describe_target(
+        engine_url(h, default_engine))) for h in chosen])
+
+    def one(index: int) -> None:
+        host, result = chosen[index], out.hosts[index]
         try:
             loaded = load(root, file, host.name)
             prepare(loaded)
-            action(loaded, url, result)
+            action(loaded, engine_url(host, default_engine), result)
         except LlmstackError as exc:
             fail(result, exc)
+
+    # Hosts are independent here (each its own engine and files): waiting on one host's
+    # engine need not hold up the next. Results keep the inventory's order.
+    with ThreadPoolExecutor(max_workers=min(len(chosen), MAX_AT_ONCE)) as pool:
+        list(pool.map(one, range(len(chosen))))
     return out
 
 

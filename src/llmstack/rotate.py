@@ -33,6 +33,7 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from .teamkeys import parse_duration
 Progress = Callable[[str], None]
 
 MAX_GRACE = 30 * 86400
+MAX_AT_ONCE = 8  # stacks of a fleet one rotation step works on at once
 SWAP_DEADLINE = 20.0  # seconds for nginx to replace its workers after a reload
 VERIFY_DEADLINE = 20.0  # seconds for the keys to answer as expected through nginx
 
@@ -195,11 +197,15 @@ def rotate_group(targets: list[tuple[Loaded, Engine]], grace_seconds: int,
     loaded0 = targets[0][0]
     with exclusive(loaded0.paths.root):
         old = loaded0.keys()
-        edges = []
-        for loaded, project in targets:
+
+        def opened(target: tuple[Loaded, Engine]) -> tuple[Loaded, Edge,
+                                                            dict[str, tuple[bytes, int]], bytes]:
+            loaded, project = target
             edge = open_edge(loaded, project, old, progress)
             _check_serving(edge, old)
-            edges.append((loaded, edge, certificate_files(loaded), loaded.keys_conf(old)))
+            return loaded, edge, certificate_files(loaded), loaded.keys_conf(old)
+
+        edges = _on_each(opened, targets)
         new_master = secrets.new_key()
         # Transitional: the new key is current, the old one accepted with no end (the
         # expiry-less "previous" slot), so whichever of the two `.env` ends up with works.
@@ -209,32 +215,39 @@ def rotate_group(targets: list[tuple[Loaded, Engine]], grace_seconds: int,
         def where(loaded: Loaded) -> str:
             return f" on {loaded.paths.host}" if len(targets) > 1 and loaded.paths.host else ""
 
-        done: list[tuple[Any, bytes, dict[str, tuple[bytes, int]], bool]] = []
-        for loaded, edge, other_files, old_conf in edges:
+        reloaded: dict[int, bool] = {}
+
+        def transitional(index: int) -> None:
+            loaded, edge, other_files, _ = edges[index]
             progress(f"shipping a key file that accepts the old and the new key{where(loaded)}")
-            reloaded = False
-            try:
-                edge.ship(loaded.keys_conf(both), other_files)
-                edge.test_config()
-                reloaded = True  # from here nginx may run the transitional file
-                edge.reload()
-                progress(f"nginx reloaded{where(loaded)}: old and new key accepted")
-                edge.expect({old.master: "200", new_master: "200"}, labels)
-                progress(f"verified through nginx{where(loaded)}: the new key answers 200")
-                done.append((edge, old_conf, other_files, reloaded))
-            except BaseException as exc:
-                note = ""
-                for back in [*done, (edge, old_conf, other_files, reloaded)]:
-                    note = _roll_back(back[0], back[1], back[2], back[3], progress) or note
-                if isinstance(exc, LlmstackError) and _foreign(exc) is None:
-                    exc.message = f"key rotation failed{where(loaded)}: {exc.message}{note}"
-                    raise
-                if isinstance(exc, Exception):  # the engine failed (or a bug): exit 2
-                    cause = _foreign(exc) or exc
-                    raise DeployError(f"key rotation failed{where(loaded)}: "
-                                      f"{type(cause).__name__}: {cause}{note}",
-                                      "`llmstack status`; run the command again") from exc
-                raise
+            reloaded[index] = False
+            edge.ship(loaded.keys_conf(both), other_files)
+            edge.test_config()
+            reloaded[index] = True  # from here nginx may run the transitional file
+            edge.reload()
+            progress(f"nginx reloaded{where(loaded)}: old and new key accepted")
+            edge.expect({old.master: "200", new_master: "200"}, labels)
+            progress(f"verified through nginx{where(loaded)}: the new key answers 200")
+
+        # Step 1 on every stack at once; any failure puts the old key file back on each
+        # stack it reached, and .env stays as it was.
+        errors = _on_each_caught(transitional, list(range(len(edges))))
+        if errors:
+            index, exc = errors[0]
+            loaded = edges[index][0]
+            note = ""
+            for i in sorted(reloaded):
+                note = _roll_back(edges[i][1], edges[i][3], edges[i][2], reloaded[i],
+                                  progress) or note
+            if isinstance(exc, LlmstackError) and _foreign(exc) is None:
+                exc.message = f"key rotation failed{where(loaded)}: {exc.message}{note}"
+                raise exc
+            if isinstance(exc, Exception):  # the engine failed (or a bug): exit 2
+                cause = _foreign(exc) or exc
+                raise DeployError(f"key rotation failed{where(loaded)}: "
+                                  f"{type(cause).__name__}: {cause}{note}",
+                                  "`llmstack status`; run the command again") from exc
+            raise exc
 
         backup_file = backup(env_path)
         os.chmod(backup_file, 0o600)
@@ -248,24 +261,27 @@ def rotate_group(targets: list[tuple[Loaded, Engine]], grace_seconds: int,
         cutover_ms = round((time.monotonic() - started) * 1000)
         progress(f"wrote the new key to {env_path}")
 
-        failed: list[str] = []
-        for loaded, edge, other_files, _ in edges:
+        def final_file(index: int) -> None:
+            loaded, edge, other_files, _ = edges[index]
             try:
                 edge.ship(loaded.keys_conf(final), other_files)
                 edge.test_config()
                 edge.reload()
                 edge.expect({new_master: "200",
                              old.master: "200" if grace_seconds else "401"}, labels)
-            except Exception as exc:
+            except Exception:
                 # nginx may still run the transitional file, which accepts the old key with
                 # no end. Put that file back in the volume too, so that the volume never
                 # claims a state nginx may not run: `up` then sees it differ from .env and
                 # re-syncs, and `--finish` always does.
                 with contextlib.suppress(Exception):
                     edge.ship(loaded.keys_conf(both), other_files)
-                text = exc.message if isinstance(exc, LlmstackError) else \
-                    f"{type(exc).__name__}: {exc}"
-                failed.append(f"{where(loaded).strip() or loaded.spec.project}: {text}")
+                raise
+
+        failed = [f"{where(edges[i][0]).strip() or edges[i][0].spec.project}: "
+                  + (exc.message if isinstance(exc, LlmstackError) else
+                     f"{type(exc).__name__}: {exc}")
+                  for i, exc in _on_each_caught(final_file, list(range(len(edges))))]
         if failed:
             raise DeployError(
                 f"the new key is live and in {env_path}, but the old key could not be "
@@ -278,6 +294,28 @@ def rotate_group(targets: list[tuple[Loaded, Engine]], grace_seconds: int,
         project_names = ", ".join(loaded.spec.project for loaded, _ in targets)
         return Rotation(project_names, env_path, backup_file, rotated_at, grace_seconds,
                         cutover_ms, round((time.monotonic() - started) * 1000), new_master)
+
+
+def _on_each(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """`fn` over `items` at once (stacks of a fleet: each its own engine); the first error
+    raised, results in order."""
+    if len(items) == 1:
+        return [fn(items[0])]
+    with ThreadPoolExecutor(max_workers=min(len(items), MAX_AT_ONCE)) as pool:
+        return list(pool.map(fn, items))
+
+
+def _on_each_caught(fn: Callable[[int], None], indices: list[int]
+                    ) -> list[tuple[int, BaseException]]:
+    """`fn` over `indices` at once; every error, with its index, in order."""
+    def caught(index: int) -> tuple[int, BaseException] | None:
+        try:
+            fn(index)
+        except BaseException as exc:  # reported (or raised again) by the caller
+            return index, exc
+        return None
+
+    return [r for r in _on_each(caught, indices) if r is not None]
 
 
 def _foreign(exc: BaseException) -> BaseException | None:
