@@ -17,9 +17,10 @@ leaving the hosts it did not reach untouched; a host whose change fails is rolle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,13 +153,19 @@ def fail(result: HostResult, exc: LlmstackError) -> None:
 # --- the commands, one host each ---------------------------------------------------------------
 
 
-def _open(loaded: Loaded, url: str | None, create: bool = False) -> Any:
+@contextlib.contextmanager
+def _open(loaded: Loaded, url: str | None, create: bool = False) -> Iterator[Any]:
+    """The host's project on its engine, labelled with this folder's identity; its
+    connection (an ssh tunnel for ssh://) closed at the end."""
     from .engine.containers import open_project
     from .project import owner
 
     project = open_project(url, loaded.spec.project)
-    project.owner_labels = owner(loaded.paths, create).labels()
-    return project
+    try:
+        project.owner_labels = owner(loaded.paths, create).labels()
+        yield project
+    finally:
+        project.close()
 
 
 def plan_one(take_over: bool) -> HostAction:
@@ -167,10 +174,11 @@ def plan_one(take_over: bool) -> HostAction:
         from .deploy import decide_images, plan_only
         from .doctor import gpu_plan
 
-        project = _open(loaded, url)
-        loaded, choice = decide_images(loaded, project, progress=lambda m: None, fetch=False)
-        actions = plan_only(loaded, project, take_over)
-        findings, budget = gpu_plan(project, loaded.spec)
+        with _open(loaded, url) as project:
+            loaded, choice = decide_images(loaded, project, progress=lambda m: None,
+                                           fetch=False)
+            actions = plan_only(loaded, project, take_over)
+            findings, budget = gpu_plan(project, loaded.spec)
         result.exit_code = exit_code(findings)
         result.status = "ok" if result.exit_code == 0 else "failed"
         result.data = {"project": loaded.spec.project,
@@ -196,9 +204,9 @@ def _revision(loaded: Loaded, project: Any) -> dict[str, Any] | None:
 def status_one(loaded: Loaded, url: str | None, result: HostResult) -> None:
     from . import deploy
 
-    project = _open(loaded, url)
-    report = deploy.status(loaded, project)
-    revision = _revision(loaded, project)
+    with _open(loaded, url) as project:
+        report = deploy.status(loaded, project)
+        revision = _revision(loaded, project)
     result.data = {**report.to_dict(), "revision": revision, "weights": weights(loaded)}
     if not report.healthy:
         result.exit_code, result.status = ExitCode.RUNTIME, "failed"
@@ -287,9 +295,9 @@ def down_one(volumes: bool, take_over: bool) -> HostAction:
     def run(loaded: Loaded, url: str | None, result: HostResult) -> None:
         from .deploy import check_owner
 
-        project = _open(loaded, url)
-        check_owner(project, take_over)
-        removed = project.down(volumes=volumes)
+        with _open(loaded, url) as project:
+            check_owner(project, take_over)
+            removed = project.down(volumes=volumes)
         result.data = {"project": loaded.spec.project, "removed": removed}
         result.lines.append(f"removed {len(removed)} containers of {loaded.spec.project}")
     return run
@@ -312,12 +320,20 @@ def up_one(loaded: Loaded, url: str | None, result: HostResult, report: Any,
            progress: Progress, take_over: bool, verify_timeout: float) -> None:
     """`up` then `verify` on one host; a verify failure after a change returns the host to
     its previous revision (when one is recorded)."""
+    started = time.monotonic()
+    with _open(loaded, url, create=True) as project:
+        _up_verify(loaded, url, result, report, progress, take_over, verify_timeout, project,
+                   started)
+
+
+def _up_verify(loaded: Loaded, url: str | None, result: HostResult, report: Any,
+               progress: Progress, take_over: bool, verify_timeout: float, project: Any,
+               started: float) -> None:
+    """up_one's work on the open project."""
     from . import deploy
     from . import verify as ver
     from .engine.client import describe_target, engine_address
 
-    started = time.monotonic()
-    project = _open(loaded, url, create=True)
     host = loaded.paths.host or ""
     say: Progress = lambda m: progress(f"{host}: {m}")  # noqa: E731
     up = deploy.up(loaded, project, _Prefixed(host, report), local_engine=project.is_local(),
@@ -404,7 +420,6 @@ def rotate_fleet(root: Path, file: Path | None, hosts: str, default_engine: str 
                  show: bool = False) -> FleetResult:
     """One new key for the hosts that share the fleet's .env, in one pass with one grace
     window (rotate.rotate_group); each host with `key: host` rotates its own."""
-    from . import rotate
     from .engine.client import describe_target
     from .engine.containers import open_project
 
@@ -422,12 +437,25 @@ def rotate_fleet(root: Path, file: Path | None, hosts: str, default_engine: str 
             groups.setdefault(loaded.paths.env, []).append((loaded, project, result))
         except LlmstackError as exc:
             fail(result, exc)
+    try:
+        _rotate_groups(out, groups, grace_seconds, progress, finish, show)
+    finally:
+        for members in groups.values():
+            for _, project, _ in members:
+                project.close()
+    return out
+
+
+def _rotate_groups(out: FleetResult, groups: dict[Path, list[tuple[Loaded, Any, HostResult]]],
+                   grace_seconds: int, progress: Progress, finish: bool, show: bool) -> None:
+    from . import rotate
+
     if any(r.status == "failed" for r in out.hosts):
         for r in out.hosts:
             if r.status != "failed":
                 r.status = "skipped"
                 r.lines.append("not rotated: another host of the fleet cannot be reached")
-        return out
+        return
     for env, members in groups.items():
         targets = [(m[0], m[1]) for m in members]
         say: Progress = lambda m, e=env: progress(f"{e}: {m}")  # noqa: E731
@@ -450,4 +478,3 @@ def rotate_fleet(root: Path, file: Path | None, hosts: str, default_engine: str 
             m[2].lines.append(line)
         if show and "key" in data:
             members[0][2].lines.append(f"new key: {data['key']}")
-    return out
