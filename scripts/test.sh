@@ -9,4 +9,4 @@ LLMSTACK_EXTRAS=test,bench bash scripts/install.sh
 bash scripts/install-clients.sh
 export TESTCONTAINERS_RYUK_DISABLED=true
 .venv/bin/ruff check src tests benchmarks
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest --durations=25 "$@"

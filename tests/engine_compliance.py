@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 
 from llmstack import names
-from llmstack.engine.api import ContainerInfo, Engine, Task
+from llmstack.engine.api import Activity, ContainerInfo, Engine, Task
 from llmstack.errors import EngineError
 from llmstack.plan import CONFIG_ROOT, Actual, ServiceSpec
 
@@ -163,6 +163,27 @@ def case_logs_of_a_service(engine: Engine) -> None:
     assert isinstance(chunk, bytes) and chunk
 
 
+TICKS = ("import time\nfor i in range(300):\n    print('tick', i, flush=True)\n"
+         "    time.sleep(0.1)\ntime.sleep(600)")
+
+
+def case_activity_reads_each_line_once(engine: Engine) -> None:
+    assert engine.activity("svc-a") == Activity("", "")  # no container
+    up(engine, service("svc-a", command=["-c", TICKS]))
+    first = eventually(lambda: engine.activity("svc-a").output)
+    assert first
+    reads = [engine.activity("svc-a")]  # from the start again: what `first` had, and more
+    assert reads[0].output.startswith(str(first).splitlines()[0])
+    assert reads[0].cursor and reads[0].memory_bytes > 0
+    for _ in range(3):
+        time.sleep(0.3)
+        reads.append(engine.activity("svc-a", reads[-1].cursor))
+    lines = [line for r in reads for line in r.output.splitlines()]
+    assert lines == list(dict.fromkeys(lines)), "a line was read twice"
+    ticks = [int(line.split()[1]) for line in lines if line.startswith("tick")]
+    assert ticks == sorted(ticks)
+
+
 def case_host_facts_through_the_engine(engine: Engine) -> None:
     up(engine, service("svc-a"))
     assert engine.running_services() == {"svc-a": "running"}
@@ -228,4 +249,5 @@ CASES = [case_a_registry_that_does_not_answer, case_start_beside_then_rename,
          case_host_facts_through_the_engine, case_down_removes_everything, case_config_round_trip,
          case_exec_exit_codes_output_and_environment, case_missing_things_raise_engine_error,
          case_probe_from_inside_the_network, case_logs_of_a_service,
+         case_activity_reads_each_line_once,
          case_run_task_streams_its_lines_returns_its_exit_code_and_leaves_nothing]

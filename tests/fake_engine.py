@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llmstack import names
-from llmstack.engine.api import ContainerInfo, Task
+from llmstack.engine.api import Activity, ContainerInfo, Task
 from llmstack.engine.host import EngineFacts, GpuProbe, HostSnapshot, SourceStat
 from llmstack.errors import EngineError
 from llmstack.plan import Actual, ServiceSpec
@@ -42,6 +42,8 @@ class FakeContainer:
     restart_count: int = 0
     config_mount: str = ""
     log: list[str] = field(default_factory=list)
+    read_bytes: int = 0  # what Engine.activity reports (tests raise them to show progress)
+    memory_bytes: int = 8 << 20
 
 
 @dataclass
@@ -187,6 +189,14 @@ class FakeEngine:
     def tail_logs(self, service: str, lines: int = 20) -> str:
         c = self.containers.get(service)
         return "\n".join(c.log[-lines:]) if c else ""
+
+    def activity(self, service: str, cursor: str = "") -> Activity:
+        c = self.containers.get(service)
+        if c is None:
+            return Activity("", cursor)
+        seen = int(cursor or 0)  # a cursor here is the number of log lines already read
+        return Activity("\n".join(c.log[seen:]), str(len(c.log)) if c.log else cursor,
+                        c.read_bytes, c.memory_bytes)
 
     # --- writing -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from . import checks, edge, fetch, history, names, plan, pull, tls
+from . import checks, edge, fetch, history, loading, names, plan, pull, tls
 from .engine.api import STOPPED_STATES, ContainerInfo, Engine
 from .engine.containers import port_free_here
 from .errors import DeployError, LlmstackError, OwnershipError
@@ -117,9 +117,12 @@ class _Starting:
     svc: plan.ServiceSpec
     since: float  # monotonic time of its start
     key: str = ""  # its container's key: svc.service, or SERVICE_next when start-first
+    watch: loading.Watch | None = None  # a model's load, followed (its deadline moves)
 
     def __post_init__(self) -> None:
         self.key = self.key or self.svc.service
+        if self.svc.loading is not None:
+            self.watch = loading.Watch(self.svc.loading, self.since)
 
 
 @dataclass
@@ -298,11 +301,20 @@ def _poll(project: Engine, item: _Starting, report: Reporter) -> float | None:
         # "restarting": it crashed and the restart policy is looping it.
         raise _failure(project, svc, f"container {status} (exit code {exit_code})", item.key)
     outcome = project.probe(_probe_url(project.project, svc, item.key))
-    elapsed = time.monotonic() - item.since
+    now = time.monotonic()
+    elapsed = now - item.since
     if outcome == "200":
         report.event(svc.service, "ready", f"{elapsed:.1f}s")
         return elapsed
     detail = f"GET {svc.probe[1]} -> {outcome}"  # type: ignore[index]
+    if item.watch is not None:  # a model: waits while it shows progress, up to its ceiling
+        watch = item.watch
+        seen = project.activity(item.key, watch.cursor) if watch.due(now) else None
+        why = watch.observe(now, outcome, seen)
+        if why is not None:
+            raise _failure(project, svc, f"{why} ({detail})", item.key)
+        report.event(svc.service, "waiting", f"{elapsed:.0f}s {detail}; {watch.detail(now)}")
+        return None
     if elapsed > DEADLINES.get(svc.role, plan.DEFAULT_READY_DEADLINE):
         raise _failure(project, svc, f"not ready after {elapsed:.0f}s ({detail})", item.key)
     report.event(svc.service, "waiting", f"{elapsed:.0f}s {detail}")

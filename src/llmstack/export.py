@@ -113,7 +113,8 @@ def _service(spec_project: str, svc: ServiceSpec, env_file: str | None) -> dict[
         # writes the engine's capability sets ([["gpu"]]) as one flat list.
         request = gpu.device_request(svc.gpus)
         out["deploy"] = {"resources": {"reservations": {"devices": [
-            {"capabilities": [c for caps in request["capabilities"] for c in caps],
+            {"driver": request["driver"],
+             "capabilities": [c for caps in request["capabilities"] for c in caps],
              "device_ids": request["device_ids"]}]}}}
     return out
 

@@ -129,11 +129,17 @@ def parse_nvidia_smi(text: str) -> list[Gpu]:
     return sorted(gpus, key=lambda g: g.index)
 
 
+# moby's name for the NVIDIA device driver (the toolkit's hook or its CDI hook, either way).
+DEVICE_DRIVER = "nvidia"
+
+
 def device_request(gpu_ids: Sequence[int | str]) -> dict[str, Any]:
     """Keyword arguments of docker.types.DeviceRequest for exactly these GPUs.
 
     Always explicit device ids: never count=-1 (every GPU of the host) and never privileged
-    mode, so a model sees only the GPUs stack.yaml gives it."""
+    mode, so a model sees only the GPUs stack.yaml gives it. The driver is named: moby picks
+    the first driver claiming the `gpu` capability otherwise, and its AMD driver claims it
+    too (daemon/nvidia_linux.go); llmstack's GPU images are CUDA images."""
     ids = [str(g) for g in gpu_ids]
     if not ids:
         raise ValueError("a device request needs at least one GPU id")
@@ -141,7 +147,7 @@ def device_request(gpu_ids: Sequence[int | str]) -> dict[str, Any]:
         if gpu.lower() in ("all", "-1") or not re.fullmatch(r"\d{1,4}|(GPU|MIG)-[0-9A-Za-z/-]+",
                                                             gpu):
             raise ValueError(f"{gpu!r} is not a GPU index or UUID")
-    return {"device_ids": ids, "capabilities": [["gpu"]]}
+    return {"driver": DEVICE_DRIVER, "device_ids": ids, "capabilities": [["gpu"]]}
 
 
 # --- Sharing a GPU: start order and memory shares ----------------------------------------------

@@ -128,6 +128,20 @@ def _restore(edge: Edge, loaded: Loaded, store: Store, progress: Progress) -> st
     return " (nginx is back on the key store; nothing changed)"
 
 
+def _apply_or_restore(edge: Edge, loaded: Loaded, store: Store, previous: Store,
+                      expect: dict[str, str], labels: dict[str, str], progress: Progress,
+                      what: str) -> None:
+    """Put nginx on `store`; on any failure (an interrupt too) back on `previous`, then
+    raise what failed, saying whether the way back worked."""
+    try:
+        _apply(edge, loaded, store, expect, labels, progress)
+    except BaseException as exc:
+        note = _restore(edge, loaded, previous, progress)
+        if isinstance(exc, Exception):
+            raise _fail(exc, note, what) from exc
+        raise
+
+
 def _fail(exc: BaseException, note: str, what: str) -> LlmstackError:
     text = exc.message if isinstance(exc, LlmstackError) else f"{type(exc).__name__}: {exc}"
     err = DeployError(f"{what} failed: {text}{note}",
@@ -174,13 +188,8 @@ def add(loaded: Loaded, project: Engine | None, name: str, *, rate: str | None =
         edge = _live_edge(loaded, project, progress)
         if edge is not None:
             progress(f"shipping nginx's key files with {name!r}")
-            try:
-                _apply(edge, loaded, new, {key: "200"}, {key: name}, progress)
-            except BaseException as exc:
-                note = _restore(edge, loaded, store, progress)
-                if isinstance(exc, Exception):
-                    raise _fail(exc, note, f"adding key {name!r}") from exc
-                raise
+            _apply_or_restore(edge, loaded, new, store, {key: "200"}, {key: name}, progress,
+                              f"adding key {name!r}")
             progress(f"verified through nginx: {name!r} answers 200")
         if out is not None:
             write_key_file(out, key)
@@ -250,13 +259,8 @@ def rotate_key(loaded: Loaded, project: Engine | None, name: str, grace: str,
         edge = _live_edge(loaded, project, progress)
         if edge is not None:
             progress(f"shipping nginx's key files accepting the old and the new {name!r}")
-            try:
-                _apply(edge, loaded, both, {key: "200"}, {key: f"new {name}"}, progress)
-            except BaseException as exc:
-                note = _restore(edge, loaded, store, progress)
-                if isinstance(exc, Exception):
-                    raise _fail(exc, note, f"rotating key {name!r}") from exc
-                raise
+            _apply_or_restore(edge, loaded, both, store, {key: "200"}, {key: f"new {name}"},
+                              progress, f"rotating key {name!r}")
             progress(f"verified through nginx: the new {name!r} answers 200")
         now = teamkeys.now_s()
         ends = now + seconds if seconds else None

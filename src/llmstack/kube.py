@@ -361,7 +361,9 @@ def _resources(svc: ServiceSpec, with_gpus: bool = True) -> dict[str, Any]:
 
 def _probes(svc: ServiceSpec, port_name: str) -> dict[str, Any]:
     """startup (as long as `up` waits), readiness (the plan's path) and liveness probes."""
-    deadline = plan.READY_DEADLINES.get(svc.role, plan.DEFAULT_READY_DEADLINE)
+    # Kubernetes cannot watch progress: a model's startup probe allows its whole ceiling.
+    deadline = (svc.loading.ceiling_s if svc.loading is not None
+                else plan.READY_DEADLINES.get(svc.role, plan.DEFAULT_READY_DEADLINE))
     timing = {"periodSeconds": PROBE_PERIOD, "timeoutSeconds": 5}
     if svc.role == names.NGINX or svc.probe is None:
         # The edge's /health reports the whole stack (503 while a model loads): as a

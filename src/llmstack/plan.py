@@ -10,6 +10,7 @@ from typing import Any
 
 from . import gpu, images, keepalive, names, sizing
 from .backends import BACKENDS, Mount, Placement
+from .loading import Loading
 from .render import NGINX_SPOOL_BODY, NGINX_SPOOL_DIR, Rendered
 from .spec import ModelSpec, Resources, StackSpec
 
@@ -35,7 +36,8 @@ START_FIRST = "start-first"  # the new one starts beside the old, traffic switch
 STOP_FIRST = "stop-first"  # the old one stops first (GPUs that cannot hold both)
 IN_PLACE = "in-place"  # removed and created again (health; nginx, which owns the host ports)
 # How long each kind of service may take to become ready (seconds): `up` waits this long,
-# and Kubernetes' startup probe allows as much.
+# and Kubernetes' startup probe allows as much. A model's follows its load (loading.py,
+# ServiceSpec.loading) up to its load_timeout; this figure is for one without.
 READY_DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0}
 DEFAULT_READY_DEADLINE = 120.0
 
@@ -83,6 +85,9 @@ class ServiceSpec:
     start_after: tuple[str, ...] = ()
     # How `up` replaces it when it changes (START_FIRST, STOP_FIRST, IN_PLACE); not hashed.
     update: str = IN_PLACE
+    # How `up` waits for a model to load (progress-following deadline, loading.py); None:
+    # READY_DEADLINES by role. Not hashed: waiting longer changes nothing in the container.
+    loading: Loading | None = None
     # Its config files are applied by a reload (nginx): they are compared with the live ones
     # in its config volume instead of being part of the hash, so a change reloads in place.
     reloads_config: bool = False
@@ -100,7 +105,8 @@ class ServiceSpec:
         """Stable digest of every setting; secret values enter only as their own digests."""
         data = asdict(self)
         # How `up` orders, waits and switches, not the container itself.
-        del data["start_after"], data["ready_check"], data["update"], data["reloads_config"]
+        for how in ("start_after", "ready_check", "update", "reloads_config", "loading"):
+            del data[how]
         data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
                        for k, v in sorted(self.env.items())}
         data["config"] = {k: _digest(v) for k, v in sorted(self.config.items())}
@@ -154,7 +160,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
     after_health = (names.HEALTH,)
     gpu_waits = gpu.start_after(spec.models)
     model_services = []
-    for model in spec.models:
+    for index, model in enumerate(spec.models):
         backend = BACKENDS[model.backend]
         image = spec.image_for(model)
         launch = backend.launch(model, Placement(
@@ -172,6 +178,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
             start_after=after_health + tuple(names.model_service(m)
                                              for m in gpu_waits.get(model.name, [])),
             update=model_update(model),
+            loading=Loading(float(model.load_timeout), f"models[{index}].load_timeout",
+                            backend.load_phases),
             **_hardening(spec.image_key(model), sizing.model_resources(model)),
         ))
     litellm_env = {"LITELLM_MASTER_KEY": internal_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",

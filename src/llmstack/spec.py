@@ -280,6 +280,9 @@ class ModelSpec(Strict):
     # How `up` replaces the model's container (None: start-first, or stop-first when it has
     # GPUs of its own, which a second container could not get). See docs/UPDATES.md.
     update: Literal["start-first", "stop-first"] | None = None
+    # The most seconds `up` waits for the model to become ready while it shows progress
+    # (log output, disk reads, memory growth); one silent for 10 minutes fails sooner.
+    load_timeout: int = Field(default=3600, ge=30, le=7 * 86_400)
 
     @field_validator("source")
     @classmethod

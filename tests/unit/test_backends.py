@@ -190,7 +190,7 @@ def test_tgi_shards_over_its_gpus() -> None:
     assert tgi["command"][tgi["command"].index("--num-shard") + 1] == "2"
     # Without it TGI fills every free byte of its GPUs with KV cache.
     assert flag(tgi, "--cuda-memory-fraction") == "0.9"
-    assert tgi["device_requests"] == [{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"],
+    assert tgi["device_requests"] == [{"Driver": "nvidia", "Count": 0, "DeviceIDs": ["0", "1"],
                                        "Capabilities": [["gpu"]], "Options": {}}]
 
 

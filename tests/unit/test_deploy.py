@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from llmstack import cli, deploy, edge, names, plan
+from llmstack import cli, deploy, edge, loading, names, plan
 from llmstack.backends import BACKENDS
 from llmstack.errors import DeployError, EngineError, RegistryUnreachable
 from llmstack.initialize import init
@@ -183,20 +184,104 @@ def test_a_removed_service_is_removed_first(loaded: Loaded, engine: FakeEngine) 
     assert events.states("removing") == ["model-old"]
 
 
-def test_readiness_timeout_raises_with_the_last_log_lines(
-        loaded: Loaded, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deploy, "DEADLINES", {**deploy.DEADLINES, "model": 0.01})
+class Clock:
+    """deploy's time, pretend: each poll's sleep moves it on by a second."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 1.0)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(deploy, "time", fake)
+    return fake
+
+
+def test_a_silent_model_fails_after_ten_minutes_without_progress_with_its_last_log_lines(
+        loaded: Loaded, engine: FakeEngine, clock: Clock) -> None:
     engine.answers = {CHAT: ["503"]}
+    started = clock.now
     with pytest.raises(DeployError) as err:
         up(loaded, engine)
     message = err.value.message
-    assert message.startswith(f"service {CHAT} failed: not ready after")
-    assert "(GET /health -> 503)" in message
+    waited = clock.now - started
+    assert loading.STALL_S < waited < loading.STALL_S + 2 * loading.SAMPLE_S
+    assert message.startswith(f"service {CHAT} failed: no sign of progress for 60")
+    assert "last phase: starting" in message and "(GET /health -> 503)" in message
     assert "probe: GET /health on port 8080" in message
     assert f"last log lines:\n    {CHAT} starting" in message
     assert f"`llmstack logs {CHAT}`" in err.value.hint and "llmstack up" in err.value.hint
     assert err.value.exit_code == 2
     assert names.NGINX not in starts(engine)
+
+
+def _loads_slowly(engine: FakeEngine, service: str, lines: list[str]) -> None:
+    """The model writes one more log line each time `up` looks (then nothing): a long,
+    visible load."""
+    real = engine.activity
+
+    def activity(key: str, cursor: str = "") -> Any:
+        if key == service and lines:
+            engine.containers[key].log.append(lines.pop(0))
+        return real(key, cursor)
+    engine.activity = activity  # type: ignore[method-assign]
+
+
+def test_a_model_loading_past_the_old_600_s_deadline_waits_while_it_shows_progress(
+        loaded: Loaded, engine: FakeEngine, clock: Clock) -> None:
+    lines = ["llama_model_loader: loaded meta data with 27 key-value pairs",
+             *[f"load_tensors: layer {i} assigned to device CPU" for i in range(400)]]
+    _loads_slowly(engine, CHAT, lines)
+    started = clock.now
+    # 503 while loading; ready after about 40 minutes, within its 3600 s load_timeout.
+    engine.answers = {CHAT: ["503"] * 2400 + ["200"]}
+    events = Events()
+    result = up(loaded, engine, events)
+    assert clock.now - started > 2000
+    assert result.ready_seconds[CHAT] > 2000
+    waiting = [d for s, st, d in events.seen if s == CHAT and st == "waiting"]
+    assert any(d.endswith("; loading tensors") for d in waiting)
+    assert engine.state(names.NGINX)[0] == "running"
+
+
+def test_a_model_that_keeps_loading_fails_at_its_load_timeout(
+        loaded: Loaded, engine: FakeEngine, clock: Clock) -> None:
+    slow = _edit(loaded, lambda d: d["models"][0].update(load_timeout=120))
+    _loads_slowly(engine, CHAT, [f"load_tensors: layer {i}" for i in range(1000)])
+    engine.answers = {CHAT: ["503"]}
+    started = clock.now
+    with pytest.raises(DeployError) as err:
+        up(slow, engine)
+    assert 120 < clock.now - started < 130
+    assert (f"service {CHAT} failed: not ready after 12" in err.value.message
+            and "the ceiling models[0].load_timeout sets (120s; last phase: loading tensors)"
+            in err.value.message)
+
+
+def test_disk_reads_and_memory_growth_count_as_progress(
+        loaded: Loaded, engine: FakeEngine, clock: Clock) -> None:
+    """A loader that logs nothing (mmap of a big GGUF) but reads the disk, then fills memory."""
+    real = engine.activity
+
+    def activity(key: str, cursor: str = "") -> Any:
+        if key == CHAT:
+            c = engine.containers[key]
+            if clock.now < 2500:
+                c.read_bytes += 64 << 20
+            elif clock.now < 4000:
+                c.memory_bytes += 64 << 20
+        return real(key, cursor)
+    engine.activity = activity  # type: ignore[method-assign]
+    engine.answers = {CHAT: ["503"] * 3300 + ["200"]}
+    result = up(loaded, engine)
+    assert result.ready_seconds[CHAT] > 3000
 
 
 def test_a_crashed_container_fails_fast(loaded: Loaded, engine: FakeEngine) -> None:

@@ -114,7 +114,7 @@ def test_gpus_are_device_reservations_with_exactly_the_listed_ids() -> None:
     doc = _doc()
     big = doc["services"]["model-big"]
     assert big["deploy"]["resources"]["reservations"]["devices"] == [
-        {"capabilities": ["gpu"], "device_ids": ["0", "1"]}]
+        {"driver": "nvidia", "capabilities": ["gpu"], "device_ids": ["0", "1"]}]
     assert "deploy" not in doc["services"]["model-chat"]
     chat = doc["services"]["model-chat"]
     assert chat["mem_limit"] == "1g" and chat["cpus"] == 1.5

@@ -77,7 +77,8 @@ def test_no_output_means_no_gpus() -> None:
 
 
 def test_device_request_names_exactly_the_listed_gpus() -> None:
-    assert gpu.device_request([0, 1]) == {"device_ids": ["0", "1"], "capabilities": [["gpu"]]}
+    assert gpu.device_request([0, 1]) == {"driver": "nvidia", "device_ids": ["0", "1"],
+                                          "capabilities": [["gpu"]]}
     uuid = "GPU-8c9b3f2e-1d4a-4e5b-9a7c-3f2e1d4a4e5b"
     assert gpu.device_request([uuid])["device_ids"] == [uuid]
     assert "count" not in gpu.device_request([3])
@@ -110,7 +111,7 @@ def test_the_engine_starts_a_gpu_model_with_that_device_request_and_no_privilege
     svc = plan.ServiceSpec(service="model-x", role="model", image="vllm/vllm-openai:v0.11.0",
                            command=["--model", "m"], gpus=["1", "3"])
     Project(client, "p").start(svc)  # type: ignore[arg-type]
-    assert created["device_requests"] == [DeviceRequest(device_ids=["1", "3"],
+    assert created["device_requests"] == [DeviceRequest(driver="nvidia", device_ids=["1", "3"],
                                                         capabilities=[["gpu"]])]
     assert created["device_requests"][0]["Count"] in (0, None)
     assert not created.get("privileged")

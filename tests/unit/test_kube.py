@@ -346,7 +346,9 @@ def test_probes_target_each_backends_own_endpoints(case: str) -> None:
     for svc in services:
         c = _container(_deployment(export, stack.project, svc.service))
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        deadline = plan.READY_DEADLINES[svc.role]
+        deadline = (svc.loading.ceiling_s if svc.loading is not None
+                    else plan.READY_DEADLINES[svc.role])
+        assert (svc.role == "model") == (svc.loading is not None)
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= deadline
         if svc.role == names.NGINX:
@@ -376,6 +378,7 @@ NOT_COMPARED = {
     "depends_on": "start order: Kubernetes starts all pods; readiness gates traffic",
     "start_after": "start order of `up`",
     "ready_check": "the check `up` polls (Ollama); the pod is probed on its own port",
+    "loading": "how long `up` follows a model's load; the startup probe allows its ceiling",
     "secret_env": "which env values come from the Secret (compared with env)",
     "restart": "a Deployment always restarts its pods",
     "pids_limit": "Kubernetes has no per-pod process limit in the pod spec (the kubelet's "

@@ -28,6 +28,7 @@ NOT_CONTAINER_SETTINGS = {
     "config": "file contents: a volume for `up`, files next to the compose file",
     "probe": "polled by `up`'s readiness wait, not a container setting",
     "ready_check": "the health service's check `up` polls instead of probe (Ollama)",
+    "loading": "how long `up` follows a model's load (a deadline, not a container setting)",
     "depends_on": "start order: `up` orders, compose gets depends_on",
     "start_after": "start order of `up` (not hashed); compose orders by depends_on",
     "update": "how `up` replaces the container (not hashed); compose recreates in place",

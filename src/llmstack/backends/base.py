@@ -71,6 +71,9 @@ class Backend(Protocol):
     # real default, source named beside each value); None: it never closes idle ones.
     # LiteLLM's client side must give up on idle connections sooner (see keepalive.py).
     idle_keepalive_s: int | None
+    # (regular expression, phase) pairs read from its log while it loads: the waiting lines
+    # of `up` name the phase (loading.phase_of); the last matching line wins.
+    load_phases: tuple[tuple[str, str], ...]
 
     def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
                pin: str = "") -> Launch:

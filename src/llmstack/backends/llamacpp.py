@@ -26,6 +26,15 @@ class LlamaCpp:
     cache_dir: str | None = None
     idle_keepalive_s = 5  # cpp-httplib CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND; llama-server has no
     # flag for it. Measured: "Keep-Alive: timeout=5, max=100", idle close after 5.0 s.
+    # llama-server's own log lines (tools/server/server.cpp, src/llama-model-loader.cpp).
+    load_phases = (
+        (r"load_model: loading model|llama_model_loader: loaded meta", "reading the GGUF file"),
+        (r"load_tensors:", "loading tensors"),
+        (r"llama_context:|llama_kv_cache|load_model: initializing",
+         "allocating the context and KV cache"),
+        (r"warming up the model", "warming up"),
+        (r"model loaded", "model loaded, starting the server"),
+    )
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
         return None

@@ -23,6 +23,13 @@ class Ollama:
     hf_form = ""
     cache_dir = "/root/.ollama"
     idle_keepalive_s = None  # Go net/http.Server without IdleTimeout/ReadTimeout
+    # ollama serve's log lines: the server, then the runner it starts for the model on the
+    # warm-up request (its readiness check sends one, see healthd.py).
+    load_phases = (
+        (r"Listening on", "serving, waiting for the model's tag"),
+        (r"starting llama server|loading model|load_tensors", "loading the model"),
+        (r"llama runner started", "model loaded, warming up"),
+    )
 
     def served_name(self, model: ModelSpec) -> str:
         src = model.parsed_source

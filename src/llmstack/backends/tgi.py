@@ -23,6 +23,14 @@ class Tgi:
     hf_form = "repo"
     cache_dir = "/data"  # the image's HF_HOME
     idle_keepalive_s = None  # its router serves with axum/hyper: no idle timeout set
+    # text-generation-launcher's log lines (launcher/src/main.rs, router warmup).
+    load_phases = (
+        (r"Starting download process|Download file", "downloading weights"),
+        (r"Starting shard|Waiting for shard to be ready", "loading shards"),
+        (r"Shard ready in", "shards ready"),
+        (r"Warming up model|Warmup", "warming up"),
+        (r"Starting Webserver|Connected", "starting the router"),
+    )
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
         return None

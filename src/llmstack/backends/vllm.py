@@ -46,6 +46,18 @@ class Vllm:
     hf_form = "repo"
     cache_dir = "/root/.cache/huggingface"
     idle_keepalive_s = 5  # vllm.entrypoints TIMEOUT_KEEP_ALIVE = 5, passed to uvicorn
+    # vLLM's log lines while it starts (model_loader, gpu_model_runner, compilation): weights,
+    # then torch.compile (minutes on a cold cache, quiet), profiling, CUDA graphs, the server.
+    load_phases = (
+        (r"Loading safetensors checkpoint shards: +(\d+)%", r"loading weights \1%"),
+        (r"Loading weights took|Model loading took", "weights loaded, compiling"),
+        (r"Dynamo bytecode transform time|torch\.compile take|Compiling a graph",
+         "compiling with torch.compile (slow on a cold cache)"),
+        (r"Memory profiling|Available KV cache memory|GPU KV cache size",
+         "measuring memory for the KV cache"),
+        (r"Capturing CUDA graph", "capturing CUDA graphs"),
+        (r"Starting vLLM API server|Application startup complete", "starting the API server"),
+    )
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
         return None

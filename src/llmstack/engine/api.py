@@ -50,6 +50,16 @@ class ContainerInfo:
 
 
 @dataclass(frozen=True)
+class Activity:
+    """What a container did lately, as `up` reads it while a model loads (loading.py)."""
+
+    output: str  # log lines written after `cursor` (Engine.activity)
+    cursor: str  # where the next read continues; "" before the first line
+    read_bytes: int = 0  # bytes it read from block devices since its start
+    memory_bytes: int = 0  # memory it uses now (page cache of mapped weights included)
+
+
+@dataclass(frozen=True)
 class Task:
     """A short-lived container that runs to completion on the engine's host (a model fetch),
     on the project's network, removed afterwards. Decided by its caller; the engine only
@@ -153,6 +163,11 @@ class Engine(Protocol):
 
     def tail_logs(self, service: str, lines: int = 20) -> str:
         """The last lines of the service's output ("" without a container)."""
+
+    def activity(self, service: str, cursor: str = "") -> Activity:
+        """The container's log output after `cursor` (from its start with ""), with the next
+        cursor, and its disk reads and memory now; empty when it does not exist. Cursors come
+        from the engine's own clock, so a remote host's clock skew does not matter."""
 
     # --- writing -------------------------------------------------------------------------
     def ensure_network(self) -> None:

@@ -6,12 +6,13 @@ import io
 import socket
 import tarfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .. import gpu, names
 from ..errors import EngineError
 from ..plan import Actual, ServiceSpec, parse_user
-from .api import ContainerInfo, Task, mapped
+from .api import Activity, ContainerInfo, Task, mapped
 
 if TYPE_CHECKING:
     import docker
@@ -413,6 +414,32 @@ class Project:
         return c.logs(tail=lines).decode(errors="replace").rstrip()
 
     @mapped
+    def activity(self, service: str, cursor: str = "") -> Activity:
+        c = self._get(service)
+        if c is None:
+            return Activity("", cursor)
+        after = int(cursor or 0)  # nanoseconds since the epoch, on the engine's clock
+        # `since` is whole microseconds at best (a float): lines at or before the cursor are
+        # dropped by their own timestamps, so none is ever counted twice.
+        raw = c.logs(timestamps=True, since=after / 1e9 if after else None)
+        lines = []
+        for line in raw.decode(errors="replace").splitlines():
+            stamp, _, text = line.partition(" ")
+            ns = log_time_ns(stamp)
+            if ns > after:
+                lines.append(text)
+                cursor = str(ns)
+        try:
+            stats = c.stats(stream=False, one_shot=True)
+        except self.errors.InvalidVersion:  # API < 1.41: two samples, about a second
+            stats = c.stats(stream=False)
+        io = (stats.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []
+        return Activity("\n".join(lines), cursor,
+                        read_bytes=sum(int(e.get("value") or 0) for e in io
+                                       if str(e.get("op", "")).lower() == "read"),
+                        memory_bytes=int((stats.get("memory_stats") or {}).get("usage") or 0))
+
+    @mapped
     def down(self, volumes: bool = False) -> list[str]:
         removed = []
         for c in self._containers():
@@ -498,6 +525,17 @@ class Project:
         from .host import read_source
 
         return read_source(self.client, image, kind, location, path, limit, self.project)
+
+
+def log_time_ns(stamp: str) -> int:
+    """Nanoseconds since the epoch of a log line's RFC 3339 timestamp (the engine's, with up
+    to nine decimals: datetime keeps six); 0 when it is not one."""
+    try:
+        whole, _, rest = stamp.rstrip("Z").partition(".")
+        seconds = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        return int(seconds.timestamp()) * 10**9 + int((rest + "000000000")[:9] or 0)
+    except ValueError:
+        return 0
 
 
 def _mount(source: str, target: str, kind: str, read_only: bool) -> Any:

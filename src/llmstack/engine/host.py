@@ -168,7 +168,8 @@ def query_gpus(client: docker.DockerClient, candidates: list[str], project: str 
     try:
         # Discovery only: every GPU (count=-1), no network, no capabilities, removed at once.
         code, out = _run(client, image, gpumod.NVIDIA_SMI_QUERY, ["nvidia-smi"], project,
-                         device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])],
+                         device_requests=[DeviceRequest(driver=gpumod.DEVICE_DRIVER, count=-1,
+                                                       capabilities=[["gpu"]])],
                          environment={"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
                          network_mode="none")
     except APIError as exc:
@@ -187,7 +188,8 @@ def query_gpus(client: docker.DockerClient, candidates: list[str], project: str 
         return GpuProbe("error", image=image, detail=str(exc))
     try:  # the table's header says the driver's CUDA version (no --query field does)
         _, table = _run(client, image, [], ["nvidia-smi"], project,
-                        device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])],
+                        device_requests=[DeviceRequest(driver=gpumod.DEVICE_DRIVER, count=-1,
+                                                       capabilities=[["gpu"]])],
                         environment={"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
                         network_mode="none")
     except DockerException:
@@ -254,23 +256,33 @@ class SourceStat:
     is_dir: bool = False
 
 
-@mapped
-def stat_source(client: docker.DockerClient, image: str, kind: str, location: str, path: str,
-                project: str = "llmstack") -> SourceStat:
-    """Whether a model's volume:/host: source exists on the target, and its size."""
-    from docker.errors import APIError, NotFound
+def _source_mount(client: docker.DockerClient, kind: str, location: str, path: str
+                  ) -> tuple[Any, str] | None:
+    """A read-only mount of a model's volume:/host: source at /v and the path in it of
+    `path`; None when the named volume does not exist."""
+    from docker.errors import NotFound
     from docker.types import Mount
 
     if kind == "volume":
         try:
             client.volumes.get(location)
         except NotFound:
-            return SourceStat(False)
-        mount, inside = Mount("/v", location, type="volume", read_only=True), \
-            "/v/" + path.lstrip("/")
-    else:
-        parent, _, leaf = path.rpartition("/")
-        mount, inside = Mount("/v", parent or "/", type="bind", read_only=True), "/v/" + leaf
+            return None
+        return Mount("/v", location, type="volume", read_only=True), "/v/" + path.lstrip("/")
+    parent, _, leaf = path.rpartition("/")
+    return Mount("/v", parent or "/", type="bind", read_only=True), "/v/" + leaf
+
+
+@mapped
+def stat_source(client: docker.DockerClient, image: str, kind: str, location: str, path: str,
+                project: str = "llmstack") -> SourceStat:
+    """Whether a model's volume:/host: source exists on the target, and its size."""
+    from docker.errors import APIError
+
+    source = _source_mount(client, kind, location, path)
+    if source is None:
+        return SourceStat(False)
+    mount, inside = source
     try:
         c = client.containers.create(image, command=["true"], entrypoint=[], mounts=[mount],
                                      labels={names.LABEL_PROJECT + ".tmp": project})
@@ -295,19 +307,12 @@ def read_source(client: docker.DockerClient, image: str, kind: str, location: st
     import base64
     import binascii
 
-    from docker.errors import APIError, NotFound
-    from docker.types import Mount
+    from docker.errors import APIError
 
-    if kind == "volume":
-        try:
-            client.volumes.get(location)
-        except NotFound:
-            return None
-        mount, inside = Mount("/v", location, type="volume", read_only=True), \
-            "/v/" + path.lstrip("/")
-    else:
-        parent, _, leaf = path.rpartition("/")
-        mount, inside = Mount("/v", parent or "/", type="bind", read_only=True), "/v/" + leaf
+    source = _source_mount(client, kind, location, path)
+    if source is None:
+        return None
+    mount, inside = source
     try:
         c = client.containers.create(
             image, entrypoint=["sh", "-c", 'head -c "$1" "$2" | base64', "sh"],
