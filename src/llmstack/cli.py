@@ -52,6 +52,10 @@ HostOpt = Annotated[str | None, typer.Option("--host", "-H", help="Docker engine
                                              "the Docker context, then the local socket).",
                                              show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+HostsOpt = Annotated[str | None, typer.Option(
+    "--hosts", help="Run on hosts of stack.yaml's `hosts:` inventory: all, or NAME,NAME "
+    "(each on its own engine; one result per host; exit code: the worst).",
+    show_default=False)]
 TakeOverOpt = Annotated[bool, typer.Option(
     "--take-over", help="Act on the project's containers even when another stack folder made "
     "them (that folder is gone and this one replaces it); `up` recreates them as this "
@@ -83,6 +87,10 @@ def _load(directory: Path | None, file: Path | None) -> Any:
     return load(root, file.resolve() if file else None)
 
 
+def _resolved(file: Path | None) -> Path | None:
+    return file.resolve() if file else None
+
+
 def _engine(host: str | None, project: str) -> Project:
     """The project on the engine (implements `engine.api.Engine`)."""
     from .engine.containers import open_project
@@ -98,6 +106,23 @@ def _owned_engine(host: str | None, loaded: Any, create: bool) -> Project:
     project = _engine(host, loaded.spec.project)
     project.owner_labels = owner(loaded.paths, create).labels()
     return project
+
+
+def _fleet_done(result: Any, json_out: bool) -> None:
+    """Print a fleet command's result (one document, or a block per host) and exit with the
+    worst host's code."""
+    if json_out:
+        from .ui import emit_json
+        emit_json(result.to_dict())
+    else:
+        for host in result.hosts:
+            typer.echo(f"== {host.host} ({host.engine}): {host.status}")
+            for line in host.lines:
+                typer.echo(f"  {line}")
+        bad = [h.host for h in result.hosts if h.status == "failed"]
+        typer.echo(f"{result.command}: {len(result.hosts) - len(bad)} of {len(result.hosts)} "
+                   "host(s) ok" + (f"; failed: {', '.join(bad)}" if bad else ""))
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -137,25 +162,43 @@ def init(
 def validate(directory: DirOpt = None, file: FileOpt = None,
              json_out: JsonOpt = False) -> None:
     """Check stack.yaml; report every problem with its line, value and fix."""
+    from .project import load_fleet
+
     loaded = _load(directory, file)
+    hosts = load_fleet(_cwd(directory), _resolved(file)).hosts
     if json_out:
         from .ui import emit_json
         emit_json({"valid": True, "project": loaded.spec.project,
-                   "models": [m.name for m in loaded.spec.models]})
+                   "models": [m.name for m in loaded.spec.models],
+                   "hosts": {h.name: {"engine": h.engine, "project": h.spec.project,
+                                      "domain": h.spec.domain,
+                                      "models": [m.name for m in h.spec.models]}
+                             for h in hosts.values()}})
         return
     names = ", ".join(n for m in loaded.spec.models for n in m.public_names)
     typer.echo(f"{file or loaded.paths.stack}: valid (models: {names})")
+    for h in hosts.values():
+        typer.echo(f"  host {h.name}: valid (engine {h.engine or 'default'}, project "
+                   f"{h.spec.project}, domain {h.spec.domain}, models: "
+                   f"{', '.join(m.name for m in h.spec.models)})")
 
 
 @app.command()
 def render(directory: DirOpt = None, file: FileOpt = None,
            stdout: Annotated[bool, typer.Option("--stdout", help="Print instead of writing "
-                                                "config/.")] = False) -> None:
+                                                "config/.")] = False,
+           host_name: Annotated[str | None, typer.Option(
+               "--host-name", help="A host of the `hosts:` inventory: its resulting stack "
+               "(printed with --stdout) and its config (hosts/NAME/config/).",
+               show_default=False)] = None) -> None:
     """Render config/ (nginx.conf, litellm.yaml, health.json) from stack.yaml."""
-    from .project import write_config
+    from .project import load, write_config
 
-    loaded = _load(directory, file)
+    loaded = _load(directory, file) if host_name is None else \
+        load(_cwd(directory), _resolved(file), host_name)
     if stdout:
+        if loaded.host_text is not None:
+            typer.echo(f"==> stack.yaml (host {host_name}) <==\n{loaded.host_text}")
         for name, data in loaded.rendered.files().items():
             typer.echo(f"==> config/{name} <==\n{data.decode()}")
         return
@@ -168,8 +211,12 @@ def render(directory: DirOpt = None, file: FileOpt = None,
 @app.command("plan")
 def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
              host: HostOpt = None, json_out: JsonOpt = False,
-             take_over: TakeOverOpt = False) -> None:
+             take_over: TakeOverOpt = False, hosts: HostsOpt = None) -> None:
     """Show what `up` would create, recreate, reload, remove or keep, and why."""
+    if hosts:
+        from . import fleet
+        _fleet_done(fleet.each(_cwd(directory), _resolved(file), hosts, host, "plan",
+                               fleet.plan_one(take_over)), json_out)
     from . import fetch
     from .checks import exit_code, failing, finding_lines
     from .deploy import decide_images, plan_only
@@ -224,12 +271,25 @@ def plan_cmd(directory: DirOpt = None, file: FileOpt = None,
 @app.command()
 def up(directory: DirOpt = None, file: FileOpt = None,
        host: HostOpt = None, json_out: JsonOpt = False,
-       take_over: TakeOverOpt = False) -> None:
+       take_over: TakeOverOpt = False, hosts: HostsOpt = None,
+       parallel: Annotated[int, typer.Option(
+           "--parallel", help="With --hosts: how many hosts deploy at once.")] = 1,
+       max_failures: Annotated[int, typer.Option(
+           "--max-failures", help="With --hosts: stop starting hosts once this many "
+           "failed.")] = 1) -> None:
     """Render config/, start what is missing or changed, and wait until every service is
-    ready. Idempotent: with no change it touches nothing."""
+    ready. Idempotent: with no change it touches nothing. With --hosts: rolling, one host at
+    a time (--parallel N), each verified; stops at the first failed host (--max-failures K);
+    hosts not reached are untouched, a failed one rolled back."""
     import time
 
     from . import deploy, ui
+
+    if hosts:
+        from . import fleet
+        _fleet_done(fleet.rolling_up(_cwd(directory), _resolved(file), hosts, host,
+                                     ui.reporter(json_out), lambda m: typer.echo(m, err=True),
+                                     parallel, max_failures, take_over), json_out)
     from .endpoints import urls
 
     started = time.monotonic()
@@ -295,27 +355,17 @@ def rollback(
     """Return the running stack to a recorded revision, with `up`'s rules (start-first
     changes, no failed request; a change that fails is rolled back). stack.yaml is not
     edited: the next `llmstack up` applies it again."""
-    import tempfile
     import time
 
     from . import deploy, ui
-    from . import history as hist
-    from .project import load
 
     started = time.monotonic()
     loaded = _load(directory, file)
     project = _owned_engine(host, loaded, create=True)
-    deploy.check_owner(project, take_over)
-    target = hist.pick(hist.load_all(project, loaded.spec.images.for_key("litellm")), revision)
-    with tempfile.TemporaryDirectory(prefix="llmstack-rollback-") as tmp:
-        # Named stack.yaml, so the rendered files are byte for byte those of that revision.
-        path = Path(tmp) / "stack.yaml"
-        path.write_text(target.stack_yaml, encoding="utf-8")
-        if loaded.paths.lock.exists():  # the folder's pins: hf: sources are not fetched again
-            (Path(tmp) / "stack.lock").write_bytes(loaded.paths.lock.read_bytes())
-        old = load(loaded.paths.root, path)
-        result = deploy.up(old, project, ui.reporter(json_out), local_engine=project.is_local(),
-                           progress=lambda m: typer.echo(m, err=True), take_over=take_over)
+    target, result = deploy.rollback_to(loaded, project, ui.reporter(json_out),
+                                        progress=lambda m: typer.echo(m, err=True),
+                                        revision=revision, take_over=take_over,
+                                        local_engine=project.is_local())
     elapsed = time.monotonic() - started
     if json_out:
         ui.emit_json({"rolled_back_to": target.number, "revision": result.revision,
@@ -323,7 +373,7 @@ def rollback(
                       "actions": [a.to_dict() for a in result.actions]})
         return
     done = [a for a in result.actions if a.kind != "keep"]
-    typer.echo(f"Stack {old.spec.project} runs revision {target.number} again ({len(done)} "
+    typer.echo(f"Stack {loaded.spec.project} runs revision {target.number} again ({len(done)} "
                f"changes, {elapsed:.1f}s" + (f"; recorded as revision {result.revision}"
                                              if result.changed else "") + ").")
     typer.echo("stack.yaml is unchanged: the next `llmstack up` applies it again.")
@@ -331,10 +381,20 @@ def rollback(
 
 @app.command()
 def status(directory: DirOpt = None, file: FileOpt = None,
-           host: HostOpt = None, json_out: JsonOpt = False) -> None:
+           host: HostOpt = None, json_out: JsonOpt = False, hosts: HostsOpt = None) -> None:
     """State, health, ports, image and uptime of every service; certificate and rotation;
-    the number of team keys and those expiring within 14 days."""
+    the number of team keys and those expiring within 14 days. With --hosts: one table of
+    every host's services (host, service, state, health, revision)."""
     from . import deploy
+
+    if hosts:
+        from . import fleet
+        result = fleet.status(_cwd(directory), _resolved(file), hosts, host)
+        if not json_out:
+            for line in fleet.status_table(result):
+                typer.echo(line)
+            raise typer.Exit(result.exit_code)
+        _fleet_done(result, json_out)
     from .keyops import summary
 
     loaded = _load(directory, file)
@@ -397,9 +457,15 @@ def down(directory: DirOpt = None, file: FileOpt = None,
          host: HostOpt = None,
          volumes: Annotated[bool, typer.Option("--volumes", help="Also remove the project's "
                                                "config volumes.")] = False,
-         json_out: JsonOpt = False, take_over: TakeOverOpt = False) -> None:
+         json_out: JsonOpt = False, take_over: TakeOverOpt = False,
+         hosts: HostsOpt = None) -> None:
     """Remove the stack's containers and network. Keeps .env, certs/ and model volumes."""
     from .deploy import check_owner
+
+    if hosts:
+        from . import fleet
+        _fleet_done(fleet.each(_cwd(directory), _resolved(file), hosts, host, "down",
+                               fleet.down_one(volumes, take_over)), json_out)
 
     loaded = _load(directory, file)
     project = _owned_engine(host, loaded, create=False)
@@ -419,7 +485,7 @@ def doctor(directory: DirOpt = None, file: FileOpt = None,
            gpu_image: Annotated[str | None, typer.Option(
                "--gpu-image", help="Image to run nvidia-smi in (default: the stack's GPU "
                "images, then any of its images; env LLMSTACK_GPU_PROBE_IMAGE).",
-               show_default=False)] = None) -> None:
+               show_default=False)] = None, hosts: HostsOpt = None) -> None:
     """Preflight of the target host and the project: engine and version, clock skew, GPU
     runtime, GPUs, free memory and the per-GPU budget, disk on the engine's data root, ports,
     images, model files, .env mode, certificate. Each finding: ok/warn/fail with a fix.
@@ -428,6 +494,10 @@ def doctor(directory: DirOpt = None, file: FileOpt = None,
     from . import doctor as doc
     from .checks import finding_lines
 
+    if hosts:
+        from . import fleet
+        _fleet_done(fleet.each(_cwd(directory), _resolved(file), hosts, host, "doctor",
+                               fleet.doctor_one(gpu_image)), json_out)
     root = _cwd(directory)
     loaded, error = None, None
     if (file or root / "stack.yaml").exists():
@@ -461,7 +531,7 @@ def verify(directory: DirOpt = None, file: FileOpt = None,
                "engine's host: 127.0.0.1 for a local engine, HOST of ssh://user@HOST).",
                show_default=False)] = None,
            timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 60.0,
-           ) -> None:
+           hosts: HostsOpt = None) -> None:
     """End-to-end check of the live stack through its real edge, as a client: TLS against
     certs/ca.crt, GET /health, /v1/models lists the stack's models, a streaming chat (time to
     first token), embeddings (dimension), a wrong key refused with 401, the rate limit
@@ -471,6 +541,10 @@ def verify(directory: DirOpt = None, file: FileOpt = None,
     from . import verify as ver
     from .engine.client import describe_target, engine_address
 
+    if hosts:
+        from . import fleet
+        _fleet_done(fleet.each(_cwd(directory), _resolved(file), hosts, host, "verify",
+                               fleet.verify_one(timeout)), json_out)
     loaded = _load(directory, file)
     target = address or engine_address(host)
     result = ver.run(loaded, target, describe_target(host), timeout)
@@ -499,7 +573,7 @@ def rotate_key(
     finish_: Annotated[bool, typer.Option("--finish", help="End the current grace window "
                                           "now: the old key is refused.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Also print the new key.")] = False,
-    json_out: JsonOpt = False,
+    json_out: JsonOpt = False, hosts: HostsOpt = None,
 ) -> None:
     """New client key (LITELLM_MASTER_KEY in .env) on the running stack, without restarting
     anything: nginx reloads gracefully, in-flight requests and streams finish. The old .env is
@@ -510,11 +584,16 @@ def rotate_key(
 
     started = time.monotonic()
     seconds = rotate.parse_grace(grace)
-    loaded = _load(directory, file)
-    project = _engine(host, loaded.spec.project)
 
     def progress(message: str) -> None:
         typer.echo(f"rotate-key: {message}", err=True)
+
+    if hosts:  # one new key for the hosts sharing the fleet's .env, one grace window
+        from . import fleet
+        _fleet_done(fleet.rotate_fleet(_cwd(directory), _resolved(file), hosts, host, seconds,
+                                       progress, finish_, show), json_out)
+    loaded = _load(directory, file)
+    project = _engine(host, loaded.spec.project)
 
     if finish_:
         done = rotate.finish(loaded, project, progress, started)

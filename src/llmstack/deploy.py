@@ -407,6 +407,26 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
     return result
 
 
+def rollback_to(loaded: Loaded, project: Engine, report: Reporter,
+                progress: pull.Progress = print, revision: int | None = None,
+                take_over: bool = False, local_engine: bool = True
+                ) -> tuple[history.Revision, UpResult]:
+    """Return the running stack to a recorded revision (default: the one before the latest)
+    with `up`'s rules; the folder's files (.env, certs/, the lock file's pins) stay those of
+    `loaded`, and stack.yaml is not edited."""
+    from .render import render
+    from .spec import parse
+
+    check_owner(project, take_over)
+    target = history.pick(history.load_all(project, loaded.spec.images.for_key("litellm")),
+                          revision)
+    name = loaded.paths.stack.name
+    old_spec = parse(target.stack_yaml, f"revision {target.number} of {name}")
+    old = replace(loaded, spec=old_spec, rendered=render(old_spec, name),
+                  host_text=target.stack_yaml)
+    return target, up(old, project, report, local_engine, progress, take_over)
+
+
 def plan_only(loaded: Loaded, project: Engine, take_over: bool = False) -> list[plan.Action]:
     check_owner(project, take_over)
     return compute(loaded, project)[1]

@@ -81,21 +81,23 @@ class Report:
 # --- Local files (this machine) -----------------------------------------------------------------
 
 
-def local_findings(root: Path, spec: StackSpec | None, now: dt.datetime | None = None
-                   ) -> list[Finding]:
-    """.env and key file permissions, the certificate: files on the deploying machine."""
+def local_findings(root: Path, spec: StackSpec | None, now: dt.datetime | None = None,
+                   env: Path | None = None, certs: Path | None = None) -> list[Finding]:
+    """.env and key file permissions, the certificate: files on the deploying machine (a
+    host of the inventory: its own certificate, and its .env with `key: host`)."""
     from . import secrets
 
     out: list[Finding] = []
-    env = root / ".env"
+    env = env or root / ".env"
+    certs = certs or root / "certs"
     try:
         secrets.load_keys(env)
         out.append(Finding("env", "ok", f"{env}: keys present, mode 0600", scope="config"))
     except LlmstackError as exc:
         out.append(Finding("env", "fail", exc.message, exc.hint, scope="config"))
-    out += key_file_findings(root / "certs")
+    out += key_file_findings(certs)
     try:
-        cert = tls.inspect(root / "certs", now)
+        cert = tls.inspect(certs, now)
         detail = (f"valid until {cert.not_after:%Y-%m-%d} ({cert.days_left} days), names: "
                   + ", ".join(cert.names))
         if cert.days_left < 0:
@@ -489,7 +491,8 @@ def run(root: Path, loaded: Loaded | None, spec_error: LlmstackError | None,
                                 f"valid, project {spec.project}, {len(spec.models)} models",
                                 scope="config"))
     if spec is not None:
-        findings += local_findings(root, spec)
+        findings += local_findings(root, spec, env=loaded.paths.env if loaded else None,
+                                   certs=loaded.paths.certs if loaded else None)
     pins: dict[str, Locked] = {}
     if loaded is not None:
         try:

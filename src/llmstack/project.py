@@ -13,11 +13,20 @@ from .fsutil import write_atomic
 from .render import Rendered
 from .spec import StackSpec
 
+HOSTS_DIR = "hosts"  # hosts/NAME/: a host's certs/, config/ (and .env with `key: host`)
+
 
 @dataclass(frozen=True)
 class Paths:
     root: Path
     stack_file: Path | None = None  # `--file`; None: stack.yaml in root
+    host: str | None = None  # a host of the `hosts:` inventory: its own certs/ and config/
+    own_key: bool = False  # the host's `key: host`: its .env in hosts/NAME/
+
+    @property
+    def host_dir(self) -> Path:
+        """Where this host's own files lie (the folder itself without a host)."""
+        return self.root / HOSTS_DIR / self.host if self.host else self.root
 
     @property
     def stack(self) -> Path:
@@ -25,7 +34,8 @@ class Paths:
 
     @property
     def env(self) -> Path:
-        return self.root / ".env"
+        """The client key: the folder's (one for the whole fleet) unless the host has its own."""
+        return (self.host_dir if self.own_key else self.root) / ".env"
 
     @property
     def lock(self) -> Path:
@@ -40,11 +50,12 @@ class Paths:
 
     @property
     def certs(self) -> Path:
-        return self.root / "certs"
+        """The TLS certificate: each host has its own, for its own domain."""
+        return self.host_dir / "certs"
 
     @property
     def config(self) -> Path:
-        return self.root / "config"
+        return self.host_dir / "config"
 
     @property
     def stack_id(self) -> Path:
@@ -90,9 +101,17 @@ class Loaded:
     spec: StackSpec
     rendered: Rendered
     stack_file: Path | None = None  # the file loaded, when not paths.stack (`--file`)
+    host_text: str | None = None  # a host's resulting stack (inventory.py), as stack.yaml
+
+    @property
+    def host(self) -> str | None:
+        return self.paths.host
 
     def stack_text(self) -> str:
-        """The stack file as loaded from disk (history records it)."""
+        """The stack file as loaded from disk, or the host's resulting stack (history records
+        it, so `rollback` on that host returns to exactly that)."""
+        if self.host_text is not None:
+            return self.host_text
         return (self.stack_file or self.paths.stack).read_text(encoding="utf-8")
 
     def keys(self) -> secrets.Keys:
@@ -136,11 +155,22 @@ class Loaded:
         }
 
 
-def load(root: Path, stack_file: Path | None = None) -> Loaded:
+def load(root: Path, stack_file: Path | None = None, host: str | None = None) -> Loaded:
+    """The stack of the folder, or (`host`) that host's resulting stack with its own paths."""
     paths = Paths(root, stack_file)
     path = paths.stack
-    stack = spec.load_file(path)
-    return Loaded(paths, stack, render.render(stack, path.name), path)
+    if host is None:
+        stack = spec.load_file(path)
+        return Loaded(paths, stack, render.render(stack, path.name), path)
+    from .inventory import host_spec
+
+    one = host_spec(spec.load_fleet(path).hosts, host)
+    paths = Paths(root, stack_file, host, own_key=one.key == "host")
+    return Loaded(paths, one.spec, render.render(one.spec, path.name), path, one.text)
+
+
+def load_fleet(root: Path, stack_file: Path | None = None) -> spec.Fleet:
+    return spec.load_fleet(Paths(root, stack_file).stack)
 
 
 def write_config(loaded: Loaded) -> list[Path]:

@@ -33,6 +33,7 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from .teamkeys import parse_duration
 Progress = Callable[[str], None]
 
 MAX_GRACE = 30 * 86400
+MAX_AT_ONCE = 8  # stacks of a fleet one rotation step works on at once
 SWAP_DEADLINE = 20.0  # seconds for nginx to replace its workers after a reload
 VERIFY_DEADLINE = 20.0  # seconds for the keys to answer as expected through nginx
 
@@ -172,40 +174,80 @@ def exclusive(root: Path) -> Iterator[None]:
 def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progress,
            started: float | None = None) -> Rotation:
     """Replace the client key on the running stack; see the module docstring for the order."""
+    return rotate_group([(loaded, project)], grace_seconds, progress, started)
+
+
+def _one_env(targets: list[tuple[Loaded, Engine]]) -> Path:
+    envs = {loaded.paths.env for loaded, _ in targets}
+    if len(envs) != 1 or not targets:
+        raise UserError("a key rotation covers stacks that share one .env",
+                        "rotate hosts with `key: host` one by one")
+    return envs.pop()
+
+
+def rotate_group(targets: list[tuple[Loaded, Engine]], grace_seconds: int,
+                 progress: Progress, started: float | None = None) -> Rotation:
+    """Replace the client key on every stack of `targets` (hosts of a fleet sharing one
+    .env), with one grace window: each step of the module docstring runs on every stack
+    before the next step starts, so `.env` changes once, after every stack accepts the new
+    key, and every stack accepts whatever key `.env` holds at any moment. A failure in step 1
+    on any stack rolls every stack back to the old key file."""
     started = time.monotonic() if started is None else started
-    env_path = loaded.paths.env
-    with exclusive(loaded.paths.root):
-        old = loaded.keys()
-        edge = open_edge(loaded, project, old, progress)
-        _check_serving(edge, old)
-        other_files = certificate_files(loaded)
-        old_conf = loaded.keys_conf(old)
+    env_path = _one_env(targets)
+    loaded0 = targets[0][0]
+    with exclusive(loaded0.paths.root):
+        old = loaded0.keys()
+
+        def opened(target: tuple[Loaded, Engine]) -> tuple[Loaded, Edge,
+                                                            dict[str, tuple[bytes, int]], bytes]:
+            loaded, project = target
+            edge = open_edge(loaded, project, old, progress)
+            _check_serving(edge, old)
+            return loaded, edge, certificate_files(loaded), loaded.keys_conf(old)
+
+        edges = _on_each(opened, targets)
         new_master = secrets.new_key()
         # Transitional: the new key is current, the old one accepted with no end (the
         # expiry-less "previous" slot), so whichever of the two `.env` ends up with works.
         both = secrets.Keys(master=new_master, internal=old.internal, previous=old.master)
         labels = {old.master: "old", new_master: "new"}
 
-        progress("shipping a key file that accepts the old and the new key")
-        reloaded = False
-        try:
+        def where(loaded: Loaded) -> str:
+            return f" on {loaded.paths.host}" if len(targets) > 1 and loaded.paths.host else ""
+
+        reloaded: dict[int, bool] = {}
+
+        def transitional(index: int) -> None:
+            loaded, edge, other_files, _ = edges[index]
+            progress(f"shipping a key file that accepts the old and the new key{where(loaded)}")
+            reloaded[index] = False
             edge.ship(loaded.keys_conf(both), other_files)
             edge.test_config()
-            reloaded = True  # from here nginx may run the transitional file
+            reloaded[index] = True  # from here nginx may run the transitional file
             edge.reload()
-            progress("nginx reloaded: old and new key accepted")
+            progress(f"nginx reloaded{where(loaded)}: old and new key accepted")
             edge.expect({old.master: "200", new_master: "200"}, labels)
-            progress("verified through nginx: the new key answers 200")
-        except BaseException as exc:
-            note = _roll_back(edge, old_conf, other_files, reloaded, progress)
+            progress(f"verified through nginx{where(loaded)}: the new key answers 200")
+
+        # Step 1 on every stack at once; any failure puts the old key file back on each
+        # stack it reached, and .env stays as it was.
+        errors = _on_each_caught(transitional, list(range(len(edges))))
+        if errors:
+            index, exc = errors[0]
+            loaded = edges[index][0]
+            note = ""
+            for i in sorted(reloaded):
+                note = _roll_back(edges[i][1], edges[i][3], edges[i][2], reloaded[i],
+                                  progress) or note
             if isinstance(exc, LlmstackError) and _foreign(exc) is None:
-                exc.message = f"key rotation failed: {exc.message}{note}"
-                raise
+                exc.message = f"key rotation failed{where(loaded)}: {exc.message}{note}"
+                raise exc
             if isinstance(exc, Exception):  # the engine failed (or a bug): exit 2
                 cause = _foreign(exc) or exc
-                raise DeployError(f"key rotation failed: {type(cause).__name__}: {cause}{note}",
+                raise DeployError(f"key rotation failed{where(loaded)}: "
+                                  f"{type(cause).__name__}: {cause}{note}",
                                   "`llmstack status`; run the command again") from exc
-            raise
+            raise exc
 
         backup_file = backup(env_path)
         os.chmod(backup_file, 0o600)
@@ -219,30 +261,61 @@ def rotate(loaded: Loaded, project: Engine, grace_seconds: int, progress: Progre
         cutover_ms = round((time.monotonic() - started) * 1000)
         progress(f"wrote the new key to {env_path}")
 
-        try:
-            edge.ship(loaded.keys_conf(final), other_files)
-            edge.test_config()
-            edge.reload()
-            edge.expect({new_master: "200", old.master: "200" if grace_seconds else "401"},
-                        labels)
-        except Exception as exc:
-            # nginx may still run the transitional file, which accepts the old key with no
-            # end. Put that file back in the volume too, so that the volume never claims a
-            # state nginx may not run: `up` then sees it differ from .env and re-syncs, and
-            # `--finish` always does.
-            with contextlib.suppress(Exception):
-                edge.ship(loaded.keys_conf(both), other_files)
-            text = exc.message if isinstance(exc, LlmstackError) else f"{type(exc).__name__}: {exc}"
+        def final_file(index: int) -> None:
+            loaded, edge, other_files, _ = edges[index]
+            try:
+                edge.ship(loaded.keys_conf(final), other_files)
+                edge.test_config()
+                edge.reload()
+                edge.expect({new_master: "200",
+                             old.master: "200" if grace_seconds else "401"}, labels)
+            except Exception:
+                # nginx may still run the transitional file, which accepts the old key with
+                # no end. Put that file back in the volume too, so that the volume never
+                # claims a state nginx may not run: `up` then sees it differ from .env and
+                # re-syncs, and `--finish` always does.
+                with contextlib.suppress(Exception):
+                    edge.ship(loaded.keys_conf(both), other_files)
+                raise
+
+        failed = [f"{where(edges[i][0]).strip() or edges[i][0].spec.project}: "
+                  + (exc.message if isinstance(exc, LlmstackError) else
+                     f"{type(exc).__name__}: {exc}")
+                  for i, exc in _on_each_caught(final_file, list(range(len(edges))))]
+        if failed:
             raise DeployError(
                 f"the new key is live and in {env_path}, but the old key could not be "
-                f"{'put on its timer' if grace_seconds else 'dropped'}: {text}",
+                f"{'put on its timer' if grace_seconds else 'dropped'}: {'; '.join(failed)}",
                 "nginx may still accept the old key with no end: run `llmstack rotate-key "
-                "--finish` (it re-applies .env's keys to nginx) or `llmstack up`") from exc
+                "--finish` (it re-applies .env's keys to nginx) or `llmstack up`")
         progress("old key refused from now on" if not grace_seconds else
                  f"old key accepted until {_iso(rotated_at + grace_seconds)}, then refused "
                  "by nginx itself")
-        return Rotation(loaded.spec.project, env_path, backup_file, rotated_at, grace_seconds,
+        project_names = ", ".join(loaded.spec.project for loaded, _ in targets)
+        return Rotation(project_names, env_path, backup_file, rotated_at, grace_seconds,
                         cutover_ms, round((time.monotonic() - started) * 1000), new_master)
+
+
+def _on_each(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """`fn` over `items` at once (stacks of a fleet: each its own engine); the first error
+    raised, results in order."""
+    if len(items) == 1:
+        return [fn(items[0])]
+    with ThreadPoolExecutor(max_workers=min(len(items), MAX_AT_ONCE)) as pool:
+        return list(pool.map(fn, items))
+
+
+def _on_each_caught(fn: Callable[[int], None], indices: list[int]
+                    ) -> list[tuple[int, BaseException]]:
+    """`fn` over `indices` at once; every error, with its index, in order."""
+    def caught(index: int) -> tuple[int, BaseException] | None:
+        try:
+            fn(index)
+        except BaseException as exc:  # reported (or raised again) by the caller
+            return index, exc
+        return None
+
+    return [r for r in _on_each(caught, indices) if r is not None]
 
 
 def _foreign(exc: BaseException) -> BaseException | None:
@@ -273,39 +346,51 @@ def _roll_back(edge: Edge, old_conf: bytes, other_files: dict[str, tuple[bytes, 
 
 def finish(loaded: Loaded, project: Engine, progress: Progress,
            started: float | None = None) -> Finish:
-    """End a grace window now, and in any case make nginx accept exactly `.env`'s key.
+    """End a grace window now, and in any case make nginx accept exactly `.env`'s key."""
+    return finish_group([(loaded, project)], progress, started)
+
+
+def finish_group(targets: list[tuple[Loaded, Engine]], progress: Progress,
+                 started: float | None = None) -> Finish:
+    """End a grace window now on every stack of `targets` (sharing one .env), and in any
+    case make nginx accept exactly `.env`'s key.
 
     The key file is shipped and reloaded even with no window open: after a rotation that
     failed at its last step, nginx may run a transitional file that accepts the old (perhaps
     leaked) key with no end, which `.env` no longer names. Then `.env` forgets the previous key.
     """
     started = time.monotonic() if started is None else started
-    env_path = loaded.paths.env
-    with exclusive(loaded.paths.root):
-        keys = loaded.keys()
-        edge = open_edge(loaded, project, keys, progress)
+    env_path = _one_env(targets)
+    loaded0 = targets[0][0]
+    with exclusive(loaded0.paths.root):
+        keys = loaded0.keys()
         in_progress = bool(keys.previous) and keys.previous in keys.accepted(time.time())
-        _check_serving(edge, keys)
-        other_files = certificate_files(loaded)
         final = replace(keys, previous=None, previous_expires=None)
+        edges = []
+        for loaded, project in targets:
+            edge = open_edge(loaded, project, keys, progress)
+            _check_serving(edge, keys)
+            edges.append((loaded, edge))
         # nginx first: if this fails or is killed, `.env` still says a window is open, which
         # is true, and its master key works either way.
-        progress("shipping a key file with .env's key alone")
-        edge.ship(loaded.keys_conf(final), other_files)
-        edge.test_config()
-        edge.reload()
-        wanted, labels = {keys.master: "200"}, {keys.master: "current"}
-        if keys.previous:
-            wanted[keys.previous], labels[keys.previous] = "401", "previous"
-        edge.expect(wanted, labels)
+        for loaded, edge in edges:
+            progress("shipping a key file with .env's key alone")
+            edge.ship(loaded.keys_conf(final), certificate_files(loaded))
+            edge.test_config()
+            edge.reload()
+            wanted, labels = {keys.master: "200"}, {keys.master: "current"}
+            if keys.previous:
+                wanted[keys.previous], labels[keys.previous] = "401", "previous"
+            edge.expect(wanted, labels)
+        project_names = ", ".join(loaded.spec.project for loaded, _ in targets)
         if not keys.previous:
             progress("no rotation in progress; nginx re-applied .env's key (any other refused)")
-            return Finish(loaded.spec.project, env_path, False, None,
+            return Finish(project_names, env_path, False, None,
                           round((time.monotonic() - started) * 1000))
         progress("nginx reloaded: the previous key is refused")
         backup_file = backup(env_path)
         os.chmod(backup_file, 0o600)
         secrets.write_keys(env_path, final)
         progress(f"removed the previous key from {env_path}")
-        return Finish(loaded.spec.project, env_path, in_progress, backup_file,
+        return Finish(project_names, env_path, in_progress, backup_file,
                       round((time.monotonic() - started) * 1000))

@@ -486,7 +486,8 @@ def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
                               and issubclass(i, BaseModel)), model)
     if model is None:
         return []
-    return [f.alias or name for name, f in model.model_fields.items()]
+    extra = ["hosts"] if model is StackSpec else []  # read by inventory.py, not the model
+    return [f.alias or name for name, f in model.model_fields.items()] + extra
 
 
 def _path_str(loc: tuple[str | int, ...]) -> str:
@@ -720,8 +721,44 @@ def _rules_despite(exc: ValidationError, data: dict[str, Any],
             if not any(p.path == t or p.path.startswith((t + ".", t + "[")) for t in tainted)]
 
 
-def parse(text: str, file: str = "stack.yaml") -> StackSpec:
-    """Validate a stack.yaml document; raise SpecError with every problem found."""
+def validate_data(data: dict[str, Any], lines: dict[tuple[str | int, ...], int]
+                  ) -> tuple[StackSpec | None, list[Problem]]:
+    """A stack document (without `hosts:`) checked: the spec, or None and every problem."""
+    try:
+        spec = StackSpec.model_validate(data)
+    except ValidationError as exc:
+        found = _problems_from_pydantic(exc, lines, data)
+        found += _rules_despite(exc, data, lines)
+        return None, found
+    except RecursionError:
+        return None, [Problem("(document)", "is nested too deeply")]
+    problems = check_rules(spec, lines)
+    return (None if problems else spec), problems
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One host of the `hosts:` inventory: its engine and its resulting stack (inventory.py
+    merges the overrides)."""
+
+    name: str
+    engine: str | None  # None: --host / DOCKER_HOST / the Docker context / the local socket
+    key: Literal["fleet", "host"]  # the client key: the fleet's .env or one of its own
+    spec: StackSpec
+    text: str  # the host's resulting stack as a stack.yaml without `hosts:` (history)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A stack file: the stack itself and the stack of every host of its inventory."""
+
+    base: StackSpec
+    hosts: dict[str, HostSpec]
+
+
+def parse_fleet(text: str, file: str = "stack.yaml") -> Fleet:
+    """Validate a stack.yaml document and every host's resulting stack; raise SpecError with
+    every problem found."""
     data, lines = load(text, file)
     if data is None:
         raise SpecError(file, [Problem("(document)", "is empty",
@@ -729,23 +766,32 @@ def parse(text: str, file: str = "stack.yaml") -> StackSpec:
     if not isinstance(data, dict):
         raise SpecError(file, [Problem("(document)", "must be a mapping of keys to values",
                                        type(data).__name__, 1, "start from `llmstack init`")])
-    try:
-        spec = StackSpec.model_validate(data)
-    except ValidationError as exc:
-        found = _problems_from_pydantic(exc, lines, data)
-        found += _rules_despite(exc, data, lines)
-        raise SpecError(file, sorted(found, key=lambda p: p.line or 0)) from None
-    except RecursionError:
-        raise SpecError(file, [Problem("(document)", "is nested too deeply")]) from None
-    problems = check_rules(spec, lines)
-    if problems:
+    body = {k: v for k, v in data.items() if k != "hosts"}
+    base, problems = validate_data(body, lines)
+    hosts: dict[str, HostSpec] = {}
+    if "hosts" in data:
+        from .inventory import resolve
+
+        # Overrides merge into the stack's values with its defaults filled in: a host's
+        # `listeners: {https: {port: 8443}}` keeps the https listener's bind, as "maps merge"
+        # says, not the bind a listener written out in full would get by default.
+        full = base.model_dump(mode="json", by_alias=True) if base is not None else body
+        hosts, host_problems = resolve(data["hosts"], full, lines, base is not None)
+        problems += host_problems
+    if problems or base is None:
         raise SpecError(file, sorted(problems, key=lambda p: p.line or 0))
-    return spec
+    return Fleet(base, hosts)
 
 
-def load_file(path: Path) -> StackSpec:
+def parse(text: str, file: str = "stack.yaml") -> StackSpec:
+    """Validate a stack.yaml document (its hosts too); raise SpecError with every problem."""
+    return parse_fleet(text, file).base
+
+
+def read_text(path: Path) -> str:
+    """The stack file's text, or a SpecError saying why it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(str(path), [Problem("(file)", "does not exist",
                                             hint="run `llmstack init` to create one")]) from None
@@ -753,4 +799,11 @@ def load_file(path: Path) -> StackSpec:
         raise SpecError(str(path), [Problem("(file)", "is not UTF-8 text")]) from None
     except OSError as exc:
         raise SpecError(str(path), [Problem("(file)", f"cannot be read: {exc.strerror}")]) from None
-    return parse(text, str(path))
+
+
+def load_fleet(path: Path) -> Fleet:
+    return parse_fleet(read_text(path), str(path))
+
+
+def load_file(path: Path) -> StackSpec:
+    return load_fleet(path).base

@@ -11,6 +11,7 @@ local config/ folder is deleted. The ssh client reads its config from a wrapper 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -45,8 +46,10 @@ def _keygen(path: Path) -> None:
                    check=True)
 
 
-@pytest.fixture(scope="module")
-def remote() -> Iterator[Remote]:
+@contextlib.contextmanager
+def sshd_endpoints(count: int) -> Iterator[list[Remote]]:
+    """`count` real sshd endpoints on 127.0.0.1 (one host key, one client key, one ssh
+    config on PATH), each reaching this machine's engine: simulated hosts of a fleet."""
     if os.geteuid() != 0:
         pytest.skip("sshd with root login needs root (CI runs as root)")
     if not (Path(SSHD).exists() and shutil.which("ssh") and shutil.which("docker")):
@@ -57,15 +60,16 @@ def remote() -> Iterator[Remote]:
     _keygen(work / "host_key")
     _keygen(work / "client_key")
     shutil.copy(work / "client_key.pub", work / "authorized_keys")
-    port = free_port()
+    ports = [free_port() for _ in range(count)]
     (work / "sshd_config").write_text(
         f"ListenAddress 127.0.0.1\nHostKey {work}/host_key\n"
         f"AuthorizedKeysFile {work}/authorized_keys\nPubkeyAuthentication yes\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-        f"PidFile {work}/sshd.pid\nLogLevel VERBOSE\n")
+        "LogLevel VERBOSE\n")
     host_key = (work / "host_key.pub").read_text().split()[:2]
-    (work / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
+    (work / "known_hosts").write_text("".join(f"[127.0.0.1]:{port} {' '.join(host_key)}\n"
+                                              for port in ports))
     (work / "ssh_config").write_text(
         f"Host 127.0.0.1\n  IdentityFile {work}/client_key\n  IdentitiesOnly yes\n"
         f"  UserKnownHostsFile {work}/known_hosts\n  StrictHostKeyChecking yes\n"
@@ -78,23 +82,38 @@ def remote() -> Iterator[Remote]:
     wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {work}/ssh_config "$@"\n')
     wrapper.chmod(0o755)
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-    log = work / "sshd.log"
-    with log.open("w") as out:
-        sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(work / "sshd_config"), "-p",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    ssh = [str(wrapper), "-p", str(port), "root@127.0.0.1"]
+    servers: list[subprocess.Popen[bytes]] = []
+    remotes: list[Remote] = []
     try:
-        wait_for(lambda: subprocess.run([*ssh, "true"], env={**os.environ, **env},
-                                        capture_output=True, timeout=20).returncode == 0,
-                 timeout=30, what=f"sshd on 127.0.0.1:{port}")
-        yield Remote(f"ssh://root@127.0.0.1:{port}", env, log, ssh)
+        for port in ports:
+            log = work / f"sshd-{port}.log"
+            with log.open("w") as out:
+                servers.append(subprocess.Popen(
+                    [SSHD, "-D", "-e", "-f", str(work / "sshd_config"), "-p", str(port),
+                     "-o", f"PidFile={work}/sshd-{port}.pid"],
+                    stdout=out, stderr=subprocess.STDOUT))
+            ssh = [str(wrapper), "-p", str(port), "root@127.0.0.1"]
+            remotes.append(Remote(f"ssh://root@127.0.0.1:{port}", env, log, ssh))
+        for r in remotes:
+            wait_for(lambda r=r: subprocess.run(  # type: ignore[misc]
+                [*r.ssh, "true"], env={**os.environ, **env}, capture_output=True,
+                timeout=20).returncode == 0, timeout=30, what=f"sshd at {r.url}")
+        yield remotes
     finally:
-        subprocess.run([*ssh, "-O", "exit"], env={**os.environ, **env}, capture_output=True,
-                       timeout=20)
-        sshd.terminate()
-        sshd.wait(timeout=20)
+        for r in remotes:
+            subprocess.run([*r.ssh, "-O", "exit"], env={**os.environ, **env},
+                           capture_output=True, timeout=20)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=20)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def remote() -> Iterator[Remote]:
+    with sshd_endpoints(1) as remotes:
+        yield remotes[0]
 
 
 @pytest.fixture

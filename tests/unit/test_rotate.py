@@ -279,3 +279,71 @@ def test_an_engine_failure_reads_as_before_the_boundary(project_dir: Loaded) -> 
         "key rotation failed: APIError: 500 Server Error: no space left on device (putting "
         "the old key file back failed too: 500 Server Error: no space left on device;")
     assert err.value.hint == "`llmstack status`; run the command again"
+
+
+# --- a fleet: hosts sharing one .env -----------------------------------------------------------
+
+
+def _fleet(tmp_path: Path, names_: tuple[str, ...] = ("h1", "h2")) -> list[Loaded]:
+    from llmstack.fleet import prepare
+
+    init(tmp_path)
+    text = (tmp_path / "stack.yaml").read_text() + "hosts:\n" + "".join(
+        f"  {n}:\n    domain: {n}.example.com\n" for n in names_)
+    (tmp_path / "stack.yaml").write_text(text)
+    hosts = [load(tmp_path, host=n) for n in names_]
+    for loaded in hosts:
+        prepare(loaded)  # each host's own certificate
+    return hosts
+
+
+def test_a_fleet_rotates_with_one_env_write_and_one_grace_window(tmp_path: Path) -> None:
+    hosts = _fleet(tmp_path)
+    old = hosts[0].keys()
+    engines = [engine_for(h) for h in hosts]
+    result = rotate.rotate_group(list(zip(hosts, engines, strict=True)), 600,  # type: ignore[arg-type]
+                                 quiet)
+    keys = secrets.load_keys(tmp_path / ".env")
+    assert len(list(tmp_path.glob(".env.bak-*"))) == 1
+    assert keys.master == result.key and keys.previous == old.master
+    for engine in engines:
+        # .env's key accepted at every step on every host (the fake checks at each call)
+        assert engine.violations == []
+        assert engine.calls == ["probe", "ship", "test", "reload", "probe",
+                                "ship", "test", "reload", "probe"]
+        assert accepts(engine.running, keys.master, time.time())
+        assert accepts(engine.running, old.master, time.time())
+        assert not accepts(engine.running, old.master, result.rotated_at + 601)
+
+
+def test_a_fleet_rotation_failing_on_the_second_host_rolls_back_both(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = _fleet(tmp_path)
+    env_before = (tmp_path / ".env").read_bytes()
+    old = hosts[0].keys()
+    engines = [engine_for(hosts[0]), engine_for(hosts[1], fail_at="probe")]
+    monkeypatch.setattr(rotate, "VERIFY_DEADLINE", 0.5)
+    with pytest.raises(DeployError) as err:
+        rotate.rotate_group(list(zip(hosts, engines, strict=True)), 0, quiet)  # type: ignore[arg-type]
+    assert "key rotation failed on h2" in err.value.message
+    assert (tmp_path / ".env").read_bytes() == env_before
+    for engine in engines:
+        assert engine.violations == []
+        assert accepts(engine.running, old.master, time.time())
+        assert accepts(engine.volume, old.master, time.time())
+    assert engines[0].calls.count("reload") == 2  # transitional, then the old file again
+
+
+def test_a_fleet_finish_ends_the_window_on_every_host(tmp_path: Path) -> None:
+    hosts = _fleet(tmp_path)
+    engines = [engine_for(h) for h in hosts]
+    targets = list(zip(hosts, engines, strict=True))
+    first = rotate.rotate_group(targets, 600, quiet)  # type: ignore[arg-type]
+    old = secrets.load_keys(first.backup_file).master
+    done = rotate.finish_group(targets, quiet)  # type: ignore[arg-type]
+    assert done.was_in_progress
+    assert secrets.load_keys(tmp_path / ".env").previous is None
+    for engine in engines:
+        assert not accepts(engine.running, old, time.time())
+        assert accepts(engine.running, first.key, time.time())
+        assert engine.violations == []

@@ -70,23 +70,36 @@ def resolve_target(host: str | None = None) -> tuple[str, str, object]:
     """(engine URL, where it came from, TLS config or None): --host, then DOCKER_HOST (with
     DOCKER_TLS_VERIFY/DOCKER_CERT_PATH), then the Docker context (DOCKER_CONTEXT or `docker
     context use`), then the local socket."""
+    if host and host.startswith(CONTEXT_PREFIX):  # a host's `engine:` naming a context
+        return _context(host[len(CONTEXT_PREFIX):])
     if host:
         return host, "--host", None
     if os.environ.get("DOCKER_HOST"):
         from docker.utils import kwargs_from_env
 
         return os.environ["DOCKER_HOST"], "DOCKER_HOST", kwargs_from_env().get("tls")
-    from docker.context import ContextAPI
     from docker.context.config import get_current_context_name
 
     name = os.environ.get("DOCKER_CONTEXT") or get_current_context_name()
     if name and name != "default":
-        ctx = ContextAPI.get_context(name)
-        if ctx is None or not ctx.Host:
-            raise EngineError(f"Docker context {name!r} does not exist",
-                              "list contexts with `docker context ls`, or unset DOCKER_CONTEXT")
-        return str(ctx.Host), f"context {name}", ctx.TLSConfig
+        return _context(name)
     return "unix:///var/run/docker.sock", "local socket", None
+
+
+CONTEXT_PREFIX = "context:"
+
+
+def _context(name: str) -> tuple[str, str, object]:
+    from docker.context import ContextAPI
+
+    if name == "default":
+        return "unix:///var/run/docker.sock", "context default", None
+    ctx = ContextAPI.get_context(name)
+    if ctx is None or not ctx.Host:
+        raise EngineError(f"Docker context {name!r} does not exist",
+                          "list contexts with `docker context ls`, or fix the host's engine: "
+                          "in stack.yaml (or unset DOCKER_CONTEXT)")
+    return str(ctx.Host), f"context {name}", ctx.TLSConfig
 
 
 def describe_target(host: str | None = None) -> str:
