@@ -20,7 +20,7 @@ from llmstack.engine.api import ContainerInfo, Engine, Task
 from llmstack.errors import EngineError
 from llmstack.plan import CONFIG_ROOT, Actual, ServiceSpec
 
-IMAGE = "llmstack/litellm:1.108.7"
+IMAGE = "llmstack/litellm:1.108.7-m1"
 SLEEP = "import time; print('hello', flush=True); time.sleep(600)"
 
 

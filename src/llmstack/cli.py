@@ -369,6 +369,48 @@ def status(directory: DirOpt = None, file: FileOpt = None,
 
 
 @app.command()
+def top(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+        json_out: JsonOpt = False,
+        once: Annotated[bool, typer.Option("--once", help="Print one view and exit (two "
+                                           "readings --interval apart, for the rates).")] = False,
+        interval: Annotated[float, typer.Option(help="Seconds between readings.", min=0.2,
+                                                max=3600)] = 2.0,
+        ) -> None:
+    """Live per-model load, like `docker stats`: requests (total and per second), in flight,
+    queued, p50/p95 latency, first-token time, generated tokens per second, errors; and per
+    GPU its utilisation and memory. Reads each part's own metrics from inside the project
+    network through the engine (works with --host ssh://...). Ctrl-C ends it."""
+    import time
+
+    from . import observe
+
+    loaded = _load(directory, file)
+    project = _engine(host, loaded.spec.project)
+    key = loaded.keys().internal
+    if not loaded.spec.observability.metrics and not json_out:
+        typer.echo("observability.metrics is off in stack.yaml: only states and GPUs are "
+                   "shown (turn it on and run `llmstack up`)", err=True)
+    previous = observe.read(loaded.spec, project, key)
+    if once:
+        time.sleep(interval)
+    while True:
+        if not once:
+            time.sleep(interval)
+        current = observe.read(loaded.spec, project, key)
+        data = observe.view(current, previous)
+        if json_out:
+            from .ui import emit_json
+            emit_json(data)
+        else:
+            if not once:
+                typer.echo("\x1b[H\x1b[2J", nl=False)  # clear the screen, like docker stats
+            typer.echo(observe.table(data))
+        if once:
+            return
+        previous = current
+
+
+@app.command()
 def logs(service: Annotated[str, typer.Argument(help="Service: nginx, litellm, health or "
                                                 "model-<name> (see `llmstack status`).")],
          directory: DirOpt = None, file: FileOpt = None,

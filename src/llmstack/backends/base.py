@@ -46,9 +46,24 @@ class Placement:
     # The value of the backend's GPU-memory flag (vLLM --gpu-memory-utilization, TGI
     # --cuda-memory-fraction); None: the model's own gpu_memory_utilization.
     memory_fraction: float | None = None
+    # `observability.metrics`: the server's Prometheus endpoint on (where a flag turns it on).
+    metrics: bool = True
 
 
 DEFAULT_PLACEMENT = Placement()
+
+
+@dataclass(frozen=True)
+class MetricNames:
+    """Where a backend's Prometheus endpoint says what `llmstack top` shows (observe.py).
+    Each name is a sample name as the server writes it (counters with _total);
+    "" where the server has no such figure."""
+
+    path: str  # the endpoint, e.g. /metrics
+    running: str  # requests being generated now (gauge)
+    waiting: str  # requests queued for a free slot (gauge)
+    generated_tokens: str  # tokens generated since start (counter, or a histogram's sum)
+    generating_seconds: str = ""  # seconds spent generating them (counter): decode speed
 
 
 class Backend(Protocol):
@@ -71,6 +86,8 @@ class Backend(Protocol):
     # real default, source named beside each value); None: it never closes idle ones.
     # LiteLLM's client side must give up on idle connections sooner (see keepalive.py).
     idle_keepalive_s: int | None
+    # Its Prometheus endpoint and the names `top` reads there; None: it has none (Ollama).
+    metrics: MetricNames | None
 
     def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
                pin: str = "") -> Launch:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount, source_env
+from .base import DEFAULT_PLACEMENT, Launch, MetricNames, Placement, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -26,6 +26,11 @@ class LlamaCpp:
     cache_dir: str | None = None
     idle_keepalive_s = 5  # cpp-httplib CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND; llama-server has no
     # flag for it. Measured: "Keep-Alive: timeout=5, max=100", idle close after 5.0 s.
+    # tools/server/server.cpp handle_metrics (served only with --metrics).
+    metrics = MetricNames("/metrics", running="llamacpp:requests_processing",
+                          waiting="llamacpp:requests_deferred",
+                          generated_tokens="llamacpp:tokens_predicted_total",
+                          generating_seconds="llamacpp:tokens_predicted_seconds_total")
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
         return None
@@ -41,6 +46,8 @@ class LlamaCpp:
         if model.task == "embedding":
             # Embeddings need their own server: pooled vectors instead of generation.
             cmd += ["--embeddings", "--pooling", "mean"]
+        if placement.metrics:
+            cmd += ["--metrics"]
         if model.gpus != "cpu":
             cmd += ["--n-gpu-layers", "999"]
         return Launch(command=cmd + list(model.args), mounts=mounts, env=source_env(model))

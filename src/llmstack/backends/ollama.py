@@ -23,6 +23,7 @@ class Ollama:
     hf_form = ""
     cache_dir = "/root/.ollama"
     idle_keepalive_s = None  # Go net/http.Server without IdleTimeout/ReadTimeout
+    metrics = None  # Ollama serves no metrics endpoint (ollama/ollama#3144)
 
     def served_name(self, model: ModelSpec) -> str:
         src = model.parsed_source

@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .. import images
-from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount, source_env
+from .base import DEFAULT_PLACEMENT, Launch, MetricNames, Placement, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -46,6 +46,10 @@ class Vllm:
     hf_form = "repo"
     cache_dir = "/root/.cache/huggingface"
     idle_keepalive_s = 5  # vllm.entrypoints TIMEOUT_KEEP_ALIVE = 5, passed to uvicorn
+    # vllm/v1/metrics/loggers.py (PrometheusStatLogger); /metrics is always served.
+    metrics = MetricNames("/metrics", running="vllm:num_requests_running",
+                          waiting="vllm:num_requests_waiting",
+                          generated_tokens="vllm:generation_tokens_total")
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
         return None
