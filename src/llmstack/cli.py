@@ -912,6 +912,53 @@ def export_compose(
     typer.echo(f"Run it: cd {target} && docker-compose up -d")
 
 
+@export_app.command("prometheus")
+def export_prometheus(
+    directory: DirOpt = None, file: FileOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default "
+                                             "DIR/prometheus).", show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write prometheus.yml scraping every metrics endpoint of the stack (LiteLLM and each
+    model server, labelled with project, service, model and backend) for your own
+    Prometheus, and litellm-metrics.key (0600) with the key LiteLLM wants for /metrics.
+    The endpoints answer on the project's Docker network only: attach your Prometheus to it."""
+    from .fsutil import write_atomic
+    from .monitoring import KEY_FILE, PROMETHEUS_FILE, prometheus_config
+
+    loaded = _load(directory, file)
+    target = (out or loaded.paths.root / "prometheus").resolve()
+    exported = prometheus_config(loaded.spec, loaded.keys().internal)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / PROMETHEUS_FILE).write_text(exported.config, encoding="utf-8")
+    write_atomic(target / KEY_FILE, exported.key, mode=0o600)
+    if json_out:
+        from .ui import emit_json
+        emit_json({"config": str(target / PROMETHEUS_FILE), "key_file": str(target / KEY_FILE),
+                   "network": exported.network})
+        return
+    typer.echo(f"wrote {target / PROMETHEUS_FILE} and {target / KEY_FILE} (0600)")
+    typer.echo(f"Scrape from the stack's network: docker network connect {exported.network} "
+               "YOUR-PROMETHEUS (docs/OBSERVABILITY.md)")
+
+
+@export_app.command("grafana")
+def export_grafana(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")] = Path(
+        "grafana-dashboard.json"),
+) -> None:
+    """Write the Grafana dashboard (per-model requests, errors, latency p50/p95, first-token
+    time, in flight and queued, tokens per second, targets up, GPUs) for a Prometheus that
+    scrapes the config `llmstack export prometheus` writes. Import it in Grafana."""
+    import json
+
+    from .monitoring import dashboard
+
+    out.write_text(json.dumps(dashboard(), indent=2) + "\n", encoding="utf-8")
+    typer.echo(f"wrote {out}: import it in Grafana (Dashboards > New > Import), pick your "
+               "Prometheus data source")
+
+
 @export_app.command("k8s")
 def export_k8s(
     directory: DirOpt = None, file: FileOpt = None,
