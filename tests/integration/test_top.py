@@ -84,6 +84,12 @@ def test_top_counts_requests_tokens_and_sees_a_stopped_model(
     assert after["in_flight"] == 0 and after["queued"] == 0
     assert after["latency_p50_s"] is not None and after["first_token_p50_s"] is not None
 
+    # The edge never hands out metrics, not even with the key.
+    for path in ("/metrics", "/v1/metrics"):
+        edge = httpx.get(f"http://127.0.0.1:{stack.local_port}{path}", timeout=10,
+                         headers={"Authorization": f"Bearer {stack.key}"})
+        assert edge.status_code == 404 and "litellm_" not in edge.text
+
     docker_client.containers.get(  # type: ignore[attr-defined]
         names.container(stack.project, names.model_service(MODEL))).stop(timeout=5)
     stopped = top(stack)
