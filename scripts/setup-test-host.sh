@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES=(debootstrap nginx-light openssl curl openssh-server docker-compose iproute2)
+# prometheus: promtool checks `llmstack export prometheus` and the Grafana dashboard queries.
+PACKAGES=(debootstrap nginx-light openssl curl openssh-server docker-compose iproute2 prometheus)
 
 log() { printf 'setup-test-host: %s\n' "$*" >&2; }
 [[ "$(id -u)" -eq 0 ]] || { log "error: must run as root (apt-get install)"; exit 1; }

@@ -20,7 +20,7 @@ from llmstack.engine.api import Activity, ContainerInfo, Engine, Task
 from llmstack.errors import EngineError
 from llmstack.plan import CONFIG_ROOT, Actual, ServiceSpec
 
-IMAGE = "llmstack/litellm:1.108.7"
+IMAGE = "llmstack/litellm:1.108.7-m1"
 SLEEP = "import time; print('hello', flush=True); time.sleep(600)"
 
 
@@ -156,6 +156,20 @@ def case_probe_from_inside_the_network(engine: Engine) -> None:
     assert missing.startswith("ERR ")
 
 
+def case_scrape_from_inside_the_network(engine: Engine) -> None:
+    served = f"http://{names.container(engine.project, names.HEALTH)}:{names.HEALTH_PORT}/"
+    with pytest.raises(EngineError):  # scrapes run in the health container
+        engine.scrape([served])
+    up(engine, health())
+    missing = f"http://{names.container(engine.project, 'nope')}:8000/metrics"
+    answers = eventually(lambda: (a := engine.scrape([served, missing], {served: "k"}))
+                         [served][0] is not None and a)
+    assert isinstance(answers, dict)
+    assert isinstance(answers[served][0], int)
+    assert answers[missing][0] is None and answers[missing][1]  # the error, as text
+    assert engine.scrape([]) == {}
+
+
 def case_logs_of_a_service(engine: Engine) -> None:
     up(engine, service("svc-a"))
     assert eventually(lambda: engine.tail_logs("svc-a"))
@@ -248,6 +262,6 @@ CASES = [case_a_registry_that_does_not_answer, case_start_beside_then_rename,
          case_start_replaces_the_old_container,
          case_host_facts_through_the_engine, case_down_removes_everything, case_config_round_trip,
          case_exec_exit_codes_output_and_environment, case_missing_things_raise_engine_error,
-         case_probe_from_inside_the_network, case_logs_of_a_service,
-         case_activity_reads_each_line_once,
+         case_probe_from_inside_the_network, case_scrape_from_inside_the_network,
+         case_logs_of_a_service, case_activity_reads_each_line_once,
          case_run_task_streams_its_lines_returns_its_exit_code_and_leaves_nothing]

@@ -58,6 +58,9 @@ class FakeEngine:
     nginx_test: (exit code, output) of `nginx -t`.
     source_files: what read_source finds, {"volume:NAME/PATH" or "host:/PATH": bytes}.
     image_envs: each image's config Env (image_env).
+    pages: what scrape reads, {"SERVICE/PATH": body} (e.g. "litellm/metrics"); a running
+      service without the page answers 404. gpus: what query_gpus reports (None: no GPU
+      runtime).
     """
 
     project: str = "p"
@@ -83,6 +86,9 @@ class FakeEngine:
     source_files: dict[str, bytes] = field(default_factory=dict)
     image_envs: dict[str, list[str]] = field(default_factory=dict)  # image config Env
     owner_labels: dict[str, str] = field(default_factory=dict)
+    pages: dict[str, str] = field(default_factory=dict)
+    scrape_auth: list[dict[str, str]] = field(default_factory=list)  # auth of each scrape
+    gpus: GpuProbe | None = None
 
     # --- reading -------------------------------------------------------------------------
 
@@ -160,6 +166,25 @@ class FakeEngine:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False,
                               env={**(environment or {}), "PATH": "/usr/bin:/bin"})
         return proc.returncode, proc.stdout + proc.stderr
+
+    def scrape(self, urls: list[str], auth: dict[str, str] | None = None,
+               timeout: float = 2.0) -> dict[str, tuple[int | None, str]]:
+        self._running(names.HEALTH)  # scrapes run in the health container
+        self.scrape_auth.append(dict(auth or {}))
+        out: dict[str, tuple[int | None, str]] = {}
+        for url in urls:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            service = host.removeprefix(f"{self.project}-")
+            c = self.containers.get(service)
+            if c is None or not host.startswith(f"{self.project}-"):
+                out[url] = (None, NOT_FOUND.removeprefix("ERR "))
+            elif c.status != "running":
+                out[url] = (None, REFUSED.removeprefix("ERR "))
+            else:
+                page = self.pages.get(f"{service}{parts.path}")
+                out[url] = (200, page) if page is not None else (404, "not found")
+        return out
 
     def probe(self, url: str, timeout: float = 2.0) -> str:
         self._running(names.HEALTH)  # probes run in the health container
@@ -301,8 +326,8 @@ class FakeEngine:
     def host_snapshot(self, candidates: list[str]) -> HostSnapshot | None:
         return None
 
-    def query_gpus(self, candidates: list[str]) -> GpuProbe:
-        return GpuProbe("no-runtime", detail="the fake engine has no GPUs")
+    def query_gpus(self, candidates: list[str], utilization: bool = False) -> GpuProbe:
+        return self.gpus or GpuProbe("no-runtime", detail="the fake engine has no GPUs")
 
     def engine_facts(self) -> EngineFacts:
         return EngineFacts(version="27.0.0", api_version="1.47", os="linux", arch="amd64",

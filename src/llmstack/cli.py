@@ -429,6 +429,48 @@ def status(directory: DirOpt = None, file: FileOpt = None,
 
 
 @app.command()
+def top(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
+        json_out: JsonOpt = False,
+        once: Annotated[bool, typer.Option("--once", help="Print one view and exit (two "
+                                           "readings --interval apart, for the rates).")] = False,
+        interval: Annotated[float, typer.Option(help="Seconds between readings.", min=0.2,
+                                                max=3600)] = 2.0,
+        ) -> None:
+    """Live per-model load, like `docker stats`: requests (total and per second), in flight,
+    queued, p50/p95 latency, first-token time, generated tokens per second, errors; and per
+    GPU its utilisation and memory. Reads each part's own metrics from inside the project
+    network through the engine (works with --host ssh://...). Ctrl-C ends it."""
+    import time
+
+    from . import observe
+
+    loaded = _load(directory, file)
+    project = _engine(host, loaded.spec.project)
+    key = loaded.keys().internal
+    if not loaded.spec.observability.metrics and not json_out:
+        typer.echo("observability.metrics is off in stack.yaml: only states and GPUs are "
+                   "shown (turn it on and run `llmstack up`)", err=True)
+    previous = observe.read(loaded.spec, project, key)
+    if once:
+        time.sleep(interval)
+    while True:
+        if not once:
+            time.sleep(interval)
+        current = observe.read(loaded.spec, project, key)
+        data = observe.view(current, previous)
+        if json_out:
+            from .ui import emit_json
+            emit_json(data)
+        else:
+            if not once:
+                typer.echo("\x1b[H\x1b[2J", nl=False)  # clear the screen, like docker stats
+            typer.echo(observe.table(data))
+        if once:
+            return
+        previous = current
+
+
+@app.command()
 def logs(service: Annotated[str, typer.Argument(help="Service: nginx, litellm, health or "
                                                 "model-<name> (see `llmstack status`).")],
          directory: DirOpt = None, file: FileOpt = None,
@@ -947,6 +989,53 @@ def export_compose(
                    f"user; run: sudo chown -R {OWN_UID} {target}/config/nginx/secrets",
                    err=True)
     typer.echo(f"Run it: cd {target} && docker-compose up -d")
+
+
+@export_app.command("prometheus")
+def export_prometheus(
+    directory: DirOpt = None, file: FileOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default "
+                                             "DIR/prometheus).", show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write prometheus.yml scraping every metrics endpoint of the stack (LiteLLM and each
+    model server, labelled with project, service, model and backend) for your own
+    Prometheus, and litellm-metrics.key (0600) with the key LiteLLM wants for /metrics.
+    The endpoints answer on the project's Docker network only: attach your Prometheus to it."""
+    from .fsutil import write_atomic
+    from .monitoring import KEY_FILE, PROMETHEUS_FILE, prometheus_config
+
+    loaded = _load(directory, file)
+    target = (out or loaded.paths.root / "prometheus").resolve()
+    exported = prometheus_config(loaded.spec, loaded.keys().internal)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / PROMETHEUS_FILE).write_text(exported.config, encoding="utf-8")
+    write_atomic(target / KEY_FILE, exported.key, mode=0o600)
+    if json_out:
+        from .ui import emit_json
+        emit_json({"config": str(target / PROMETHEUS_FILE), "key_file": str(target / KEY_FILE),
+                   "network": exported.network})
+        return
+    typer.echo(f"wrote {target / PROMETHEUS_FILE} and {target / KEY_FILE} (0600)")
+    typer.echo(f"Scrape from the stack's network: docker network connect {exported.network} "
+               "YOUR-PROMETHEUS (docs/OBSERVABILITY.md)")
+
+
+@export_app.command("grafana")
+def export_grafana(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")] = Path(
+        "grafana-dashboard.json"),
+) -> None:
+    """Write the Grafana dashboard (per-model requests, errors, latency p50/p95, first-token
+    time, in flight and queued, tokens per second, targets up, GPUs) for a Prometheus that
+    scrapes the config `llmstack export prometheus` writes. Import it in Grafana."""
+    import json
+
+    from .monitoring import dashboard
+
+    out.write_text(json.dumps(dashboard(), indent=2) + "\n", encoding="utf-8")
+    typer.echo(f"wrote {out}: import it in Grafana (Dashboards > New > Import), pick your "
+               "Prometheus data source")
 
 
 @export_app.command("k8s")

@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 NVIDIA_SMI_QUERY = ["--query-gpu=index,uuid,name,memory.total,memory.used",
                     "--format=csv,noheader,nounits"]
+# The same with each GPU's busy percentage over the last sample period (`llmstack top`).
+NVIDIA_SMI_TOP_QUERY = ["--query-gpu=index,uuid,name,memory.total,memory.used,utilization.gpu",
+                        "--format=csv,noheader,nounits"]
 
 # Per-GPU runtime overhead (MiB) by backend; see the module docstring.
 OVERHEAD_MIB = {"vllm": 2048.0, "tgi": 2048.0, "llamacpp": 512.0, "ollama": 512.0}
@@ -89,6 +92,7 @@ class Gpu:
     name: str
     memory_total_mib: int | None
     memory_used_mib: int | None
+    utilization_pct: int | None = None  # only from NVIDIA_SMI_TOP_QUERY
 
     @property
     def memory_free_mib(self) -> int | None:
@@ -100,7 +104,8 @@ class Gpu:
         return {"index": self.index, "uuid": self.uuid, "name": self.name,
                 "memory_total_mib": self.memory_total_mib,
                 "memory_used_mib": self.memory_used_mib,
-                "memory_free_mib": self.memory_free_mib}
+                "memory_free_mib": self.memory_free_mib,
+                "utilization_pct": self.utilization_pct}
 
 
 def _mib(value: str) -> int | None:
@@ -112,17 +117,19 @@ def _mib(value: str) -> int | None:
 
 def parse_nvidia_smi(text: str) -> list[Gpu]:
     """GPUs from the CSV of `nvidia-smi --query-gpu=index,uuid,name,memory.total,memory.used
-    --format=csv,noheader,nounits`; raises GpuQueryError with nvidia-smi's own words when the
+    --format=csv,noheader,nounits` (NVIDIA_SMI_QUERY, or NVIDIA_SMI_TOP_QUERY with
+    utilization.gpu as a sixth column); raises GpuQueryError with nvidia-smi's own words when the
     output is an error message instead."""
     gpus: list[Gpu] = []
     rows = [r for r in csv.reader(io.StringIO(text), skipinitialspace=True) if any(r)]
     for row in rows:
         cells = [c.strip() for c in row]
-        if len(cells) != 5 or not cells[0].isdigit():
+        if len(cells) not in (5, 6) or not cells[0].isdigit():
             detail = " ".join(text.split())[:300]
             raise GpuQueryError(f"nvidia-smi did not list GPUs: {detail or '(no output)'}")
         try:
-            gpus.append(Gpu(int(cells[0]), cells[1], cells[2], _mib(cells[3]), _mib(cells[4])))
+            gpus.append(Gpu(int(cells[0]), cells[1], cells[2], _mib(cells[3]), _mib(cells[4]),
+                            _mib(cells[5]) if len(cells) == 6 else None))
         except ValueError:
             raise GpuQueryError(f"nvidia-smi printed an unreadable line: {', '.join(cells)}"
                                 ) from None

@@ -17,6 +17,11 @@ LITELLM_VERSION = "1.108.7"
 LITELLM_FORBIDDEN_VERSIONS = frozenset({"1.82.7", "1.82.8"})
 _VERSION_RE = re.compile(r"\d+(?:\.\d+)+")
 PRISMA_VERSION = "0.15.0"
+# LiteLLM's Prometheus callback needs it; litellm[proxy] does not install it.
+PROMETHEUS_CLIENT_VERSION = "0.20.0"
+# Bumped when the LiteLLM image's contents change at the same LiteLLM version (a new tag, so
+# engines holding the old build never run it by mistake): m1 adds prometheus_client.
+LITELLM_BUILD = "m1"
 
 # The tiny real model used by the demo/default stack and the integration tests.
 DEMO_MODEL_VOLUME = "llmstack-models"
@@ -79,7 +84,7 @@ NGINX = BuiltImage(
 )
 LITELLM = BuiltImage(
     key="litellm",
-    tag=f"{OWN_IMAGE_PREFIX}litellm:{LITELLM_VERSION}",
+    tag=f"{OWN_IMAGE_PREFIX}litellm:{LITELLM_VERSION}-{LITELLM_BUILD}",
     context="litellm",
     depends_on=("base-bookworm",),
     needs_ca_bundle=True,

@@ -164,7 +164,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
         backend = BACKENDS[model.backend]
         image = spec.image_for(model)
         launch = backend.launch(model, Placement(
-            image=image, memory_fraction=gpu.memory_fraction(spec.models, model)),
+            image=image, memory_fraction=gpu.memory_fraction(spec.models, model),
+            metrics=spec.observability.metrics),
             pin=(pins or {}).get(model.source, ""))
         service = names.model_service(model.name)
         model_services.append(service)

@@ -135,7 +135,8 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
     )
     litellm = env.get_template("litellm.yaml.j2").render(
         source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read,
-        keys_callback=LITELLM_KEYS_MODULE.removesuffix(".py") + ".handler")
+        keys_callback=LITELLM_KEYS_MODULE.removesuffix(".py") + ".handler",
+        metrics=spec.observability.metrics)
     # JSON has no comments: the generated-file note is a key the health service ignores.
     health = {"_generated": f"by llmstack from {source} -- do not edit: change stack.yaml and "
                             "run `llmstack up`",

@@ -354,6 +354,15 @@ class Kubernetes(Strict):
         return value
 
 
+class Observability(Strict):
+    """What the stack reports about itself (docs/OBSERVABILITY.md)."""
+
+    # Each part's own Prometheus metrics, on the project network only: llama.cpp --metrics,
+    # vLLM's and TGI's /metrics (always on), LiteLLM's Prometheus callback. `llmstack top`
+    # and `llmstack export prometheus` read them.
+    metrics: bool = True
+
+
 class Images(Strict):
     """Where the stack's images come from (`source`), and any image named by hand.
 
@@ -428,6 +437,7 @@ class StackSpec(Strict):
     images: Images = Images()
     resources: ServiceResources = ServiceResources()
     kubernetes: Kubernetes = Kubernetes()
+    observability: Observability = Observability()
 
     @field_validator("domain")
     @classmethod

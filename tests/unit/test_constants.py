@@ -21,7 +21,7 @@ def test_own_image_tags_come_from_the_build_catalog() -> None:
     own = spec.Images()
     assert own.ref("nginx", "local") == images.NGINX.tag
     assert own.ref("litellm", "local") == images.LITELLM.tag == \
-        f"{images.OWN_IMAGE_PREFIX}litellm:{images.LITELLM_VERSION}"
+        f"{images.OWN_IMAGE_PREFIX}litellm:{images.LITELLM_VERSION}-{images.LITELLM_BUILD}"
     assert own.ref("llamacpp", "local") == images.LLAMACPP.tag
     assert all(s.tag.startswith(images.OWN_IMAGE_PREFIX) for s in images.CATALOG.values())
 

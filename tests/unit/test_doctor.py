@@ -229,7 +229,7 @@ def test_ports_taken_by_host_processes_other_containers_or_ourselves() -> None:
 def test_missing_images_say_how_to_get_them() -> None:
     (f,) = doctor.evaluate_images(facts_with(images={"llmstack/nginx:1.22": False,
                                                      "vllm/vllm-openai:v0.11.0": False,
-                                                     "llmstack/litellm:1.108.7": True}))
+                                                     "llmstack/litellm:1.108.7-m1": True}))
     assert f.status == "fail" and f.scope == "host"
     assert f.fix == images.missing_fix(["llmstack/nginx:1.22", "vllm/vllm-openai:v0.11.0"])
     assert "`llmstack images build`" in f.fix and "`llmstack images pull`" in f.fix

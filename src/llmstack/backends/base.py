@@ -46,9 +46,24 @@ class Placement:
     # The value of the backend's GPU-memory flag (vLLM --gpu-memory-utilization, TGI
     # --cuda-memory-fraction); None: the model's own gpu_memory_utilization.
     memory_fraction: float | None = None
+    # `observability.metrics`: the server's Prometheus endpoint on (where a flag turns it on).
+    metrics: bool = True
 
 
 DEFAULT_PLACEMENT = Placement()
+
+
+@dataclass(frozen=True)
+class MetricNames:
+    """Where a backend's Prometheus endpoint says what `llmstack top` shows (observe.py).
+    Each name is a sample name as the server writes it (counters with _total);
+    "" where the server has no such figure."""
+
+    path: str  # the endpoint, e.g. /metrics
+    running: str  # requests being generated now (gauge)
+    waiting: str  # requests queued for a free slot (gauge)
+    generated_tokens: str  # tokens generated since start (counter, or a histogram's sum)
+    generating_seconds: str = ""  # seconds spent generating them (counter): decode speed
 
 
 class Backend(Protocol):
@@ -74,6 +89,8 @@ class Backend(Protocol):
     # (regular expression, phase) pairs read from its log while it loads: the waiting lines
     # of `up` name the phase (loading.phase_of); the last matching line wins.
     load_phases: tuple[tuple[str, str], ...]
+    # Its Prometheus endpoint and the names `top` reads there; None: it has none (Ollama).
+    metrics: MetricNames | None
 
     def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
                pin: str = "") -> Launch:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount, source_env
+from .base import DEFAULT_PLACEMENT, Launch, MetricNames, Placement, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -35,6 +35,11 @@ class LlamaCpp:
         (r"warming up the model", "warming up"),
         (r"model loaded", "model loaded, starting the server"),
     )
+    # tools/server/server.cpp handle_metrics (served only with --metrics).
+    metrics = MetricNames("/metrics", running="llamacpp:requests_processing",
+                          waiting="llamacpp:requests_deferred",
+                          generated_tokens="llamacpp:tokens_predicted_total",
+                          generating_seconds="llamacpp:tokens_predicted_seconds_total")
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
         return None
@@ -50,6 +55,8 @@ class LlamaCpp:
         if model.task == "embedding":
             # Embeddings need their own server: pooled vectors instead of generation.
             cmd += ["--embeddings", "--pooling", "mean"]
+        if placement.metrics:
+            cmd += ["--metrics"]
         if model.gpus != "cpu":
             cmd += ["--n-gpu-layers", "999"]
         return Launch(command=cmd + list(model.args), mounts=mounts, env=source_env(model))

@@ -30,6 +30,7 @@ class Ollama:
         (r"starting llama server|loading model|load_tensors", "loading the model"),
         (r"llama runner started", "model loaded, warming up"),
     )
+    metrics = None  # Ollama serves no metrics endpoint (ollama/ollama#3144)
 
     def served_name(self, model: ModelSpec) -> str:
         src = model.parsed_source

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount, source_env
+from .base import DEFAULT_PLACEMENT, Launch, MetricNames, Placement, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -31,6 +31,10 @@ class Tgi:
         (r"Warming up model|Warmup", "warming up"),
         (r"Starting Webserver|Connected", "starting the router"),
     )
+    # router/src/server.rs metrics (docs: reference/metrics); /metrics is always served.
+    metrics = MetricNames("/metrics", running="tgi_batch_current_size",
+                          waiting="tgi_queue_size",
+                          generated_tokens="tgi_request_generated_tokens_sum")
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
         return None

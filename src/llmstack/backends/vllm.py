@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .. import images
-from .base import DEFAULT_PLACEMENT, Launch, Placement, model_mount, source_env
+from .base import DEFAULT_PLACEMENT, Launch, MetricNames, Placement, model_mount, source_env
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -58,6 +58,10 @@ class Vllm:
         (r"Capturing CUDA graph", "capturing CUDA graphs"),
         (r"Starting vLLM API server|Application startup complete", "starting the API server"),
     )
+    # vllm/v1/metrics/loggers.py (PrometheusStatLogger); /metrics is always served.
+    metrics = MetricNames("/metrics", running="vllm:num_requests_running",
+                          waiting="vllm:num_requests_waiting",
+                          generated_tokens="vllm:generation_tokens_total")
 
     def ready_check(self, model: ModelSpec, base: str) -> dict[str, Any] | None:
         return None

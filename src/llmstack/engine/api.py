@@ -158,6 +158,13 @@ class Engine(Protocol):
     def probe(self, url: str, timeout: float = 2.0) -> str:
         """GET `url` from inside the project network: the status code as text, or 'ERR ...'."""
 
+    def scrape(self, urls: list[str], auth: dict[str, str] | None = None,
+               timeout: float = 2.0) -> dict[str, tuple[int | None, str]]:
+        """GET each of `urls` from inside the project network (one exec in the health
+        container): {url: (status, body)}, status None with the error as body when it did not
+        answer. `auth`: {url: bearer token}, shipped in the exec's environment, never its
+        command line. EngineError when the health service is not running."""
+
     def logs(self, service: str, tail: int = 50, follow: bool = False) -> Iterator[bytes]:
         """The service's output; EngineError when it has no container."""
 
@@ -221,8 +228,9 @@ class Engine(Protocol):
     def host_snapshot(self, candidates: list[str]) -> HostSnapshot | None:
         """df of the data root and the host's listening sockets (None without an image)."""
 
-    def query_gpus(self, candidates: list[str]) -> GpuProbe:
-        """The host's GPUs, from nvidia-smi in the first present image of `candidates`."""
+    def query_gpus(self, candidates: list[str], utilization: bool = False) -> GpuProbe:
+        """The host's GPUs, from nvidia-smi in the first present image of `candidates`
+        (`utilization`: each GPU's busy percentage too, for `top`)."""
 
     def engine_facts(self) -> EngineFacts:
         """The engine's version, OS, data root, runtimes, clock."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import tarfile
 from collections.abc import Callable, Iterator
@@ -31,6 +32,25 @@ PROBE_SCRIPT = (
     "    print(e.code)\n"
     "except Exception as e:\n"
     "    print('ERR', type(e).__name__, str(e)[:200])\n"
+)
+
+# GETs every URL of argv[2:] (timeout argv[1]); bearer tokens per URL come as JSON in the
+# environment (LLMSTACK_SCRAPE_AUTH). Prints one JSON object {url: [status, body]}.
+SCRAPE_SCRIPT = (
+    "import json,os,sys,urllib.request,urllib.error\n"
+    "auth=json.loads(os.environ.get('LLMSTACK_SCRAPE_AUTH') or '{}')\n"
+    "out={}\n"
+    "for url in sys.argv[2:]:\n"
+    "    headers={'Authorization':'Bearer '+auth[url]} if url in auth else {}\n"
+    "    try:\n"
+    "        r=urllib.request.urlopen(urllib.request.Request(url,headers=headers),"
+    "timeout=float(sys.argv[1]))\n"
+    "        out[url]=[r.status,r.read(8<<20).decode('utf-8','replace')]\n"
+    "    except urllib.error.HTTPError as e:\n"
+    "        out[url]=[e.code,e.read(4096).decode('utf-8','replace')]\n"
+    "    except Exception as e:\n"
+    "        out[url]=[None,(type(e).__name__+' '+str(e))[:200]]\n"
+    "print(json.dumps(out))\n"
 )
 
 
@@ -388,6 +408,25 @@ class Project:
         return out.strip() if code == 0 else f"ERR exec exit {code}"
 
     @mapped
+    def scrape(self, urls: list[str], auth: dict[str, str] | None = None,
+               timeout: float = 2.0) -> dict[str, tuple[int | None, str]]:
+        """GET each URL from inside the project network, in one exec in the health container
+        (works the same on a remote engine); bearer tokens travel in the environment."""
+        if not urls:
+            return {}
+        env = {"LLMSTACK_SCRAPE_AUTH": json.dumps(auth)} if auth else None
+        code, out = self.exec(names.HEALTH, ["python3", "-c", SCRAPE_SCRIPT, str(timeout),
+                                             *urls], environment=env)
+        try:
+            answers = json.loads(out.strip().splitlines()[-1]) if code == 0 else None
+        except (ValueError, IndexError):
+            answers = None
+        if not isinstance(answers, dict):
+            raise EngineError(f"reading metrics in the health container failed (exit {code}): "
+                              f"{' '.join(out.split())[:200]}", "check `llmstack logs health`")
+        return {url: (answers[url][0], answers[url][1]) for url in urls if url in answers}
+
+    @mapped
     def logs(self, service: str, tail: int = 50, follow: bool = False) -> Iterator[bytes]:
         c = self._get(service)
         if c is None:
@@ -470,10 +509,10 @@ class Project:
         return host_snapshot(self.client, candidates, self.project)
 
     @mapped
-    def query_gpus(self, candidates: list[str]) -> GpuProbe:
+    def query_gpus(self, candidates: list[str], utilization: bool = False) -> GpuProbe:
         from .host import query_gpus
 
-        return query_gpus(self.client, candidates, self.project)
+        return query_gpus(self.client, candidates, self.project, utilization)
 
     @mapped
     def engine_facts(self) -> EngineFacts:

@@ -151,8 +151,8 @@ class GpuProbe:
 
 
 @mapped
-def query_gpus(client: docker.DockerClient, candidates: list[str], project: str = "llmstack"
-               ) -> GpuProbe:
+def query_gpus(client: docker.DockerClient, candidates: list[str], project: str = "llmstack",
+               utilization: bool = False) -> GpuProbe:
     """The host's GPUs from nvidia-smi run in the first present image of `candidates`.
 
     The NVIDIA container toolkit mounts nvidia-smi into any glibc image, so the stack's own
@@ -173,8 +173,9 @@ def query_gpus(client: docker.DockerClient, candidates: list[str], project: str 
         "environment": {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
         "network_mode": "none"}
     try:
-        code, out = _run(client, image, gpumod.NVIDIA_SMI_QUERY, ["nvidia-smi"], project,
-                         **discovery)
+        # `top` also asks for utilisation; doctor only for names and memory.
+        query = gpumod.NVIDIA_SMI_TOP_QUERY if utilization else gpumod.NVIDIA_SMI_QUERY
+        code, out = _run(client, image, query, ["nvidia-smi"], project, **discovery)
     except APIError as exc:
         text = str(exc.explanation or exc)
         if any(marker in text for marker in _NO_RUNTIME):
@@ -189,6 +190,8 @@ def query_gpus(client: docker.DockerClient, candidates: list[str], project: str 
         gpus = gpumod.parse_nvidia_smi(out)
     except gpumod.GpuQueryError as exc:
         return GpuProbe("error", image=image, detail=str(exc))
+    if utilization:  # `top` asks every few seconds: no table (one container less)
+        return GpuProbe("ok", gpus, image=image)
     try:  # the table's header says the driver's CUDA version (no --query field does)
         _, table = _run(client, image, [], ["nvidia-smi"], project, **discovery)
     except DockerException:

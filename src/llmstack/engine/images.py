@@ -278,6 +278,7 @@ def build_args(spec: BuiltImage) -> dict[str, str]:
             )
         buildargs["LITELLM_VERSION"] = catalog.LITELLM_VERSION
         buildargs["PRISMA_VERSION"] = catalog.PRISMA_VERSION
+        buildargs["PROMETHEUS_CLIENT_VERSION"] = catalog.PROMETHEUS_CLIENT_VERSION
     return buildargs
 
 

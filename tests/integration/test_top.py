@@ -1,0 +1,108 @@
+"""`llmstack top` against a real stack: it counts exactly the requests sent (streams
+included, aliases counted for their model), its decode speed matches what the responses'
+own timings say, and a model stopped by hand shows as down. One stack for all of it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llmstack import names
+from tests.helpers import Stack, make_stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+MODEL = "deepseek-coder"  # the demo stack's chat model; aliases qwen-coder and mistral
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object) -> Iterator[Stack]:
+    stack = make_stack(tmp_path_factory.mktemp("top"), prefix="t-top", embed=False)
+    stack.cli("up", check=True)
+    yield stack
+    stack.cli("down", "--volumes")
+
+
+def top(stack: Stack) -> dict[str, Any]:
+    proc = stack.cli("top", "--once", "--json", "--interval", "0.5", check=True)
+    return dict(json.loads(proc.stdout))
+
+
+def model_row(data: dict[str, Any], name: str = MODEL) -> dict[str, Any]:
+    return dict(next(m for m in data["models"] if m["model"] == name))
+
+
+def chat(client: httpx.Client, model: str, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "max_tokens": 12, "temperature": 0,
+                            "messages": [{"role": "user", "content": "Count to five."}]}
+    if not stream:
+        response = client.post("/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    usage: dict[str, Any] = {}
+    with client.stream("POST", "/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                usage = json.loads(line[6:]).get("usage") or usage
+    assert usage, "the stream ended without a usage chunk"
+    return {"usage": usage}
+
+
+def test_top_counts_requests_tokens_and_sees_a_stopped_model(
+        stack: Stack, docker_client: Any) -> None:
+    before = model_row(top(stack))
+    assert before["state"] == "up"
+    assert before["requests"] == 0 and before["errors"] == 0
+
+    with httpx.Client(base_url=stack.base_url, timeout=60,
+                      headers={"Authorization": f"Bearer {stack.key}"}) as client:
+        # Plain answers carry llama.cpp's own timings: what the decode speed must match.
+        plain = [chat(client, m, stream=False) for m in (MODEL, MODEL, "qwen-coder")]
+        predicted = sum(r["timings"]["predicted_n"] for r in plain)
+        seconds = sum(r["timings"]["predicted_ms"] for r in plain) / 1000
+        first = wait_for(lambda: (row := model_row(top(stack)))["requests"] == 3 and row,
+                         timeout=30, what="top to count 3 requests")
+        implied = predicted / seconds
+        assert first["decode_tokens_per_s"] == pytest.approx(implied, rel=0.10)
+        assert first["generated_tokens"] == predicted
+
+        streamed = [chat(client, m, stream=True) for m in (MODEL, "mistral")]
+    sent = plain + streamed
+    tokens = sum(r["usage"]["completion_tokens"] for r in sent)
+    after = wait_for(lambda: (row := model_row(top(stack)))["requests"] == len(sent) and row,
+                     timeout=30, what=f"top to count {len(sent)} requests")
+    assert after["requests"] == len(sent)  # exactly: streams and aliases count once each
+    assert after["errors"] == 0
+    assert after["generated_tokens"] == tokens
+    assert after["in_flight"] == 0 and after["queued"] == 0
+    assert after["latency_p50_s"] is not None and after["first_token_p50_s"] is not None
+
+    # The edge never hands out metrics, not even with the key.
+    for path in ("/metrics", "/v1/metrics"):
+        edge = httpx.get(f"http://127.0.0.1:{stack.local_port}{path}", timeout=10,
+                         headers={"Authorization": f"Bearer {stack.key}"})
+        assert edge.status_code == 404 and "litellm_" not in edge.text
+
+    docker_client.containers.get(  # type: ignore[attr-defined]
+        names.container(stack.project, names.model_service(MODEL))).stop(timeout=5)
+    stopped = top(stack)
+    assert model_row(stopped)["state"] == "down"
+    assert stopped["gateway"] == "up"
+    # The table view says the same.
+    table = stack.cli("top", "--once", "--interval", "0.2", check=True).stdout
+    assert any(line.split()[:2] == [MODEL, "down"] for line in table.splitlines())
+
+
+def test_top_needs_the_stack_file(tmp_path: Path) -> None:
+    from tests.helpers import cli
+
+    proc = cli("top", "--once", "--json", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "stack.yaml" in proc.stdout + proc.stderr
