@@ -71,6 +71,9 @@ class Backend(Protocol):
     # real default, source named beside each value); None: it never closes idle ones.
     # LiteLLM's client side must give up on idle connections sooner (see keepalive.py).
     idle_keepalive_s: int | None
+    # Whether nginx may send a model's requests straight to it (`route: direct`): the server
+    # answers under every stack.yaml name and alias of the model, as the gateway does.
+    direct_route: bool
 
     def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
                pin: str = "") -> Launch:
