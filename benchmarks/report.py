@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = {"direct": "direct to llama.cpp", "litellm": "LiteLLM",
-            "nginx_http": "nginx + LiteLLM (HTTP)", "nginx_tls": "nginx + LiteLLM (TLS)"}
+            "nginx_http": "nginx + LiteLLM (HTTP)", "nginx_tls": "nginx + LiteLLM (TLS)",
+            "direct_twin": "direct to llama.cpp (route: direct model's container)",
+            "route_direct_http": "nginx, route: direct (HTTP)",
+            "route_direct_tls": "nginx, route: direct (TLS)"}
+# What each variant's ratio is taken against: its own model's container, reached directly.
+BASELINE = {"route_direct_http": "direct_twin", "route_direct_tls": "direct_twin"}
 
 # Why a target can be missed on this design, and what would close it; printed under a
 # missed target next to the run's own numbers.
@@ -159,7 +164,10 @@ def _latency_section(results: dict[str, Any]) -> str:
             "rounds, at concurrency 8 each round is a burst of 8 simultaneous requests. "
             "Keep-alive connections; direct and LiteLLM reached on the project network by "
             "container IP. The rate limit is opened for these runs (they measure the path, not "
-            "the limiter). Times in ms.\n"]
+            "the limiter). The chat model runs twice, as two identical llama.cpp containers: "
+            "`deepseek-coder` behind LiteLLM (route: gateway) and its twin `bench-direct` on "
+            "route: direct; each route's `x direct` is against its own container reached "
+            "directly. Times in ms.\n"]
     for conc in (1, 8):
         per = lat.get(f"c{conc}", {})
         rows += [f"\n**Concurrency {conc}**\n",
