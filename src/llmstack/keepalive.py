@@ -49,10 +49,3 @@ def litellm_client_s(server_timeouts: Iterable[int | None]) -> int:
         return LITELLM_CLIENT_DEFAULT_S
     return max(1, int(min(closing) * CLIENT_SHARE))
 
-
-def edge_direct_s(server_s: int | None) -> int:
-    """nginx's upstream keepalive_timeout towards a model on `route: direct`: half the model
-    server's idle timeout (at least 1 s), or EDGE_UPSTREAM_S when it never closes idle ones."""
-    if server_s is None:
-        return EDGE_UPSTREAM_S
-    return max(1, int(server_s * CLIENT_SHARE))

@@ -130,7 +130,6 @@ class DirectRoute:
     upstream: str
     host: str
     port: int
-    keepalive_s: int  # nginx's idle timeout towards it, below the server's own (keepalive.py)
     names: tuple[str, ...]
 
 
@@ -144,7 +143,6 @@ def direct_routes(spec: StackSpec) -> list[DirectRoute]:
         routes.append(DirectRoute(
             upstream=DIRECT_UPSTREAM_PREFIX + service.replace("-", "_"),
             host=names.container(spec.project, service), port=backend.port,
-            keepalive_s=keepalive.edge_direct_s(backend.idle_keepalive_s),
             names=tuple(model.public_names)))
     return routes
 
