@@ -93,6 +93,9 @@ def run_timeline(cmd: list[str], cwd: Path | None = None, timeout: float = 600
     return Timed(elapsed, code, "".join(out), "\n".join(t for _, t in lines)), lines
 
 
+DIRECT_MODEL = "bench-direct"  # the chat model's twin on `route: direct`
+
+
 @dataclass
 class BenchStack:
     root: Path
@@ -134,6 +137,12 @@ class BenchStack:
         }
         if embed is False:
             data["models"] = [m for m in data["models"] if m.get("task") != "embedding"]
+        if not any(m["name"] == DIRECT_MODEL for m in data["models"]):
+            # The chat model once more, on `route: direct`: both routes measured in one run,
+            # each against its own container reached directly (identical servers).
+            chat = next(m for m in data["models"] if m.get("task", "chat") == "chat")
+            twin = {k: v for k, v in chat.items() if k != "aliases"}
+            data["models"].append({**twin, "name": DIRECT_MODEL, "route": "direct"})
         if rate is not None:
             data.setdefault("rate_limit", {})
             data["rate_limit"]["requests_per_second"], data["rate_limit"]["burst"] = rate

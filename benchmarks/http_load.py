@@ -33,6 +33,7 @@ class Target:
     path: str  # chat completions path
     key: str | None = None
     tls_ca: str | None = None  # verify the server certificate against this CA
+    model: str | None = None  # the model it asks for, when not the run's chat model
 
     def connect(self) -> http.client.HTTPConnection:
         if self.tls_ca:
@@ -116,7 +117,7 @@ class Client:
 
     def chat(self, target: Target, model: str, max_tokens: int) -> Sample:
         """One non-streaming completion; the time until the whole answer has arrived."""
-        body = chat_body(model, max_tokens, stream=False)
+        body = chat_body(target.model or model, max_tokens, stream=False)
         started = time.perf_counter()
         resp = self._send(target, body)
         data = resp.read()
@@ -129,7 +130,7 @@ class Client:
 
     def first_token(self, target: Target, model: str, max_tokens: int) -> Sample:
         """One streaming completion; the time until the first content token arrives."""
-        body = chat_body(model, max_tokens, stream=True)
+        body = chat_body(target.model or model, max_tokens, stream=True)
         started = time.perf_counter()
         resp = self._send(target, body)
         first: float | None = None

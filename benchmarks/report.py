@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = {"direct": "direct to llama.cpp", "litellm": "LiteLLM",
-            "nginx_http": "nginx + LiteLLM (HTTP)", "nginx_tls": "nginx + LiteLLM (TLS)"}
+            "nginx_http": "nginx + LiteLLM (HTTP)", "nginx_tls": "nginx + LiteLLM (TLS)",
+            "direct_twin": "direct to llama.cpp (route: direct model's container)",
+            "route_direct_http": "nginx, route: direct (HTTP)",
+            "route_direct_tls": "nginx, route: direct (TLS)"}
+# What each variant's ratio is taken against: its own model's container, reached directly.
+BASELINE = {"route_direct_http": "direct_twin", "route_direct_tls": "direct_twin"}
 
 # Why a target can be missed on this design, and what would close it; printed under a
 # missed target next to the run's own numbers.
@@ -24,16 +29,29 @@ WHY_MISSED = {
         "fixed cost is a large fraction (with a larger model or longer answers the same "
         "milliseconds are a few percent). At concurrency 8 the model's own queueing grows "
         "and the ratio shrinks. Closing "
-        "it: let nginx send `/v1/chat/completions` for models served by a single backend "
-        "straight to the inference container (keys are already checked at the edge) and keep "
-        "LiteLLM for routing across backends; or give LiteLLM more workers on a host with "
+        "it: `route: direct` for the model (docs/ROUTES.md; the route: direct rows), where "
+        "LiteLLM's features are not needed; or give LiteLLM more workers on a host with "
         "spare cores."),
+    "gateway_direct": (
+        "LiteLLM is out of this path: what remains is one nginx hop (a worker process to be "
+        "scheduled, the body read before the upstream is chosen, TLS records). nginx's own "
+        "work is about a millisecond (2026-11-25, quieter host); on 2 cores shared with other "
+        "sessions (load average in the header: well above 2 means other work competed) every "
+        "extra process on the path waits for a CPU, and that wait, not nginx's work, is the "
+        "gap. At concurrency 8 the two identical model containers queue on the same 2 cores "
+        "and the interleaved ratios swing both ways within one run. Closing it: measure on a "
+        "quiet host, or one with a core to spare for nginx."),
     "ttft": (
         "The first token waits for LiteLLM to parse the request, open its own upstream stream "
         "and re-emit the first chunk; its per-request CPU cost (see gateway overhead) lands "
         "entirely before the first token, and nginx adds about a millisecond. Closing it: the "
         "same bypass as above for streaming requests to single-backend models (nginx already "
-        "streams unbuffered)."),
+        "streams unbuffered): `route: direct`."),
+    "ttft_direct": (
+        "LiteLLM is out of this path; nginx relays the first chunk as it arrives (unbuffered). "
+        "The gap is the same scheduling wait as for the route: direct latency rows: on a "
+        "loaded 2-core host the nginx worker waits for a CPU before and after the model "
+        "writes. Closing it: measure on a quiet host."),
     "cold_up": (
         "Besides the slowest service's own start, `up` pays, one after another: interpreter "
         "start and imports; preflight (a throwaway container checks the model volume); a health "
@@ -81,7 +99,8 @@ def all_targets(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         for i, t in enumerate(data.get("targets", [])):
             if section == "up_noop":
                 key = "noop_abs" if i == 0 else "noop_ratio"
-            out.append((key, t))
+            direct = "route: direct" in t.get("what", "")
+            out.append((key + "_direct" if direct else key, t))
     return out
 
 
@@ -159,7 +178,10 @@ def _latency_section(results: dict[str, Any]) -> str:
             "rounds, at concurrency 8 each round is a burst of 8 simultaneous requests. "
             "Keep-alive connections; direct and LiteLLM reached on the project network by "
             "container IP. The rate limit is opened for these runs (they measure the path, not "
-            "the limiter). Times in ms.\n"]
+            "the limiter). The chat model runs twice, as two identical llama.cpp containers: "
+            "`deepseek-coder` behind LiteLLM (route: gateway) and its twin `bench-direct` on "
+            "route: direct; each route's `x direct` is against its own container reached "
+            "directly. Times in ms.\n"]
     for conc in (1, 8):
         per = lat.get(f"c{conc}", {})
         rows += [f"\n**Concurrency {conc}**\n",

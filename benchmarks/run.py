@@ -35,7 +35,7 @@ import http_load  # noqa: E402
 import report  # noqa: E402
 from harness import BenchStack  # noqa: E402
 from http_load import Target  # noqa: E402
-from report import VARIANTS  # noqa: E402
+from report import BASELINE, VARIANTS  # noqa: E402
 
 from llmstack import names, pull, spec  # noqa: E402
 from llmstack.backends import BACKENDS  # noqa: E402
@@ -43,6 +43,8 @@ from llmstack.backends import BACKENDS  # noqa: E402
 # Targets of the issue (benchmarks): value <op> limit.
 GATEWAY_P50_MAX_RATIO = 1.10
 TTFT_MAX_EXTRA_MS = 5.0
+DIRECT_ROUTE_P50_MAX_RATIO = 1.03  # route: direct, against its own container reached directly
+DIRECT_ROUTE_TTFT_MAX_EXTRA_MS = 3.0
 COLD_UP_MAX_RATIO = 1.3
 NOOP_UP_MAX_S = 1.0
 NOOP_VS_COMPOSE_MAX_RATIO = 0.5
@@ -200,12 +202,21 @@ def targets_of(stack: BenchStack, docker: Any) -> list[Target]:
     litellm_ip = harness.container_ip(docker, stack.project, names.LITELLM)
     path = "/v1/chat/completions"
     chat = next(m for m in stack.spec()["models"] if m["name"] == stack.chat_model)
+    port = BACKENDS[chat.get("backend", "llamacpp")].port
+    twin = harness.DIRECT_MODEL
+    twin_ip = harness.container_ip(docker, stack.project, names.model_service(twin))
     return [
-        Target("direct", model_ip, BACKENDS[chat.get("backend", "llamacpp")].port, path),
+        Target("direct", model_ip, port, path),
         Target("litellm", litellm_ip, names.LITELLM_PORT, path, key=keys.internal),
         Target("nginx_http", "127.0.0.1", stack.local_port, path, key=keys.master),
         Target("nginx_tls", "127.0.0.1", stack.https_port, path, key=keys.master,
                tls_ca=str(stack.ca)),
+        # The same server once more (its twin container), and nginx sending it there directly.
+        Target("direct_twin", twin_ip, port, path, model=twin),
+        Target("route_direct_http", "127.0.0.1", stack.local_port, path, key=keys.master,
+               model=twin),
+        Target("route_direct_tls", "127.0.0.1", stack.https_port, path, key=keys.master,
+               tls_ca=str(stack.ca), model=twin),
     ]
 
 
@@ -241,10 +252,11 @@ def bench_latency(stack: BenchStack, targets: list[Target], budget: Budget, dock
             stats["completion_tokens"] = round(sum(toks) / len(toks), 2) if toks else 0
             per[t.name] = stats
             raw.setdefault(f"latency_c{conc}", {})[t.name] = [round(v * 1000, 3) for v in secs]
-        for stats in per.values():
+        for name, stats in per.items():
+            base = per.get(BASELINE.get(name, "direct"), {})
             for p in ("p50", "p95", "p99"):
-                if stats.get(p) and per["direct"].get(p):
-                    stats[f"{p}_x_direct"] = round(stats[p] / per["direct"][p], 3)
+                if stats.get(p) and base.get(p):
+                    stats[f"{p}_x_direct"] = round(stats[p] / base[p], 3)
         out[f"c{conc}"] = per
         log(f"latency c={conc}: " + ", ".join(f"{n} p50 {s.get('p50')} ms"
                                               for n, s in per.items()))
@@ -253,6 +265,11 @@ def bench_latency(stack: BenchStack, targets: list[Target], budget: Budget, dock
                f"p50 through {VARIANTS[v]}, c={c}",
                f"direct to llama.cpp, c={c}")
         for c in (1, 8) for v in ("nginx_http", "nginx_tls")
+    ] + [
+        target(out[f"c{c}"][v].get("p50_x_direct"), DIRECT_ROUTE_P50_MAX_RATIO, "<=", "x",
+               f"p50 through {VARIANTS[v]}, c={c}",
+               f"direct to the same llama.cpp container, c={c}")
+        for c in (1, 8) for v in ("route_direct_http", "route_direct_tls")
     ]
     return out, peak
 
@@ -285,8 +302,8 @@ def bench_ttft(stack: BenchStack, targets: list[Target], budget: Budget,
         per[t.name]["failed"] = sum(1 for s in got.samples if s.target == t.name and
                                     s.status != 200)
         raw.setdefault("ttft", {})[t.name] = [round(v * 1000, 3) for v in secs]
-    direct = per["direct"].get("p50")
-    for stats in per.values():
+    for name, stats in per.items():
+        direct = per.get(BASELINE.get(name, "direct"), {}).get("p50")
         if direct is not None and stats.get("p50") is not None:
             stats["p50_minus_direct_ms"] = round(stats["p50"] - direct, 2)
     log("ttft: " + ", ".join(f"{n} p50 {s.get('p50')} ms" for n, s in per.items()))
@@ -294,7 +311,11 @@ def bench_ttft(stack: BenchStack, targets: list[Target], budget: Budget,
         target(per[v].get("p50_minus_direct_ms"), TTFT_MAX_EXTRA_MS, "<=", "ms",
                f"first token p50 through {VARIANTS[v]} minus direct",
                "direct to llama.cpp, streaming")
-        for v in ("nginx_http", "nginx_tls")]}
+        for v in ("nginx_http", "nginx_tls")] + [
+        target(per[v].get("p50_minus_direct_ms"), DIRECT_ROUTE_TTFT_MAX_EXTRA_MS, "<=", "ms",
+               f"first token p50 through {VARIANTS[v]} minus direct",
+               "direct to the same llama.cpp container, streaming")
+        for v in ("route_direct_http", "route_direct_tls")]}
 
 
 def bench_noop_vs_compose(stack: BenchStack, work: Path, budget: Budget,
@@ -427,7 +448,8 @@ def bench_updates(stack: BenchStack) -> dict[str, Any]:
 # --- Main -----------------------------------------------------------------------------------
 
 
-def run(budget: Budget, out: Path, quick: bool, project: str | None) -> tuple[Path, bool]:
+def run(budget: Budget, out: Path, quick: bool, project: str | None,
+        skip_updates: bool = False) -> tuple[Path, bool]:
     started = time.monotonic()
     docker = harness.client()
     results: dict[str, Any] = {"meta": {
@@ -479,7 +501,7 @@ def run(budget: Budget, out: Path, quick: bool, project: str | None) -> tuple[Pa
             log("rotate-key")
             results["rotate_key"] = bench_rotate(stack, budget)
             phase_done("rotate_key")
-            if not quick:  # about 10 minutes: six changes, each waiting for LiteLLM
+            if not quick and not skip_updates:  # about 10 minutes: six changes
                 log("changes under load (start-first vs stop-first)")
                 results["updates"] = bench_updates(stack)
                 phase_done("updates")
@@ -504,6 +526,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results",
                         help="folder for <date>.md/.json/.png (default benchmarks/results)")
     parser.add_argument("--project", help="project name to use (default bench-<random>)")
+    parser.add_argument("--skip-updates", action="store_true",
+                        help="leave out the changes-under-load phase (about 10 minutes)")
     args = parser.parse_args()
 
     def interrupted(signum: int, frame: Any) -> None:
@@ -511,7 +535,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     budget = QUICK if args.quick else FULL
-    md, ok = run(budget, args.out, args.quick, args.project)
+    md, ok = run(budget, args.out, args.quick, args.project, args.skip_updates)
     print(md)
     return 0 if ok else 1
 

@@ -48,3 +48,4 @@ def litellm_client_s(server_timeouts: Iterable[int | None]) -> int:
     if not closing:
         return LITELLM_CLIENT_DEFAULT_S
     return max(1, int(min(closing) * CLIENT_SHARE))
+

@@ -91,6 +91,9 @@ class ServiceSpec:
     # Its config files are applied by a reload (nginx): they are compared with the live ones
     # in its config volume instead of being part of the hash, so a change reloads in place.
     reloads_config: bool = False
+    # Besides `depends_on`: services whose address it resolves at load (nginx's direct-route
+    # upstreams), so recreating one of them reloads it. Not hashed: a route change is a reload.
+    reload_after: tuple[str, ...] = ()
 
     @property
     def config_mount(self) -> str:
@@ -105,7 +108,8 @@ class ServiceSpec:
         """Stable digest of every setting; secret values enter only as their own digests."""
         data = asdict(self)
         # How `up` orders, waits and switches, not the container itself.
-        for how in ("start_after", "ready_check", "update", "reloads_config", "loading"):
+        for how in ("start_after", "ready_check", "update", "reloads_config", "loading",
+                    "reload_after"):
             del data[how]
         data["env"] = {k: (_digest(v.encode()) if k in self.secret_env else v)
                        for k, v in sorted(self.env.items())}
@@ -217,6 +221,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
         mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS), reloads_config=True,
         depends_on=(names.LITELLM, names.HEALTH),
         start_after=(names.HEALTH, *model_services, names.LITELLM),
+        reload_after=tuple(names.model_service(m.name) for m in spec.models
+                           if m.route == "direct"),
         **_hardening("nginx", spec.resources.nginx),
     ))
     return services
@@ -348,11 +354,10 @@ def diff(wanted: list[ServiceSpec], actual: list[Actual], image_ids: dict[str, s
             changed.add(svc.service)
             if svc.role == "model" and how == START_FIRST:
                 swapped.append(svc.service)
-        elif svc.role == names.NGINX and (changed & set(svc.depends_on)):
+        elif svc.role == names.NGINX and (changed & {*svc.depends_on, *svc.reload_after}):
             # nginx resolves upstream names at load: a recreated upstream needs a reload.
-            actions.append(Action("reload", svc.service,
-                                  "upstream recreated: " + ", ".join(sorted(changed &
-                                                                            set(svc.depends_on)))))
+            actions.append(Action("reload", svc.service, "upstream recreated: " + ", ".join(
+                sorted(changed & {*svc.depends_on, *svc.reload_after}))))
         elif svc.role == names.NGINX and not config_current:
             actions.append(Action("reload", svc.service, "nginx.conf changed"))
         elif svc.role == names.NGINX and not secrets_current:

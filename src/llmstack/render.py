@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -42,6 +43,35 @@ NGINX_PID_FILE = "/tmp/nginx.pid"
 LITELLM_KEYS_MODULE = "llmstack_keys.py"
 
 
+# `route: direct` (docs/ROUTES.md): nginx reads the top-level "model" of a request body with
+# this PCRE (nginx's own regex engine; no njs in the image). It walks the body's top-level
+# members and skips nested objects, arrays and strings whole (recursion; possessive
+# quantifiers, so no backtracking blow-up), so a "model" inside metadata, a tool schema or a
+# message is never taken for the request's model. A body it cannot read (not an object, a
+# model name with escapes, a body over the body buffer, which nginx spools to disk) leaves
+# the name empty: the request takes the gateway, which answers it as it always did.
+_JSON_STRING = r'"(?:[^"\\]|\\.)*+"'
+_JSON_NESTED = r'(?:[^{}\[\]"]++|' + _JSON_STRING + r"|(?&llmstack_jo)|(?&llmstack_ja))*+"
+BODY_MODEL_RE = (
+    r"(?(DEFINE)(?<llmstack_jo>\{" + _JSON_NESTED + r"\})(?<llmstack_ja>\[" + _JSON_NESTED
+    + r"\]))^\s*+\{(?:\s*+" + _JSON_STRING + r"\s*+:\s*+(?:" + _JSON_STRING
+    + r'|(?&llmstack_jo)|(?&llmstack_ja)|[^\s,{}\[\]"]++)\s*+,)*?\s*+"model"\s*+:\s*+"'
+    r'(?<llmstack_model>[A-Za-z0-9][A-Za-z0-9._:-]{0,63})"'
+)
+# The nginx upstream of a directly routed model's container.
+DIRECT_UPSTREAM_PREFIX = "llmstack_direct_"
+
+
+def nginx_double_quoted(text: str) -> str:
+    """`text` as an nginx double-quoted string (nginx unescapes only \\\\ and \\" there)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def pcre_literal(text: str) -> str:
+    """`text` as a literal inside a regex (model names: [A-Za-z0-9._:-])."""
+    return re.sub(r"([.\\^$|?*+()\[\]{}-])", r"\\\1", text)
+
+
 def nginx_single_quoted(text: str) -> str:
     """`text` as an nginx single-quoted string (a JSON body with an API key's name in it)."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -55,6 +85,8 @@ def _env() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["sq"] = nginx_single_quoted
+    env.filters["dq"] = nginx_double_quoted
+    env.filters["pcre"] = pcre_literal
     return env
 
 
@@ -89,6 +121,41 @@ def _litellm_entries(spec: StackSpec) -> list[dict[str, str]]:
                 "mode": "embedding" if model.task == "embedding" else "chat",
             })
     return entries
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    """A model on `route: direct`: nginx's upstream for its container and its public names."""
+
+    upstream: str
+    host: str
+    port: int
+    names: tuple[str, ...]
+
+
+def direct_routes(spec: StackSpec) -> list[DirectRoute]:
+    routes = []
+    for model in spec.models:
+        if model.route != "direct":
+            continue
+        backend = BACKENDS[model.backend]
+        service = names.model_service(model.name)
+        routes.append(DirectRoute(
+            upstream=DIRECT_UPSTREAM_PREFIX + service.replace("-", "_"),
+            host=names.container(spec.project, service), port=backend.port,
+            names=tuple(model.public_names)))
+    return routes
+
+
+# The upstream a request goes to, from "$llmstack_key_models|$llmstack_direct|$model":
+# $llmstack_direct is the direct upstream of the body's model (empty for a gateway model or
+# none). A key limited to some models ($llmstack_key_models, "a,b") goes direct only to a model
+# it lists; anything else takes the gateway, which refuses it (403) as for a gateway model.
+ROUTE_MAP = [
+    (r"^\|(?<llmstack_any>[^|]+)\|", "$llmstack_any"),
+    (r"^(?:[^|]*,)?(?<llmstack_listed>[^|,]+)(?:,[^|]*)?\|(?<llmstack_to>[^|]+)\|"
+     r"\k<llmstack_listed>$", "$llmstack_to"),
+]
 
 
 def health_checks(spec: StackSpec) -> dict[str, Any]:
@@ -132,6 +199,9 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
                  "large_header": "{} {}".format(*capacity.LARGE_HEADER_BUFFERS)},
         body_spool=f"{NGINX_SPOOL_DIR}/{NGINX_SPOOL_BODY}",
         retry_after=RETRY_AFTER_S,
+        direct=direct_routes(spec),
+        body_model_re=BODY_MODEL_RE,
+        route_map=ROUTE_MAP,
     )
     litellm = env.get_template("litellm.yaml.j2").render(
         source=source, entries=_litellm_entries(spec), read_timeout=spec.timeouts.read,

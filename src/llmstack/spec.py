@@ -283,6 +283,9 @@ class ModelSpec(Strict):
     # The most seconds `up` waits for the model to become ready while it shows progress
     # (log output, disk reads, memory growth); one silent for 10 minutes fails sooner.
     load_timeout: int = Field(default=3600, ge=30, le=7 * 86_400)
+    # How the edge reaches it: `gateway` through LiteLLM; `direct` from nginx straight to the
+    # model's container for the chat, completion and embedding routes (docs/ROUTES.md).
+    route: Literal["gateway", "direct"] = "gateway"
 
     @field_validator("source")
     @classmethod
@@ -663,6 +666,11 @@ def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> lis
             problem = hf_form_problem(model.backend, backend.hf_form, src)
             if problem:
                 add(("models", i, "source"), problem[0], model.source, problem[1])
+        if model.route == "direct" and not backend.direct_route:
+            capable = [b for b, be in BACKENDS.items() if be.direct_route]
+            add(("models", i, "route"), f"backend {model.backend!r} answers only to its own "
+                "model tag, so its stack.yaml name and aliases cannot reach it directly",
+                model.route, f"use route: gateway, or one of: {', '.join(capable)}")
         if backend.needs_gpu and not model.gpu_ids:
             add(("models", i, "gpus"), f"backend {model.backend!r} needs at least one GPU",
                 model.gpus, "list the GPUs it gets, e.g. gpus: [0], or use backend: llamacpp")

@@ -360,7 +360,9 @@ def edge_keys(store: Store, now: float, default_rate: int, default_burst: int,
         if key.models is None:
             continue
         names = [n for n, _ in models if n in key.models]
-        header.append((key.name, ",".join(names)))
+        # "-" (no model name) when none of its models is left: an empty header would be
+        # no header, which LiteLLM's check and the direct route read as "any model".
+        header.append((key.name, ",".join(names) or "-"))
         listing.append((key.name, _json({"data": [
             {"id": n, "object": "model", "created": models_created, "owned_by": "openai",
              "mode": mode} for n, mode in models if n in key.models], "object": "list"})))

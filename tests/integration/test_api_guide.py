@@ -1,19 +1,26 @@
 """Every example of the users' API guide, run as a user would, against a stack llmstack
-brought up: only the key (from .env) and the port (the test stack's) are substituted."""
+brought up: only the key (from .env) and the port (the test stack's) are substituted.
+
+Each runs on both routes: the demo stack (every model behind LiteLLM) and one more stack,
+the same models with `route: direct` (nginx straight to the model containers), so a user
+cannot tell which route a model takes. The direct stack's own edge behaviour (team-key
+model lists, alias names, the route in the access log) is checked here too, on that stack."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.helpers import REPO, Stack
+from tests.helpers import REPO, Stack, make_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +30,7 @@ NODE_OPENAI = "openai@7.57.0"
 # Not runnable here: no Go module proxy or crates.io on these machines. Their HTTP requests are
 # the chat-completion request that test_go_and_rust_requests replays byte for byte.
 NOT_RUNNABLE = {"go", "rust"}
+DIRECT_N_PREDICT = 24  # tokens an answer of the direct stack may have at most
 
 
 def guide_text() -> str:
@@ -62,6 +70,32 @@ def _ids() -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def direct_stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object
+                 ) -> Iterator[Stack]:
+    """The demo stack's models, every one on `route: direct`. Answers are capped shorter than
+    the demo's (--n-predict, the server's own cap, which a request's max_tokens cannot
+    raise): the examples run unchanged, and the second route costs the suite less time."""
+    stack = make_stack(tmp_path_factory.mktemp("direct"), prefix="t-direct")
+    data = stack.spec()
+    for model in data["models"]:
+        model["route"] = "direct"
+        args = model.get("args", [])
+        if "--n-predict" in args:
+            args[args.index("--n-predict") + 1] = str(DIRECT_N_PREDICT)
+    stack.write_spec(data)
+    stack.cli("up", check=True)
+    yield stack
+    stack.cli("down", "--volumes")
+
+
+@pytest.fixture(scope="module", params=["gateway", "direct"])
+def guide_stack(request: pytest.FixtureRequest) -> Stack:
+    stack: Stack = request.getfixturevalue("demo_stack" if request.param == "gateway"
+                                           else "direct_stack")
+    return stack
+
+
+@pytest.fixture(scope="module")
 def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not shutil.which("npm"):
         pytest.fail("npm is needed for the guide's JavaScript examples (Debian nodejs/npm)")
@@ -73,12 +107,13 @@ def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("index", "lang", "code"), blocks(), ids=_ids())
-def test_guide_example_runs_unchanged(index: int, lang: str, code: str, demo_stack: Stack,
+def test_guide_example_runs_unchanged(index: int, lang: str, code: str, guide_stack: Stack,
                                       request: pytest.FixtureRequest, tmp_path: Path) -> None:
     kind = _kind(lang, code)
     if kind == "skip":
         pytest.skip(f"no {lang} toolchain packages reachable here; covered by "
                     "test_go_and_rust_requests")
+    demo_stack = guide_stack
     code = _localize(code, demo_stack)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if kind == "header":
@@ -124,14 +159,73 @@ def test_guide_example_runs_unchanged(index: int, lang: str, code: str, demo_sta
     pytest.fail(f"unhandled example language {lang!r}")
 
 
-def test_go_and_rust_requests(demo_stack: Stack) -> None:
+def test_go_and_rust_requests(guide_stack: Stack) -> None:
     """The Go and Rust examples send these requests; replay them as their clients would."""
     go_body = {"model": "deepseek-coder", "messages": [
         {"role": "user", "content": "Write a Go function to reverse a string"}]}
     rust_body = {"model": "deepseek-coder", "temperature": 0.7, "max_tokens": 500, "messages": [
         {"role": "user", "content": "Write a Rust function to sort a vector"}]}
+    demo_stack = guide_stack
     for body in (go_body, rust_body):
         resp = requests.post(f"{demo_stack.base_url}/chat/completions", json=body, timeout=120,
                              headers={"Authorization": f"Bearer {demo_stack.key}"})
         assert resp.status_code == 200, resp.text
         assert resp.json()["choices"][0]["message"]["content"]
+
+
+# --- the direct route's edge ---------------------------------------------------------------------
+
+
+def _chat(stack: Stack, key: str, model: str, **extra: object) -> requests.Response:
+    return requests.post(f"{stack.base_url}/chat/completions", timeout=120,
+                         headers={"Authorization": f"Bearer {key}"},
+                         json={"model": model, "max_tokens": 4,
+                               "messages": [{"role": "user", "content": "hi"}], **extra})
+
+
+def _log_line(stack: Stack, request_id: str) -> str:
+    def find() -> str:
+        logs = stack.cli("logs", "nginx", "--tail", "200").stdout
+        return next((line for line in logs.splitlines() if f"rid={request_id}" in line), "")
+    line: str = wait_for(find, 30, what=f"nginx log line of request {request_id}")
+    return line
+
+
+def test_direct_route_serves_from_the_model_and_lists_models_as_the_gateway(
+        direct_stack: Stack, demo_stack: Stack) -> None:
+    def listed(stack: Stack) -> list[str]:
+        return [m["id"] for m in requests.get(f"{stack.base_url}/models", timeout=30, headers={
+            "Authorization": f"Bearer {stack.key}"}).json()["data"]]
+    assert listed(direct_stack) == listed(demo_stack)
+    for model in ("deepseek-coder", "mistral"):
+        resp = _chat(direct_stack, direct_stack.key, model)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["model"] == model  # an alias answers under its own name
+        line = _log_line(direct_stack, resp.headers["X-Request-ID"])
+        assert " route=llmstack_direct_" in line and " key=master " in line, line
+    stream = _chat(direct_stack, direct_stack.key, "qwen-coder", stream=True)
+    chunks = [json.loads(line[6:]) for line in stream.text.splitlines()
+              if line.startswith("data: {")]
+    assert chunks and {c["model"] for c in chunks} == {"qwen-coder"}
+    # A model no stack.yaml names: the gateway answers, with its own JSON error.
+    unknown = _chat(direct_stack, direct_stack.key, "no-such-model")
+    assert unknown.status_code == 400 and "no-such-model" in unknown.json()["error"]["message"]
+    assert " route=litellm" in _log_line(direct_stack, unknown.headers["X-Request-ID"])
+
+
+def test_direct_route_keeps_team_key_model_lists_and_key_checks(direct_stack: Stack) -> None:
+    proc = direct_stack.cli("keys", "add", "guide-bot", "--models", "qwen-coder", check=True)
+    key = re.search(r"sk-llmstack-[A-Za-z0-9_-]+", proc.stdout + proc.stderr)
+    assert key, proc.stdout
+    try:
+        allowed = _chat(direct_stack, key.group(0), "qwen-coder")
+        assert allowed.status_code == 200, allowed.text
+        assert " key=guide-bot " in _log_line(direct_stack, allowed.headers["X-Request-ID"])
+        for other in ("deepseek-coder", "smollm2-embed"):
+            refused = _chat(direct_stack, key.group(0), other)
+            assert refused.status_code == 403, refused.text
+            assert "may use: qwen-coder" in refused.json()["error"]["message"]
+        wrong = _chat(direct_stack, "sk-" + "x" * 43, "deepseek-coder")
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    finally:
+        direct_stack.cli("keys", "revoke", "guide-bot")

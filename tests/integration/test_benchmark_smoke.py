@@ -19,7 +19,8 @@ from tests.helpers import REPO, unique_project
 
 pytestmark = pytest.mark.integration
 
-VARIANTS = ("direct", "litellm", "nginx_http", "nginx_tls")
+VARIANTS = ("direct", "litellm", "nginx_http", "nginx_tls", "direct_twin", "route_direct_http",
+            "route_direct_tls")
 
 
 def _number(value: Any) -> bool:

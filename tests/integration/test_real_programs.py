@@ -97,7 +97,8 @@ def run_once(client: Any, image: str, **kwargs: Any) -> tuple[int, str]:
 def upstream_net(docker_client: Any) -> Iterator[str]:
     """A network where every upstream name of every case resolves (to a sleeping stand-in)."""
     aliases = sorted({names.container(stack_of(c).project, svc) for c in [*CASES, "starter"]
-                      for svc in (names.LITELLM, names.HEALTH)})
+                      for svc in (names.LITELLM, names.HEALTH)}
+                     | {r.host for c in CASES for r in render.direct_routes(stack_of(c))})
     with upstream_stand_in(docker_client, "t-nginx", NGINX_IMAGE, aliases, LABEL) as net:
         yield net
 
@@ -170,6 +171,8 @@ def test_rendered_nginx_conf_passes_the_host_nginx_t(tmp_path: Path, case: str) 
     conf = conf.replace(render.NGINX_CONF_DIR, str(folder))
     for svc in (names.LITELLM, names.HEALTH):
         conf = conf.replace(f"server {names.container(stack.project, svc)}:", "server 127.0.0.1:")
+    for route in render.direct_routes(stack):
+        conf = conf.replace(f"server {route.host}:", "server 127.0.0.1:")
     (tmp_path / "tmp").mkdir()
     (folder / "host.conf").write_text(conf)
     proc = subprocess.run([str(HOST_NGINX), "-t", "-e", "stderr", "-p", str(folder), "-c",

@@ -389,6 +389,8 @@ NOT_COMPARED = {
               "kube.strategy (test_strategy...)",
     "reloads_config": "`up` reloads nginx in place when only nginx.conf changed; a cluster "
                       "rolls the Deployment on its config-hash annotation",
+    "reload_after": "which recreated services make `up` reload nginx (route: direct); a "
+                    "cluster's Services keep their names and addresses",
 }
 COMPARED = {"image", "command", "entrypoint", "env", "gpus", "shm_size", "tmpfs", "resources",
             "user", "read_only", "cap_drop", "cap_add", "no_new_privileges", "init"}

@@ -33,6 +33,8 @@ NOT_CONTAINER_SETTINGS = {
     "start_after": "start order of `up` (not hashed); compose orders by depends_on",
     "update": "how `up` replaces the container (not hashed); compose recreates in place",
     "reloads_config": "nginx: config contents reload (not hashed); compose mounts the files",
+    "reload_after": "which recreated services make `up` reload nginx (not hashed); compose "
+                    "starts nginx after LiteLLM, which starts after every model",
     "secret_env": "which env values are secret (compared: env_file vs environment)",
     "resources": "memory and cpus (compared), pids via pids_limit",
 }

@@ -91,6 +91,9 @@ class Backend(Protocol):
     load_phases: tuple[tuple[str, str], ...]
     # Its Prometheus endpoint and the names `top` reads there; None: it has none (Ollama).
     metrics: MetricNames | None
+    # Whether nginx may send a model's requests straight to it (`route: direct`): the server
+    # answers under every stack.yaml name and alias of the model, as the gateway does.
+    direct_route: bool
 
     def launch(self, model: ModelSpec, placement: Placement = DEFAULT_PLACEMENT,
                pin: str = "") -> Launch:

@@ -24,6 +24,7 @@ class LlamaCpp:
     source_kinds = ("volume", "host", "hf")
     hf_form = "file"
     cache_dir: str | None = None
+    direct_route = True  # one model per server: it answers whatever "model" a request names
     idle_keepalive_s = 5  # cpp-httplib CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND; llama-server has no
     # flag for it. Measured: "Keep-Alive: timeout=5, max=100", idle close after 5.0 s.
     # llama-server's own log lines (tools/server/server.cpp, src/llama-model-loader.cpp).

@@ -22,6 +22,9 @@ class Ollama:
     source_kinds = ("ollama", "volume")
     hf_form = ""
     cache_dir = "/root/.ollama"
+    # Ollama serves every pulled tag and answers only to a tag's own name: the stack.yaml name
+    # and aliases exist only in LiteLLM's model list.
+    direct_route = False
     idle_keepalive_s = None  # Go net/http.Server without IdleTimeout/ReadTimeout
     # ollama serve's log lines: the server, then the runner it starts for the model on the
     # warm-up request (its readiness check sends one, see healthd.py).

@@ -22,6 +22,7 @@ class Tgi:
     source_kinds = ("hf", "volume", "host")
     hf_form = "repo"
     cache_dir = "/data"  # the image's HF_HOME
+    direct_route = True  # one model per server: its OpenAI routes ignore the request's "model"
     idle_keepalive_s = None  # its router serves with axum/hyper: no idle timeout set
     # text-generation-launcher's log lines (launcher/src/main.rs, router warmup).
     load_phases = (

@@ -45,6 +45,7 @@ class Vllm:
     source_kinds = ("hf", "volume", "host")
     hf_form = "repo"
     cache_dir = "/root/.cache/huggingface"
+    direct_route = True  # --served-model-name lists every public name on that route
     idle_keepalive_s = 5  # vllm.entrypoints TIMEOUT_KEEP_ALIVE = 5, passed to uvicorn
     # vLLM's log lines while it starts (model_loader, gpu_model_runner, compilation): weights,
     # then torch.compile (minutes on a cold cache, quiet), profiling, CUDA graphs, the server.
@@ -74,7 +75,10 @@ class Vllm:
         mounts, path = model_mount(model, pin=pin)
         gpus = 0 if model.gpus == "cpu" else len(model.gpus)
         fraction = placement.memory_fraction or model.gpu_memory_utilization
-        cmd = ["--model", path, "--served-model-name", model.name,
+        # vLLM refuses a request naming any other model (404): on the direct route it gets
+        # the aliases too, which LiteLLM otherwise maps to model.name.
+        served = model.public_names if model.route == "direct" else [model.name]
+        cmd = ["--model", path, "--served-model-name", *served,
                "--host", "0.0.0.0", "--port", str(self.port)]
         # Embedding models allow few tokens (512 for most BERT-style ones) and vLLM exits when
         # --max-model-len is above the model's own limit: it is sent for them only when
