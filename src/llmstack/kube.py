@@ -611,7 +611,8 @@ def _claim(ctx: Context, name: str) -> dict[str, Any]:
 
 def _network_policies(ctx: Context, services: list[ServiceSpec]) -> list[dict[str, Any]]:
     """Nothing reaches a pod of the stack but: clients the edge; the edge the health service
-    and LiteLLM; LiteLLM and the health service (which probes them) the models."""
+    and LiteLLM; LiteLLM and the health service (which probes them) the models; the edge
+    the models on `route: direct`."""
     project, ns = ctx.spec.project, ctx.options.namespace
     by_role: dict[str, list[ServiceSpec]] = {}
     for svc in services:
@@ -621,9 +622,10 @@ def _network_policies(ctx: Context, services: list[ServiceSpec]) -> list[dict[st
     def peer(role: str) -> dict[str, Any]:
         return {"podSelector": {"matchLabels": {L_INSTANCE: project, L_COMPONENT: role}}}
 
-    def policy(name: str, role: str, sources: list[str] | None) -> dict[str, Any]:
-        ports = sorted({c for svc in by_role.get(role, [])
-                        for _, c, _ in _service_ports(ctx, svc)})
+    def policy(name: str, role: str, sources: list[str] | None,
+               only: str | None = None) -> dict[str, Any]:
+        targets = [s for s in by_role.get(role, []) if only in (None, s.service)]
+        ports = sorted({c for svc in targets for _, c, _ in _service_ports(ctx, svc)})
         rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": p} for p in ports]}
         if sources is not None:
             rule["from"] = [peer(r) for r in sources]
@@ -633,7 +635,8 @@ def _network_policies(ctx: Context, services: list[ServiceSpec]) -> list[dict[st
         return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                 "metadata": _meta(f"{project}-{name}", ns, base),
                 "spec": {"podSelector": {"matchLabels": {L_INSTANCE: project,
-                                                         L_COMPONENT: role}},
+                                                         L_COMPONENT: role,
+                                                         **({L_NAME: only} if only else {})}},
                          "policyTypes": ["Ingress"], "ingress": ingress}}
 
     out = [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -645,6 +648,10 @@ def _network_policies(ctx: Context, services: list[ServiceSpec]) -> list[dict[st
            policy("litellm", names.LITELLM, [names.NGINX, names.HEALTH])]
     if by_role.get("model"):
         out.append(policy("models", "model", [names.LITELLM, names.HEALTH]))
+    # route: direct: the edge proxies to these models itself (the ones its reload follows).
+    for edge in by_role.get(names.NGINX, []):
+        out += [policy(f"edge-to-{svc}", "model", [names.NGINX], only=svc)
+                for svc in edge.reload_after]
     return out
 
 

@@ -571,6 +571,37 @@ def test_network_policy_only_the_edge_reaches_litellm_and_only_litellm_the_model
                        "model": {names.LITELLM, names.HEALTH}}
 
 
+def test_route_direct_lets_the_edge_reach_those_models_and_no_other() -> None:
+    stack = spec.load_file(GOLDEN / "direct" / "stack.yaml")
+    services = plan.desired(stack, render.render(stack), INTERNAL)
+    export = kube.manifests(stack, services, _secret_files(secrets.Keys(MASTER, INTERNAL)),
+                            kube.Options(namespace=stack.project))
+    deployments = _by_kind(export, "Deployment").values()
+
+    def admitted(source: str) -> set[str]:
+        """Names of the model pods some policy opens to pods of component `source`."""
+        out: set[str] = set()
+        for p in _by_kind(export, "NetworkPolicy").values():
+            for rule in p["spec"].get("ingress", []):
+                sources = {f["podSelector"]["matchLabels"][kube.L_COMPONENT]
+                           for f in rule.get("from", [])}
+                if source in sources:
+                    selector = p["spec"]["podSelector"]["matchLabels"].items()
+                    out |= {d["spec"]["template"]["metadata"]["labels"][kube.L_NAME]
+                            for d in deployments
+                            if selector <= d["spec"]["template"]["metadata"]["labels"].items()
+                            and d["spec"]["template"]["metadata"]["labels"][kube.L_COMPONENT]
+                            == "model"}
+        return out
+
+    direct = {names.model_service(m.name) for m in stack.models if m.route == "direct"}
+    assert direct and len(direct) < len(stack.models)
+    assert admitted(names.NGINX) == direct
+    assert admitted(names.LITELLM) == {names.model_service(m.name) for m in stack.models}
+    for obj in _objects(export):
+        kubernetes_validate.validate(obj, kube.NEWEST_K8S, strict=True)
+
+
 def test_pod_security_level_is_the_strictest_the_images_allow() -> None:
     for case, level in (("demo", "restricted"), ("gpu", "baseline")):
         ns = next(o for o in _objects(_export(case)[2]) if o["kind"] == "Namespace")
