@@ -152,7 +152,7 @@ def test_exported_litellm_config_and_key_load_in_litellm(docker_client: Any,
             port()
             try:
                 return requests.get(base + live["httpGet"]["path"], timeout=2).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still starting (slow host)
                 return False
 
         wait_for(alive, 180, interval=0.5, what="LiteLLM liveness path")

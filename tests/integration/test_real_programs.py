@@ -217,7 +217,7 @@ def test_litellm_loads_the_rendered_config(docker_client: Any, tmp_path: Path, c
             port()  # fails fast with the log if LiteLLM died on the config
             try:
                 return requests.get(f"{base}/health/liveliness", timeout=2).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still starting (slow host)
                 return False
 
         wait_for(alive, 180, interval=0.5, what="LiteLLM /health/liveliness")
