@@ -278,7 +278,8 @@ def up(directory: DirOpt = None, file: FileOpt = None,
            "--max-failures", help="With --hosts: stop starting hosts once this many "
            "failed.")] = 1) -> None:
     """Render config/, start what is missing or changed, and wait until every service is
-    ready. Idempotent: with no change it touches nothing. With --hosts: rolling, one host at
+    ready. Idempotent: with no change it touches nothing (answered from .llmstack-up.json
+    when the last `up` converged: docs/UPDATES.md). With --hosts: rolling, one host at
     a time (--parallel N), each verified; stops at the first failed host (--max-failures K);
     hosts not reached are untouched, a failed one rolled back."""
     import time

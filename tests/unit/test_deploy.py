@@ -374,6 +374,19 @@ def test_status_reports_states_health_ports_and_stray_containers(loaded: Loaded,
     assert by["model-old"].healthy is None and by["model-old"].uptime_s == 0
 
 
+def test_status_and_up_probe_every_service_in_one_exec_a_round(loaded: Loaded,
+                                                                engine: FakeEngine) -> None:
+    """One exec in the health container per readiness round (a Python start each on the
+    real engine), not one per service."""
+    engine.answers = {CHAT: ["503", "200"], EMBED: ["503", "503", "200"]}
+    up(loaded, engine)
+    # health alone; the models and LiteLLM together (3 rounds: EMBED answers last); nginx.
+    assert engine.probe_rounds == 5
+    engine.probe_rounds = 0
+    report = deploy.status(loaded, engine)
+    assert report.healthy and engine.probe_rounds == 1
+
+
 def test_status_without_health_probes_nothing(loaded: Loaded, engine: FakeEngine) -> None:
     up(loaded, engine)
     engine.containers[names.HEALTH].status = "exited"
