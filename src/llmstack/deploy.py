@@ -157,10 +157,21 @@ def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec],
                       and actions[s.service].how == plan.START_FIRST}
     hold_image = next((s.image for s in wanted if s.role == names.HEALTH), "")
     starting: dict[str, _Starting] = {}
+    # Waiting for health means waiting for its container, not its readiness, for what does
+    # not talk to healthd itself (nginx proxies /health to it: it waits for ready): probes run
+    # in its container (one exec), and healthd's own checks (ready_check) answer an error
+    # until it listens, which counts as not ready yet.
+    running: set[str] = set()
     while todo or starting:
         unblocked = [s for s in todo.values()
-                     if all(d in ready or d not in known for d in s.start_after)
+                     if all(d in ready or d not in known
+                            or (d == names.HEALTH and d in running and d not in s.depends_on)
+                            for d in s.start_after)
                      and (s.role != names.LITELLM or swapped_models <= ready)]
+        # Health first (the others' probes run in it), then LiteLLM, the slowest to be
+        # ready of a CPU stack (seconds of imports), then the rest in the plan's order:
+        # each start is a few engine calls, one after another.
+        unblocked.sort(key=lambda s: (s.role != names.HEALTH, s.role != names.LITELLM))
         if not unblocked and not starting:
             raise DeployError("cannot order the start of " + ", ".join(todo) + ": their "
                               "start_after form a cycle", "report this as a bug")
@@ -168,6 +179,7 @@ def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec],
             del todo[svc.service]
             key = _start(project, svc, actions[svc.service], secret_files, report, swaps,
                          hold_image)
+            running.add(svc.service)
             if svc.probe:
                 starting[svc.service] = _Starting(svc, time.monotonic(), key)
             else:

@@ -68,7 +68,8 @@ def test_first_up_creates_every_service_in_dependency_order(loaded: Loaded,
     result = up(loaded, engine, events)
     assert result.changed
     assert {a.service: a.kind for a in result.actions} == dict.fromkeys(ALL, "create")
-    assert starts(engine) == ALL
+    # LiteLLM, the slowest of the batch after health, starts first in it.
+    assert starts(engine) == [names.HEALTH, names.LITELLM, CHAT, EMBED, names.NGINX]
     assert sorted(result.ready_seconds) == sorted(ALL)
     assert {s: engine.state(s)[0] for s in ALL} == dict.fromkeys(ALL, "running")
     assert engine.network
@@ -304,6 +305,19 @@ def test_missing_images_are_refused_before_anything_starts(loaded: Loaded,
     assert "images missing on the engine: " + local in str(err.value)
     assert "llmstack images build" in err.value.hint  # type: ignore[attr-defined]
     assert engine.calls == [f"registry {upstream}"]  # asked once, nothing started
+
+
+def test_what_waits_for_health_starts_once_its_container_runs(loaded: Loaded,
+                                                              engine: FakeEngine) -> None:
+    """Probes run in the health container: the models and LiteLLM need it running, not
+    ready (healthd's own checks answer errors until it listens: not ready yet)."""
+    engine.answers = {names.HEALTH: ["503", "503", "503", "200"]}
+    events = Events()
+    up(loaded, engine, events)
+    order = [(s, st) for s, st, _ in events.seen if st in ("starting", "ready")]
+    assert order.index((CHAT, "starting")) < order.index((names.HEALTH, "ready"))
+    assert order.index((names.LITELLM, "starting")) < order.index((names.HEALTH, "ready"))
+    assert order.index((names.NGINX, "starting")) > order.index((names.HEALTH, "ready"))
 
 
 def test_start_order_follows_start_after_not_roles() -> None:

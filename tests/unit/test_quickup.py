@@ -76,7 +76,9 @@ def test_a_converged_up_is_recorded_and_then_answers_fast(loaded: Loaded,
     record = record_of(loaded)
     assert sorted(c["name"] for c in record["containers"].values()) == sorted(
         engine.containers)
-    assert [a["service"] for a in record["output"]["actions"]] == list(engine.containers)
+    assert [a["service"] for a in record["output"]["actions"]] == [
+        names.HEALTH, names.model_service("deepseek-coder"), names.model_service("smollm2-embed"),
+        names.LITELLM, names.NGINX]  # the plan's order, as the full path prints it
     assert all(a["action"] == "keep" for a in record["output"]["actions"])
     assert record["output"]["notes"][0].startswith("images: ")
     assert local(loaded) == ""
