@@ -53,20 +53,22 @@ class Timed:
         return self
 
 
-def run_timed(cmd: list[str], cwd: Path | None = None, timeout: float = 600) -> Timed:
-    """Wall time of a command as a user waits for it (process start to exit)."""
-    env = {**os.environ, "CI": "true"}
+def run_timed(cmd: list[str], cwd: Path | None = None, timeout: float = 600,
+              src: str | None = None) -> Timed:
+    """Wall time of a command as a user waits for it (process start to exit); `src`: run
+    the llmstack of that source folder instead (PYTHONPATH), e.g. main's, as a baseline."""
+    env = {**os.environ, "CI": "true", **({"PYTHONPATH": src} if src else {})}
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
     return Timed(time.perf_counter() - started, proc.returncode, proc.stdout, proc.stderr)
 
 
-def run_timeline(cmd: list[str], cwd: Path | None = None, timeout: float = 600
-                 ) -> tuple[Timed, list[tuple[float, str]]]:
+def run_timeline(cmd: list[str], cwd: Path | None = None, timeout: float = 600,
+                 src: str | None = None) -> tuple[Timed, list[tuple[float, str]]]:
     """Like run_timed, plus each stderr line with its offset from the process start (how
     `up`'s progress lines show where the time goes)."""
-    env = {**os.environ, "CI": "true"}
+    env = {**os.environ, "CI": "true", **({"PYTHONPATH": src} if src else {})}
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
@@ -166,8 +168,8 @@ class BenchStack:
         chat = [m for m in self.spec()["models"] if m.get("task", "chat") == "chat"]
         return str(chat[0]["name"])
 
-    def cli(self, *args: str, timeout: float = 600) -> Timed:
-        return run_timed([*llmstack_cmd(), *args], cwd=self.root, timeout=timeout)
+    def cli(self, *args: str, timeout: float = 600, src: str | None = None) -> Timed:
+        return run_timed([*llmstack_cmd(), *args], cwd=self.root, timeout=timeout, src=src)
 
 
 # --- The engine -----------------------------------------------------------------------------

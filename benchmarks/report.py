@@ -63,19 +63,23 @@ WHY_MISSED = {
         "nginx as soon as the LiteLLM container runs (its name resolves then; readiness is not "
         "needed to load the config)."),
     "noop_abs": (
-        "A no-change `up` still starts Python, imports the Docker SDK and asks the engine for "
-        "containers, images and nginx's secret files (one archive call each). Closing it: one "
-        "labelled list call with the config hash, and compare a digest label instead of "
-        "reading the secret files back."),
+        "A no-change `up` takes the fast path (quickup.py) only when its record matches: "
+        "the runs that did not (see fast_path_runs in the JSON) paid the full path: Python, "
+        "the Docker SDK and pydantic imports, rendering and a dozen engine calls. What is left "
+        "of a fast run is Python's start and typer's import (the console script imports the "
+        "CLI module before the fast path runs)."),
     "noop_ratio": (
-        "Both are Python programs talking to the same engine, and llmstack's no-op does more: "
-        "its imports alone (typer, pydantic, jinja2, the Docker SDK, which pulls in paramiko; "
-        "timed separately above) are a large share, then it renders every config and makes "
-        "a dozen or so engine calls (containers, images, nginx's secret files read back). "
-        "Half of compose is out of reach for that design. Closing it would take a fast path: "
-        "keep a digest of everything `up` depends on (stack.yaml, .env, certificates, "
-        "templates, image ids) and, when it matches, make one labelled container-list call "
-        "over the socket without importing the SDK or pydantic."),
+        "See the no-change `up` row: a run that took the full path (a changed input, a "
+        "container stopped meanwhile, another session's load) counts at full cost; the fast "
+        "path itself is one container list and a few image inspections over the local socket."),
+    "status": (
+        "`status` loads the stack (pydantic, jinja2: it compares each container's config hash "
+        "with the rendered one), imports the Docker SDK (requests, paramiko), inspects every "
+        "container and probes every service in one exec in the health container (a Python "
+        "start inside it). On a loaded 2-core host each part stretches. Closing it: answer "
+        "from the fast path's record as `up` does (the record's digest proves the rendered "
+        "hashes unchanged) with container inspections and the exec over the local socket, "
+        "without the SDK or pydantic."),
     "help": (
         "Import time of typer/click and the package at start. Closing it: keep heavy imports "
         "(docker, pydantic, jinja2) inside the commands that need them."),
@@ -84,7 +88,7 @@ WHY_MISSED = {
         "the client saw, or a request landing on the ms edge, shifts the count by one or two."),
 }
 KEYS_BY_SECTION = {"gateway_latency": "gateway", "streaming_ttft": "ttft", "up_cold": "cold_up",
-                   "help_start": "help", "rate_limiter": "limiter"}
+                   "help_start": "help", "rate_limiter": "limiter", "status": "status"}
 
 
 def all_targets(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -249,15 +253,40 @@ def _up_section(results: dict[str, Any]) -> str:
             f"{', '.join(map(str, noop['llmstack_samples_s']))} |",
             f"| `docker-compose up -d` (no change) | {noop['compose_s']} | "
             f"{', '.join(map(str, noop['compose_samples_s']))} |", "",
-            f"Of the no-op `up`, starting Python and importing what it imports takes "
-            f"{noop.get('llmstack_imports_s')} s (median, same run); the rest is reading "
-            "stack.yaml, .env and certificates, rendering, and the engine calls.", "",
+            f"The full path's imports alone (Python start, the CLI, pydantic, the Docker SDK: "
+            f"what a no-change `up` paid before the fast path, and still pays when it falls "
+            f"back) take {noop.get('llmstack_imports_s')} s (median, same run).", "",
             f"Ratio {noop['ratio']}x. For scale: `docker-compose up -d` of the exported stack "
             f"from nothing returned after {noop['compose_cold_up_s']} s (compose does not wait "
             "for readiness)" + (
                 f"; its stack answered /health after {noop['compose_cold_to_ready_s']} s and a "
                 f"chat: {'yes' if noop.get('compose_stack_answers') else 'no'}."
                 if "compose_cold_to_ready_s" in noop else "."), ""]
+    if noop.get("baseline_s") is not None:
+        rows += [f"Before (the llmstack of `{noop['baseline_src']}`, interleaved in the same "
+                 f"rounds): no-change `up` {noop['baseline_s']} s (samples "
+                 f"{', '.join(map(str, noop['baseline_samples_s']))}), ratio "
+                 f"{noop['baseline_ratio']}x; after: {noop['llmstack_s']} s, {noop['ratio']}x "
+                 f"({noop.get('fast_path_runs')} of {len(noop['llmstack_samples_s'])} runs took "
+                 "the fast path).", ""]
+    if cold.get("baseline"):
+        b = cold["baseline"]
+        rows += [f"Cold `up` before (the llmstack of `{b['src']}`, interleaved): "
+                 f"{b['wall_s']} s wall, slowest {b['slowest_service']} {b['slowest_ready_s']} "
+                 f"s, **{b['ratio']}x** (samples: "
+                 + ", ".join(f"{x['wall_s']} s / {x['ratio']}x" for x in b["samples"])
+                 + "); timeline of its median sample: "
+                 + ", ".join(f"{k} {v.get('starting')}->{v.get('ready')}"
+                             for k, v in b["timeline_s"].items()) + ".", ""]
+    status = results.get("status")
+    if status:
+        rows += [f"`llmstack status --json` on the converged stack ({status['services']} "
+                 f"services, each probed): median {status['median_s']} s (samples "
+                 f"{', '.join(map(str, status['samples_s']))})"
+                 + (f"; before (`{status['baseline_src']}`, interleaved): "
+                    f"{status['baseline_median_s']} s (samples "
+                    f"{', '.join(map(str, status['baseline_samples_s']))})"
+                    if "baseline_median_s" in status else "") + ".", ""]
     if noop.get("discarded_llmstack_runs"):
         rows += [f"Discarded `llmstack up` runs that were not no-ops (the tree changed during "
                  f"the run): {json.dumps(noop['discarded_llmstack_runs'])}", ""]

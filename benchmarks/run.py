@@ -1,6 +1,6 @@
 """llmstack benchmarks: one command, every figure next to its baseline measured in the same run.
 
-    python benchmarks/run.py [--quick] [--out DIR]
+    python benchmarks/run.py [--quick] [--out DIR] [--only-up] [--baseline-src DIR]
 
 Brings up the demo stack in its own temporary project (unique name, free 127.0.0.1 ports),
 measures, tears everything down, and writes DIR/<date>.md, .json and .png (default
@@ -49,6 +49,7 @@ COLD_UP_MAX_RATIO = 1.3
 NOOP_UP_MAX_S = 1.0
 NOOP_VS_COMPOSE_MAX_RATIO = 0.5
 HELP_MAX_MS = 250.0
+STATUS_MAX_S = 0.5  # `llmstack status` with five containers
 LIMITER_TOLERANCE = 1  # requests: nginx's ms clock vs the client's view of the arrival spread
 NOOP_IMPORTS = ("import llmstack.cli, llmstack.deploy, llmstack.project, "
                 "llmstack.engine.containers, docker")  # a no-op `up`'s imports
@@ -127,36 +128,80 @@ def up_json(stack: BenchStack, what: str) -> tuple[float, dict[str, Any]]:
     return timed.seconds, json.loads(timed.stdout)
 
 
-def bench_cold_up(stack: BenchStack, budget: Budget) -> dict[str, Any]:
+def bench_cold_up(stack: BenchStack, budget: Budget, baseline: str | None = None
+                  ) -> dict[str, Any]:
     """`up` with images present and no containers, to ready, vs the slowest service's own
-    time from its start to ready (`up --json` ready_seconds)."""
-    samples = []
+    time from its start to ready (`up --json` ready_seconds); with `baseline`, that source
+    folder's llmstack too, interleaved (each cold `up` after a `down`)."""
+    samples: list[dict[str, Any]] = []
+    before: list[dict[str, Any]] = []
     for i in range(budget.cold_ups):
-        if i:
-            stack.cli("down", timeout=300).check("llmstack down")
-        timed, lines = harness.run_timeline([*harness.llmstack_cmd(), "up", "--json"],
-                                            cwd=stack.root, timeout=900)
-        data = json.loads(timed.check("cold llmstack up").stdout)
-        wall = timed.seconds
-        ready = data.get("ready_seconds") or {}
-        slowest = max(ready, key=lambda k: ready[k]) if ready else ""
-        samples.append({"wall_s": round(wall, 2), "internal_s": data.get("seconds"),
-                        "ready_seconds": {k: round(v, 2) for k, v in ready.items()},
-                        "slowest_service": slowest,
-                        "slowest_ready_s": round(ready.get(slowest, 0.0), 2),
-                        "ratio": round(wall / ready[slowest], 2) if slowest else None,
-                        "timeline_s": _timeline(lines)})
-        log(f"cold up {i + 1}: {wall:.1f}s, slowest {slowest} {ready.get(slowest, 0):.1f}s")
+        for src, into in ((None, samples), (baseline, before)) if baseline else ((None, samples),):
+            if into or i or src:
+                stack.cli("down", timeout=300).check("llmstack down")
+            into.append(_cold_once(stack, src))
+            log(f"cold up {i + 1}{' (baseline)' if src else ''}: {into[-1]['wall_s']}s, slowest "
+                f"{into[-1]['slowest_service']} {into[-1]['slowest_ready_s']}s")
+    if baseline:  # leave the stack as this tree's `up` makes it
+        stack.cli("down", timeout=300).check("llmstack down")
+        samples.append(_cold_once(stack, None))
+    out = _cold_summary(samples)
+    if before:
+        out["baseline"] = {"src": baseline, **_cold_summary(before)}
+    out["target"] = target(out["ratio"], COLD_UP_MAX_RATIO, "<=", "x",
+                           "cold `up` to ready / slowest service's own ready time",
+                           "slowest service's ready time (same `up`)"
+                           + (f"; before: {out['baseline']['ratio']}x" if before else ""))
+    return out
+
+
+def _cold_once(stack: BenchStack, src: str | None) -> dict[str, Any]:
+    timed, lines = harness.run_timeline([*harness.llmstack_cmd(), "up", "--json"],
+                                        cwd=stack.root, timeout=900, src=src)
+    data = json.loads(timed.check("cold llmstack up").stdout)
+    wall = timed.seconds
+    ready = data.get("ready_seconds") or {}
+    slowest = max(ready, key=lambda k: ready[k]) if ready else ""
+    return {"wall_s": round(wall, 2), "internal_s": data.get("seconds"),
+            "ready_seconds": {k: round(v, 2) for k, v in ready.items()},
+            "slowest_service": slowest, "slowest_ready_s": round(ready.get(slowest, 0.0), 2),
+            "ratio": round(wall / ready[slowest], 2) if slowest else None,
+            "timeline_s": _timeline(lines)}
+
+
+def _cold_summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = [s["ratio"] for s in samples if s["ratio"]]
     mid = sorted(samples, key=lambda s: s["ratio"] or 0)[len(samples) // 2]
-    value = round(median(ratios), 2) if ratios else None
     return {"wall_s": mid["wall_s"], "slowest_service": mid["slowest_service"],
-            "slowest_ready_s": mid["slowest_ready_s"], "ratio": value,
+            "slowest_ready_s": mid["slowest_ready_s"],
+            "ratio": round(median(ratios), 2) if ratios else None,
             "ready_seconds": mid["ready_seconds"], "timeline_s": mid["timeline_s"],
-            "samples": samples,
-            "target": target(value, COLD_UP_MAX_RATIO, "<=", "x",
-                             "cold `up` to ready / slowest service's own ready time",
-                             "slowest service's ready time (same `up`)")}
+            "samples": samples}
+
+
+def bench_status(stack: BenchStack, budget: Budget, baseline: str | None = None
+                 ) -> dict[str, Any]:
+    """`llmstack status --json` wall time on the converged stack (five containers, every
+    one probed); with `baseline`, that source folder's llmstack interleaved."""
+    ours: list[float] = []
+    theirs: list[float] = []
+    services = 0
+    for _ in range(budget.noop_ups):
+        mine = stack.cli("status", "--json", timeout=120).check("llmstack status")
+        ours.append(mine.seconds)
+        services = len(json.loads(mine.stdout)["services"])
+        if baseline:
+            theirs.append(stack.cli("status", "--json", timeout=120, src=baseline)
+                          .check("llmstack status (baseline)").seconds)
+    value = round(median(ours), 3)
+    log(f"status: {value}s" + (f", baseline {round(median(theirs), 3)}s" if theirs else ""))
+    return {"median_s": value, "samples_s": [round(v, 3) for v in ours],
+            "services": services,
+            **({"baseline_src": baseline, "baseline_median_s": round(median(theirs), 3),
+                "baseline_samples_s": [round(v, 3) for v in theirs]} if theirs else {}),
+            "target": target(value, STATUS_MAX_S, "<", "s", "`llmstack status` (median)",
+                             "none" + (f"; before: {round(median(theirs), 3)} s"
+                                       if theirs else ""))}
 
 
 def _timeline(lines: list[tuple[float, str]]) -> dict[str, dict[str, float]]:
@@ -319,9 +364,10 @@ def bench_ttft(stack: BenchStack, targets: list[Target], budget: Budget,
 
 
 def bench_noop_vs_compose(stack: BenchStack, work: Path, budget: Budget,
-                          docker: Any) -> dict[str, Any]:
+                          docker: Any, baseline: str | None = None) -> dict[str, Any]:
     """No-change `llmstack up` vs no-change `docker-compose up -d` of the exported
-    equivalent, both stacks up side by side, runs interleaved."""
+    equivalent, both stacks up side by side, runs interleaved (with `baseline`, that source
+    folder's llmstack's no-change `up` too)."""
     import shutil
 
     compose_bin = shutil.which("docker-compose")
@@ -346,6 +392,8 @@ def bench_noop_vs_compose(stack: BenchStack, work: Path, budget: Budget,
     ours: list[float] = []
     theirs: list[float] = []
     imports: list[float] = []  # what a no-op pays before its first engine call
+    before: list[float] = []  # the baseline source's no-change `up`
+    fast: list[bool] = []  # whether each no-change `up` took the fast path
     discarded = []
     up_json(stack, "llmstack up (settle)")  # converge first: only no-change runs count
     for _ in range(budget.noop_ups * 2):  # bounded retries if the tree changes under us
@@ -357,6 +405,12 @@ def bench_noop_vs_compose(stack: BenchStack, work: Path, budget: Budget,
             discarded.append([a for a in data.get("actions", []) if a.get("action") != "keep"])
             continue
         ours.append(wall)
+        fast.append(bool(data.get("fast")))
+        if baseline:
+            b = stack.cli("up", "--json", timeout=300, src=baseline).check("baseline up")
+            if json.loads(b.stdout).get("changed"):
+                raise RuntimeError(f"the baseline's no-change `up` changed something: {b.stdout}")
+            before.append(b.seconds)
         t = harness.run_timed([compose_bin, "up", "-d"], cwd=out_dir, timeout=300)
         t.check("no-op docker-compose up -d")
         if "up-to-date" not in t.stderr + t.stdout:
@@ -377,6 +431,11 @@ def bench_noop_vs_compose(stack: BenchStack, work: Path, budget: Budget,
         "llmstack_s": ours_s, "llmstack_samples_s": [round(v, 3) for v in ours],
         "compose_s": theirs_s, "compose_samples_s": [round(v, 3) for v in theirs],
         "llmstack_imports_s": round(median(imports), 3),
+        "fast_path_runs": sum(fast),
+        **({"baseline_src": baseline, "baseline_s": round(median(before), 3),
+            "baseline_samples_s": [round(v, 3) for v in before],
+            "baseline_ratio": round(median(before) / theirs_s, 3) if theirs_s else None}
+           if before else {}),
         "ratio": ratio,
         "targets": [
             target(ours_s, NOOP_UP_MAX_S, "<", "s", "no-change `llmstack up` (median)",
@@ -449,7 +508,8 @@ def bench_updates(stack: BenchStack) -> dict[str, Any]:
 
 
 def run(budget: Budget, out: Path, quick: bool, project: str | None,
-        skip_updates: bool = False) -> tuple[Path, bool]:
+        skip_updates: bool = False, only_up: bool = False,
+        baseline: str | None = None) -> tuple[Path, bool]:
     started = time.monotonic()
     docker = harness.client()
     results: dict[str, Any] = {"meta": {
@@ -478,8 +538,16 @@ def run(budget: Budget, out: Path, quick: bool, project: str | None,
             results["meta"]["images"] = {t: (docker.images.get(t).short_id)
                                          for t in stack_images(stack)}
             log(f"cold up of {stack.project} (ports {stack.local_port}/{stack.https_port})")
-            results["up_cold"] = bench_cold_up(stack, budget)
+            results["up_cold"] = bench_cold_up(stack, budget, baseline)
             phase_done("up_cold")
+            if only_up:  # `up` and `status` only: the no-op against compose, then status
+                log("no-op up vs docker-compose on the exported compose file")
+                results["up_noop"] = bench_noop_vs_compose(stack, work, budget, docker,
+                                                           baseline)
+                phase_done("up_noop")
+                results["status"] = bench_status(stack, budget, baseline)
+                phase_done("status")
+                raise _Done
             results["rate_limiter"] = bench_limiter(stack, budget)  # the starter's limit
             phase_done("rate_limiter")
             idle = harness.memory_snapshot(docker, stack.project)
@@ -507,6 +575,9 @@ def run(budget: Budget, out: Path, quick: bool, project: str | None,
                 phase_done("updates")
             down = stack.cli("down", "--volumes", timeout=300)
             results["meta"]["down_s"] = round(down.seconds, 2)
+        except _Done:
+            down = stack.cli("down", "--volumes", timeout=300) if stack else None
+            results["meta"]["down_s"] = round(down.seconds, 2) if down else None
         except Exception as exc:
             # Keep what was measured; the report says where it stopped.
             results["error"] = f"{type(exc).__name__}: {exc}"[:4000]
@@ -520,6 +591,10 @@ def run(budget: Budget, out: Path, quick: bool, project: str | None,
     return report.write(results, raw, out), "error" not in results
 
 
+class _Done(Exception):
+    """--only-up: the phases asked for are measured."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
@@ -528,6 +603,11 @@ def main() -> int:
     parser.add_argument("--project", help="project name to use (default bench-<random>)")
     parser.add_argument("--skip-updates", action="store_true",
                         help="leave out the changes-under-load phase (about 10 minutes)")
+    parser.add_argument("--only-up", action="store_true",
+                        help="only `--help`, cold and no-change `up` and `status` (minutes)")
+    parser.add_argument("--baseline-src", metavar="DIR",
+                        help="also time that source folder's llmstack (e.g. main's src/), "
+                        "interleaved, in the up and status phases")
     args = parser.parse_args()
 
     def interrupted(signum: int, frame: Any) -> None:
@@ -535,7 +615,8 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     budget = QUICK if args.quick else FULL
-    md, ok = run(budget, args.out, args.quick, args.project, args.skip_updates)
+    md, ok = run(budget, args.out, args.quick, args.project, args.skip_updates, args.only_up,
+                 args.baseline_src)
     print(md)
     return 0 if ok else 1
 

@@ -88,6 +88,7 @@ class FakeEngine:
     owner_labels: dict[str, str] = field(default_factory=dict)
     pages: dict[str, str] = field(default_factory=dict)
     scrape_auth: list[dict[str, str]] = field(default_factory=list)  # auth of each scrape
+    probe_rounds: int = 0  # calls of probes(): one exec each on the real engine
     gpus: GpuProbe | None = None
 
     # --- reading -------------------------------------------------------------------------
@@ -185,6 +186,11 @@ class FakeEngine:
                 page = self.pages.get(f"{service}{parts.path}")
                 out[url] = (200, page) if page is not None else (404, "not found")
         return out
+
+    def probes(self, urls: list[str], timeout: float = 2.0) -> dict[str, str]:
+        self._running(names.HEALTH)  # one exec in the health container
+        self.probe_rounds += 1
+        return {url: self.probe(url, timeout) for url in urls}
 
     def probe(self, url: str, timeout: float = 2.0) -> str:
         self._running(names.HEALTH)  # probes run in the health container

@@ -278,7 +278,8 @@ def up(directory: DirOpt = None, file: FileOpt = None,
            "--max-failures", help="With --hosts: stop starting hosts once this many "
            "failed.")] = 1) -> None:
     """Render config/, start what is missing or changed, and wait until every service is
-    ready. Idempotent: with no change it touches nothing. With --hosts: rolling, one host at
+    ready. Idempotent: with no change it touches nothing (answered from .llmstack-up.json
+    when the last `up` converged: docs/UPDATES.md). With --hosts: rolling, one host at
     a time (--parallel N), each verified; stops at the first failed host (--max-failures K);
     hosts not reached are untouched, a failed one rolled back."""
     import time
@@ -290,33 +291,32 @@ def up(directory: DirOpt = None, file: FileOpt = None,
         _fleet_done(fleet.rolling_up(_cwd(directory), _resolved(file), hosts, host,
                                      ui.reporter(json_out), lambda m: typer.echo(m, err=True),
                                      parallel, max_failures, take_over), json_out)
+    from . import quickup
     from .endpoints import urls
+    from .engine.client import resolve_target
 
     started = time.monotonic()
     loaded = _load(directory, file)
     project = _owned_engine(host, loaded, create=True)
     result = deploy.up(loaded, project, ui.reporter(json_out), local_engine=project.is_local(),
                        progress=lambda m: typer.echo(m, err=True), take_over=take_over)
-    elapsed = time.monotonic() - started
     endpoints = urls(loaded.spec)
+    deploy.remember(loaded, project, result, resolve_target(host)[0], endpoints)
+    elapsed = time.monotonic() - started
+    key_file = str(loaded.paths.env)
     if json_out:
-        ui.emit_json({"changed": result.changed, "seconds": round(elapsed, 2),
-                      "revision": result.revision,
-                      "actions": [a.to_dict() for a in result.actions],
-                      "ready_seconds": result.ready_seconds, "endpoints": endpoints,
-                      "key_file": str(loaded.paths.env)})
+        ui.emit_json(quickup.up_document(result.changed, elapsed, result.revision,
+                                         [a.to_dict() for a in result.actions],
+                                         result.ready_seconds, endpoints, key_file, False))
         return
     if not result.changed:
-        typer.echo(f"Nothing to do: {len(result.actions)} services up to date "
-                   f"({elapsed:.2f}s).")
+        lines = quickup.noop_lines(len(result.actions), elapsed, endpoints, key_file)
     else:
         done = [a for a in result.actions if a.kind != "keep"]
-        typer.echo(f"Stack {loaded.spec.project} is up ({len(done)} changes, {elapsed:.1f}s; "
-                   f"revision {result.revision}).")
-    for name, url in endpoints.items():
-        typer.echo(f"  {name:<6} {url}")
-    typer.echo(f"  key    LITELLM_MASTER_KEY in {loaded.paths.env} (send it as "
-               "Authorization: Bearer <key>)")
+        lines = [f"Stack {loaded.spec.project} is up ({len(done)} changes, {elapsed:.1f}s; "
+                 f"revision {result.revision}).", *quickup.endpoint_lines(endpoints, key_file)]
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command()
@@ -1093,6 +1093,11 @@ def export_k8s(
 def main() -> None:
     """Entry point: the one place that turns errors into messages and exit codes."""
     json_mode = "--json" in sys.argv
+    if sys.argv[1:2] == ["up"]:
+        from .quickup import try_up
+
+        if try_up(sys.argv[1:]):  # nothing changed: answered without loading the stack
+            return
     try:
         code = app(standalone_mode=False)
         # Without standalone mode click returns a raised typer.Exit(code) instead of exiting;

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from . import checks, edge, fetch, history, loading, names, plan, pull, tls
+from . import checks, edge, fetch, history, loading, names, plan, pull, quickup, tls
 from .engine.api import STOPPED_STATES, ContainerInfo, Engine
 from .engine.containers import port_free_here
 from .errors import DeployError, LlmstackError, OwnershipError
@@ -40,6 +40,7 @@ class UpResult:
     ready_seconds: dict[str, float] = field(default_factory=dict)
     changed: bool = False
     revision: int | None = None  # recorded by a successful `up` that changed something
+    images_line: str = ""  # which image source and why (pull.Choice.line)
 
 
 def check_owner(project: Engine, take_over: bool = False) -> None:
@@ -156,10 +157,21 @@ def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec],
                       and actions[s.service].how == plan.START_FIRST}
     hold_image = next((s.image for s in wanted if s.role == names.HEALTH), "")
     starting: dict[str, _Starting] = {}
+    # Waiting for health means waiting for its container, not its readiness, for what does
+    # not talk to healthd itself (nginx proxies /health to it: it waits for ready): probes run
+    # in its container (one exec), and healthd's own checks (ready_check) answer an error
+    # until it listens, which counts as not ready yet.
+    running: set[str] = set()
     while todo or starting:
         unblocked = [s for s in todo.values()
-                     if all(d in ready or d not in known for d in s.start_after)
+                     if all(d in ready or d not in known
+                            or (d == names.HEALTH and d in running and d not in s.depends_on)
+                            for d in s.start_after)
                      and (s.role != names.LITELLM or swapped_models <= ready)]
+        # Health first (the others' probes run in it), then LiteLLM, the slowest to be
+        # ready of a CPU stack (seconds of imports), then the rest in the plan's order:
+        # each start is a few engine calls, one after another.
+        unblocked.sort(key=lambda s: (s.role != names.HEALTH, s.role != names.LITELLM))
         if not unblocked and not starting:
             raise DeployError("cannot order the start of " + ", ".join(todo) + ": their "
                               "start_after form a cycle", "report this as a bug")
@@ -167,13 +179,20 @@ def _start_in_order(project: Engine, wanted: list[plan.ServiceSpec],
             del todo[svc.service]
             key = _start(project, svc, actions[svc.service], secret_files, report, swaps,
                          hold_image)
+            running.add(svc.service)
             if svc.probe:
                 starting[svc.service] = _Starting(svc, time.monotonic(), key)
             else:
                 result.ready_seconds[svc.service] = 0.0
                 ready.add(svc.service)
+        for item in starting.values():  # a crashed container fails with its logs first
+            _check_running(project, item)
+        # One exec in the health container probes every service still starting.
+        answers = project.probes([_probe_url(project.project, i.svc, i.key)
+                                  for i in starting.values()]) if starting else {}
         for name, item in list(starting.items()):
-            elapsed = _poll(project, item, report)
+            elapsed = _poll(project, item, report,
+                            answers.get(_probe_url(project.project, item.svc, item.key), ""))
             if elapsed is not None:
                 if item.key != name:
                     _promote(project, name, report, swaps)
@@ -292,15 +311,19 @@ def _finish_swaps(project: Engine, swaps: Swaps, report: Reporter) -> None:
         project.remove(service + names.OLD)
 
 
-def _poll(project: Engine, item: _Starting, report: Reporter) -> float | None:
-    """One readiness check: seconds since the start when ready, None while waiting;
-    DeployError (with the last log lines) when the container stopped or the deadline passed."""
-    svc = item.svc
+def _check_running(project: Engine, item: _Starting) -> None:
+    """DeployError (with the last log lines) when the container stopped."""
     status, exit_code = project.state(item.key)
     if status in STOPPED_STATES:
         # "restarting": it crashed and the restart policy is looping it.
-        raise _failure(project, svc, f"container {status} (exit code {exit_code})", item.key)
-    outcome = project.probe(_probe_url(project.project, svc, item.key))
+        raise _failure(project, item.svc, f"container {status} (exit code {exit_code})",
+                       item.key)
+
+
+def _poll(project: Engine, item: _Starting, report: Reporter, outcome: str) -> float | None:
+    """One readiness check, given the probe's `outcome`: seconds since the start when ready,
+    None while waiting; DeployError (with the last log lines) when the deadline passed."""
+    svc = item.svc
     now = time.monotonic()
     elapsed = now - item.since
     if outcome == "200":
@@ -360,14 +383,16 @@ def decide_images(loaded: Loaded, project: Engine, progress: pull.Progress,
 
 def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = True,
        progress: pull.Progress = print, take_over: bool = False) -> UpResult:
+    # Whatever happens next, the no-change fast path waits for the next converged `up`.
+    quickup.forget(loaded.paths.root)
     check_owner(project, take_over)
     # Before anything starts: the image source decided and missing images pulled, hf:
     # sources downloaded; a failure here leaves every running container as it was.
-    loaded = decide_images(loaded, project, progress)[0]
+    loaded, choice = decide_images(loaded, project, progress)
     write_config(loaded)
     fetch.ensure(loaded, project, report)  # hf: sources onto the engine's host, pinned
     wanted, actions, secret_files = compute(loaded, project)
-    result = UpResult(actions)
+    result = UpResult(actions, images_line=choice.line)
     if plan.is_noop(actions):
         fetch.pull_ollama(loaded.spec, project, report)  # ollama: tags, pulled when missing
         return result
@@ -405,6 +430,55 @@ def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = T
     result.revision = history.record(project, loaded.spec.images.for_key("litellm"),
                                      loaded.stack_text(), wanted).number
     return result
+
+
+def remember(loaded: Loaded, project: Engine, result: UpResult, engine: str,
+             endpoints: dict[str, str]) -> bool:
+    """After a successful `up` (plain: one stack, no inventory host): write what the next
+    no-change `up` checks to answer fast (quickup.py), when the stack is converged on the local
+    engine; False (and no record) otherwise. Never fails the `up` it follows."""
+    try:
+        return _remember(loaded, project, result, engine, endpoints)
+    except (LlmstackError, OSError, ValueError):
+        return False
+
+
+def _remember(loaded: Loaded, project: Engine, result: UpResult, engine: str,
+              endpoints: dict[str, str]) -> bool:
+    spec, paths = loaded.spec, loaded.paths
+    if (not engine.startswith("unix://") or loaded.host is not None or fetch.hf_models(spec)
+            or fetch.ollama_models(spec)):
+        return False
+    services = [a.service for a in result.actions if a.kind != "remove"]
+    actual = project.actual()
+    if (sorted(a.service for a in actual) != sorted(services)
+            or any(a.status != "running" for a in actual)):
+        return False
+    source = spec.images.source
+    refs = (pull.stack_refs(spec, "registry") + pull.stack_refs(spec, "local")
+            if source == "auto" else pull.stack_refs(spec, source))
+    now = time.time()
+    keys, store = loaded.keys(), loaded.team_keys()
+    ends = [keys.previous_expires, tls.inspect(paths.certs).not_after.timestamp()]
+    for key in store.keys:
+        ends += [key.expires, key.previous.expires if key.previous else None]
+    future = [float(t) for t in ends if t is not None and t > now]
+    inputs = [str(p) for p in (paths.stack, paths.lock, paths.env, paths.team_keys,
+                               paths.stack_id, paths.certs, paths.config)]
+    quickup.write(paths.root, {
+        "format": quickup.FORMAT, "stack": str(paths.stack), "engine": engine,
+        "project": project.project, "inputs": inputs,
+        "digest": quickup.digest(inputs, engine),
+        "valid_until": min(future) if future else None,
+        "containers": {a.container_id: {"name": a.service, "image_id": a.image_id}
+                       for a in actual},
+        "images": project.image_ids(list(dict.fromkeys(refs))),
+        "output": {"notes": [result.images_line] if result.images_line else [],
+                   "actions": [plan.Action("keep", s, "up to date").to_dict()
+                               for s in services],
+                   "endpoints": list(endpoints.items()),  # in order (the record is sorted)
+                   "key_file": str(paths.env)}})
+    return True
 
 
 def rollback_to(loaded: Loaded, project: Engine, report: Reporter,
@@ -515,12 +589,13 @@ def status(loaded: Loaded, project: Engine) -> StackStatus:
     info = {i.service: i for i in project.info()}
     now = dt.datetime.now(dt.UTC)
     health_up = info.get(names.HEALTH) is not None and info[names.HEALTH].status == "running"
+    probed = {name: _probe_url(loaded.spec.project, svc) for name, svc in wanted.items()
+              if svc.probe and name in info and info[name].status == "running" and health_up}
+    answers = project.probes(list(probed.values())) if probed else {}  # one exec for all
     services = []
     for name in list(wanted) + [n for n in info if n not in wanted]:
         svc, have = wanted.get(name), info.get(name)
-        healthy: bool | None = None
-        if svc and svc.probe and have and have.status == "running" and health_up:
-            healthy = project.probe(_probe_url(loaded.spec.project, svc)) == "200"
+        healthy = answers.get(probed[name]) == "200" if name in probed else None
         note = None if svc else "not in stack.yaml; `llmstack up` removes it"
         if have is None:
             services.append(ServiceStatus(name, "missing", healthy, note=note))

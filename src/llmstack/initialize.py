@@ -16,10 +16,12 @@ import jinja2
 from . import secrets, tls
 from .fsutil import backup, write_atomic
 from .project import Paths
+from .quickup import RECORD_FILE
 from .resources import data_dir
 
 GITIGNORE = "# written by llmstack init: secrets and generated files stay out of git\n" \
-            ".env\n.env.bak-*\n.keys.json\n.keys.json.bak-*\ncerts/\nconfig/\n"
+            ".env\n.env.bak-*\n.keys.json\n.keys.json.bak-*\ncerts/\nconfig/\n" \
+            f"{RECORD_FILE}\n"
 
 
 @dataclass(frozen=True)

@@ -157,10 +157,11 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
         **_hardening("litellm", Resources(memory="128m", pids=64)),
         probe=(names.HEALTH_PORT, "/live"),
     )]
-    # Start order: health first (readiness probes run in its container); the models and
-    # LiteLLM together (LiteLLM needs no backend to start, so a cold `up` takes about as long
-    # as its slowest service), except that models sharing a GPU start one at a time
-    # (gpu.start_after); nginx last, once everything behind it answers.
+    # Start order: health first (readiness probes run in its container: `up` starts what
+    # waits for health once its container runs); the models and LiteLLM together (LiteLLM
+    # needs no backend to start, so a cold `up` takes about as long as its slowest service),
+    # except that models sharing a GPU start one at a time (gpu.start_after); nginx last,
+    # once everything behind it answers.
     after_health = (names.HEALTH,)
     gpu_waits = gpu.start_after(spec.models)
     model_services = []

@@ -8,6 +8,8 @@ Ports: free high ports on 127.0.0.1; container ids come from the Docker SDK.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import socket
@@ -19,21 +21,34 @@ from typing import Any
 import pytest
 import requests
 
+from llmstack import images as catalog
 from llmstack import names
-from tests.helpers import Stack, make_stack, wait_for
+from tests.helpers import Stack, make_stack, name_image, wait_for
 
 pytestmark = pytest.mark.integration
 
 CHAT = names.model_service("deepseek-coder")
 EMBED = names.model_service("smollm2-embed")
 ALL = [names.HEALTH, CHAT, EMBED, names.LITELLM, names.NGINX]
+OWN_TAG = "llmstack-test/lifecycle-nginx"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[Stack]:
     s = make_stack(tmp_path_factory.mktemp("lifecycle") / "proj", prefix="t-life", embed=True)
+    # nginx runs from a tag of this module's own (the stack's nginx image, tagged again), so
+    # a test can rebuild that tag without touching the shared images.
+    data = s.spec()
+    entry = catalog.SERVICE_IMAGES[names.NGINX]
+    source = entry.local or entry.registry
+    own = f"{OWN_TAG}:{s.project}"
+    docker_client.images.get(source).tag(own)
+    name_image(data, names.NGINX, own)
+    s.write_spec(data)
     yield s
     s.cli("down", "--volumes")
+    with contextlib.suppress(Exception):
+        docker_client.images.remove(own)
 
 
 def containers(client: Any, project: str) -> dict[str, Any]:
@@ -118,6 +133,32 @@ def test_second_up_touches_nothing(stack: Stack, docker_client: Any) -> None:
     assert ids(docker_client, stack.project) == before
     reported = float(re.search(r"up to date \(([\d.]+)s\)", proc.stdout).group(1))  # type: ignore[union-attr]
     assert reported < 3.0, f"a no-op up took {reported}s (wall {elapsed:.1f}s)"
+    # The fast path answered (quickup.py): one container list, no stack loaded.
+    assert up_json(stack) == {"changed": False, "fast": True, "changed_services": []}
+
+
+def up_json(stack: Stack) -> dict[str, Any]:
+    proc = stack.cli("up", "--json")
+    assert proc.returncode == 0, f"up failed:\n{proc.stdout}\n{proc.stderr}"
+    data = json.loads(proc.stdout)
+    return {"changed": data["changed"], "fast": data["fast"],
+            "changed_services": sorted(a["service"] for a in data["actions"]
+                                       if a["action"] != "keep")}
+
+
+def test_a_rebuilt_image_under_the_same_tag_is_not_taken_for_no_change(
+        stack: Stack, docker_client: Any) -> None:
+    own = f"{OWN_TAG}:{stack.project}"
+    base = docker_client.images.get(own)
+    dockerfile = f"FROM {base.id}\nLABEL llmstack-test.rebuilt={stack.project}\n".encode()
+    rebuilt, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=own, rm=True)
+    assert rebuilt.id != base.id
+    before = ids(docker_client, stack.project)
+    assert up_json(stack) == {"changed": True, "fast": False, "changed_services": [names.NGINX]}
+    after = ids(docker_client, stack.project)
+    assert {s for s in ALL if before[s] != after[s]} == {names.NGINX}
+    assert containers(docker_client, stack.project)[names.NGINX].image.id == rebuilt.id
+    assert up_json(stack) == {"changed": False, "fast": True, "changed_services": []}
 
 
 def test_plan_json_lists_every_service_and_why(stack: Stack) -> None:
@@ -152,6 +193,7 @@ def test_changing_one_models_args_replaces_that_model_and_litellm_only(
     cmd = containers(docker_client, stack.project)[CHAT].attrs["Config"]["Cmd"]
     assert cmd[-2:] == ["--threads", "1"]
     assert plan_actions(stack) == dict.fromkeys(ALL, "keep")
+    assert up_json(stack)["fast"] is True
 
 
 def test_logs_nginx_tail(stack: Stack) -> None:
@@ -188,7 +230,7 @@ def test_killed_model_container_shows_in_status_and_next_up_repairs_only_it(
     assert re.search(rf"^{CHAT}\s+exited\b", text.stdout, re.M)
 
     assert plan_actions(stack)[CHAT] == "recreate"
-    up(stack)
+    assert up_json(stack) == {"changed": True, "fast": False, "changed_services": [CHAT]}
     after = ids(docker_client, stack.project)
     assert {s for s in ALL if before[s] != after[s]} == {CHAT}
     assert stack.cli("status").returncode == 0

@@ -68,7 +68,8 @@ def test_first_up_creates_every_service_in_dependency_order(loaded: Loaded,
     result = up(loaded, engine, events)
     assert result.changed
     assert {a.service: a.kind for a in result.actions} == dict.fromkeys(ALL, "create")
-    assert starts(engine) == ALL
+    # LiteLLM, the slowest of the batch after health, starts first in it.
+    assert starts(engine) == [names.HEALTH, names.LITELLM, CHAT, EMBED, names.NGINX]
     assert sorted(result.ready_seconds) == sorted(ALL)
     assert {s: engine.state(s)[0] for s in ALL} == dict.fromkeys(ALL, "running")
     assert engine.network
@@ -306,6 +307,19 @@ def test_missing_images_are_refused_before_anything_starts(loaded: Loaded,
     assert engine.calls == [f"registry {upstream}"]  # asked once, nothing started
 
 
+def test_what_waits_for_health_starts_once_its_container_runs(loaded: Loaded,
+                                                              engine: FakeEngine) -> None:
+    """Probes run in the health container: the models and LiteLLM need it running, not
+    ready (healthd's own checks answer errors until it listens: not ready yet)."""
+    engine.answers = {names.HEALTH: ["503", "503", "503", "200"]}
+    events = Events()
+    up(loaded, engine, events)
+    order = [(s, st) for s, st, _ in events.seen if st in ("starting", "ready")]
+    assert order.index((CHAT, "starting")) < order.index((names.HEALTH, "ready"))
+    assert order.index((names.LITELLM, "starting")) < order.index((names.HEALTH, "ready"))
+    assert order.index((names.NGINX, "starting")) > order.index((names.HEALTH, "ready"))
+
+
 def test_start_order_follows_start_after_not_roles() -> None:
     """A service waits only for what its start_after names (a cycle is reported)."""
     a = plan.ServiceSpec("a", "x", "img", [], probe=None)
@@ -372,6 +386,19 @@ def test_status_reports_states_health_ports_and_stray_containers(loaded: Loaded,
     assert by[CHAT].in_sync is False
     assert by["model-old"].note == "not in stack.yaml; `llmstack up` removes it"
     assert by["model-old"].healthy is None and by["model-old"].uptime_s == 0
+
+
+def test_status_and_up_probe_every_service_in_one_exec_a_round(loaded: Loaded,
+                                                                engine: FakeEngine) -> None:
+    """One exec in the health container per readiness round (a Python start each on the
+    real engine), not one per service."""
+    engine.answers = {CHAT: ["503", "200"], EMBED: ["503", "503", "200"]}
+    up(loaded, engine)
+    # health alone; the models and LiteLLM together (3 rounds: EMBED answers last); nginx.
+    assert engine.probe_rounds == 5
+    engine.probe_rounds = 0
+    report = deploy.status(loaded, engine)
+    assert report.healthy and engine.probe_rounds == 1
 
 
 def test_status_without_health_probes_nothing(loaded: Loaded, engine: FakeEngine) -> None:

@@ -158,6 +158,10 @@ class Engine(Protocol):
     def probe(self, url: str, timeout: float = 2.0) -> str:
         """GET `url` from inside the project network: the status code as text, or 'ERR ...'."""
 
+    def probes(self, urls: list[str], timeout: float = 2.0) -> dict[str, str]:
+        """`probe` of each of `urls`, all in one exec in the health container: {url: status
+        code as text, or 'ERR ...'}."""
+
     def scrape(self, urls: list[str], auth: dict[str, str] | None = None,
                timeout: float = 2.0) -> dict[str, tuple[int | None, str]]:
         """GET each of `urls` from inside the project network (one exec in the health

@@ -407,6 +407,14 @@ class Project:
         code, out = self.exec(names.HEALTH, ["python3", "-c", PROBE_SCRIPT, url, str(timeout)])
         return out.strip() if code == 0 else f"ERR exec exit {code}"
 
+    def probes(self, urls: list[str], timeout: float = 2.0) -> dict[str, str]:
+        if not urls:
+            return {}
+        answers = self.scrape(urls, timeout=timeout)
+        return {url: str(answers[url][0]) if answers.get(url, (None,))[0] is not None
+                else "ERR " + (answers[url][1] if url in answers else "no answer")
+                for url in urls}
+
     @mapped
     def scrape(self, urls: list[str], auth: dict[str, str] | None = None,
                timeout: float = 2.0) -> dict[str, tuple[int | None, str]]:
