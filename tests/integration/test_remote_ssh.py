@@ -390,21 +390,15 @@ def test_fleet_rolling_up_status_verify_rotate(endpoints: list[Remote], project:
     assert logs.returncode == 0 and "GET /v1/models" in logs.stdout, logs.stderr
     none = fleet.run("logs", "nginx", "--host-name", "h3")  # never deployed: no container
     assert none.returncode == 2 and "no container for service 'nginx'" in none.stderr
-    verify = fleet.run("verify", "--hosts", "h1,h2", "--json")
-    doc = json_of(verify)
-    assert verify.returncode == 0, _failures(doc)
-    for h in ("h1", "h2"):
-        checks = {c["check"]: c["status"] for c in _by_host(doc)[h]["result"]["checks"]}
-        assert checks["tls"] == "ok" and checks["chat_stream"] == "ok", checks
-
     # One new key for the fleet, one grace window, under load on both hosts: every response
     # counted, none failed. Clients read the key from .env before each request, at about 5
-    # requests a second per host: under the rate limit (10 r/s), once verify's rate-limit
-    # probe has drained.
+    # requests a second per host: under the rate limit (10 r/s). Before `verify --hosts`
+    # below, whose rate-limit probe fills each host's bucket: the last probe (the rolling
+    # up's verify on h1) lies a `status` and a `history` back.
     old_key = fleet.key()
     for h in ("h1", "h2"):
         wait_for(lambda h=h: fleet.models_status(h, old_key) == 200, timeout=30,
-                 what=f"{h} to serve after verify's rate-limit probe")
+                 what=f"{h} to serve after the rolling up's rate-limit probe")
     counts: dict[str, Counter[int]] = {h: Counter() for h in ("h1", "h2")}
     stop = threading.Event()
 
@@ -436,6 +430,13 @@ def test_fleet_rolling_up_status_verify_rotate(endpoints: list[Remote], project:
     for h in ("h1", "h2"):
         assert fleet.models_status(h, new_key) == 200
         assert fleet.models_status(h, old_key) == 200  # within the grace window
+    verify = fleet.run("verify", "--hosts", "h1,h2", "--json")
+    doc = json_of(verify)
+    assert verify.returncode == 0, _failures(doc)
+    for h in ("h1", "h2"):
+        checks = {c["check"]: c["status"] for c in _by_host(doc)[h]["result"]["checks"]}
+        assert checks["tls"] == "ok" and checks["chat_stream"] == "ok", checks
+
     down = fleet.run("down", "--hosts", "h2,h3", "--volumes", "--json")
     assert down.returncode == 0, down.stdout + down.stderr
     assert [len(h["result"]["removed"]) for h in json_of(down)["hosts"]] == [4, 0]
@@ -445,19 +446,24 @@ def test_fleet_rolling_up_status_verify_rotate(endpoints: list[Remote], project:
 
 def test_a_stopped_model_fails_verify_and_down_leaves_no_session(
         endpoints: list[Remote], project: Stack, docker_client: Any) -> None:
-    """Back to the plain --host commands on the folder's stack (the fleet's h1)."""
+    """A broken stack: the model server of the folder's stack (the fleet's h1) stops; status
+    and verify over ssh fail and say where (through the inventory: h1 serves its own
+    certificate now); `down --host` removes it and leaves no ssh session behind."""
     remote = endpoints[0]
     containers = docker_client.containers.list(
         all=True, filters={"label": f"{names.LABEL_PROJECT}={project.project}"})
     model = next(c for c in containers
                  if c.labels[names.LABEL_SERVICE] == names.model_service("deepseek-coder"))
     model.stop(timeout=5)
-    wait_for(lambda: run(project, remote, "status", "--json").returncode == 2, timeout=60,
-             what="status to see the stopped model")
-    broken = run(project, remote, "verify")
-    assert broken.returncode == 2
-    assert "fail health" in broken.stdout and "model:deepseek-coder" in broken.stdout
-    assert "verify FAILED: health, chat_stream" in broken.stdout
+    fleet_run = lambda *args: cli(*args, cwd=project.root, env=remote.env,  # noqa: E731
+                                  timeout=600)
+    wait_for(lambda: fleet_run("status", "--hosts", "h1", "--json").returncode == 2,
+             timeout=60, what="status to see the stopped model")
+    broken = fleet_run("verify", "--hosts", "h1", "--json")
+    assert broken.returncode == 2, broken.stderr
+    checks = {c["check"]: c for c in json_of(broken)["hosts"][0]["result"]["checks"]}
+    assert {k for k, c in checks.items() if c["status"] == "fail"} == {"health", "chat_stream"}
+    assert "model:deepseek-coder" in checks["health"]["detail"], checks["health"]
 
     down = run(project, remote, "down", "--json")
     assert down.returncode == 0, down.stderr
