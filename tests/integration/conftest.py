@@ -3,7 +3,7 @@
 `shared_stack`: one chat-only stack with a per-IP request rate high enough for load from one
 address (tests/helpers.make_unthrottled_stack), brought up once for the modules that used to
 bring up one each: test_edge_limits, test_rotate, test_safe_updates and test_team_keys (in
-that order, pytest's file order). Each costs a whole `up` (~45 s on a quiet 2-core machine)
+that order, pytest's file order). Each cost a whole `up` (13-45 s on this 2-core machine)
 plus its `down`. The modules leave it as the next expects: serving, in sync with stack.yaml,
 no key grace window open, the current client key in `.env`; what they change (the key,
 stack.yaml's model arguments, an alias, the nginx rate, team keys) the later modules read
