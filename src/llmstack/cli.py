@@ -56,6 +56,9 @@ HostsOpt = Annotated[str | None, typer.Option(
     "--hosts", help="Run on hosts of stack.yaml's `hosts:` inventory: all, or NAME,NAME "
     "(each on its own engine; one result per host; exit code: the worst).",
     show_default=False)]
+HostNameOpt = Annotated[str | None, typer.Option(
+    "--host-name", help="One host of stack.yaml's `hosts:` inventory: its project on its "
+    "engine.", show_default=False)]
 TakeOverOpt = Annotated[bool, typer.Option(
     "--take-over", help="Act on the project's containers even when another stack folder made "
     "them (that folder is gone and this one replaces it); `up` recreates them as this "
@@ -106,6 +109,16 @@ def _owned_engine(host: str | None, loaded: Any, create: bool) -> Project:
     project = _engine(host, loaded.spec.project)
     project.owner_labels = owner(loaded.paths, create).labels()
     return project
+
+
+def _one_host(directory: Path | None, file: Path | None, host_name: str | None,
+              host: str | None) -> tuple[Any, str | None]:
+    """The stack and engine a one-host command acts on: the folder's stack on --host, or
+    with --host-name the inventory host's resulting stack on its own engine."""
+    if host_name is None:
+        return _load(directory, file), host
+    from . import fleet
+    return fleet.one_host(_cwd(directory), _resolved(file), host_name, host)
 
 
 def _fleet_done(result: Any, json_out: bool) -> None:
@@ -321,11 +334,16 @@ def up(directory: DirOpt = None, file: FileOpt = None,
 
 @app.command()
 def history(directory: DirOpt = None, file: FileOpt = None,
-            host: HostOpt = None, json_out: JsonOpt = False) -> None:
+            host: HostOpt = None, json_out: JsonOpt = False, hosts: HostsOpt = None) -> None:
     """The revisions `up` recorded on the engine (newest last): number, time, digest of the
-    containers, models. `llmstack rollback [REVISION]` returns the stack to one."""
+    containers, models. `llmstack rollback [REVISION]` returns the stack to one. With
+    --hosts: each host's own revisions."""
     from . import history as hist
 
+    if hosts:
+        from . import fleet
+        _fleet_done(fleet.each(_cwd(directory), _resolved(file), hosts, host, "history",
+                               fleet.history_one), json_out)
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
     revisions = hist.load_all(project, loaded.spec.images.for_key("litellm"))
@@ -333,15 +351,8 @@ def history(directory: DirOpt = None, file: FileOpt = None,
         from .ui import emit_json
         emit_json({"revisions": [r.to_dict() for r in revisions]})
         return
-    if not revisions:
-        typer.echo("No revision recorded yet: each `llmstack up` that changes the stack "
-                   "records one.")
-        return
-    typer.echo(f"{'REVISION':<9} {'CREATED':<26} {'DIGEST':<17} MODELS")
-    for r in revisions:
-        mark = "  (latest)" if r is revisions[-1] else ""
-        typer.echo(f"{r.number:<9} {r.created:<26} {r.digest:<17} {', '.join(r.models())}"
-                   + mark)
+    for line in hist.table(revisions):
+        typer.echo(line)
 
 
 @app.command()
@@ -350,17 +361,18 @@ def rollback(
                                                    "one before the latest; see `llmstack "
                                                    "history`).", show_default=False)] = None,
     directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
-    json_out: JsonOpt = False, take_over: TakeOverOpt = False,
+    json_out: JsonOpt = False, take_over: TakeOverOpt = False, host_name: HostNameOpt = None,
 ) -> None:
     """Return the running stack to a recorded revision, with `up`'s rules (start-first
     changes, no failed request; a change that fails is rolled back). stack.yaml is not
-    edited: the next `llmstack up` applies it again."""
+    edited: the next `llmstack up` applies it again. With --host-name: that host of the
+    inventory, to one of its own revisions (`llmstack history --hosts NAME`)."""
     import time
 
     from . import deploy, ui
 
     started = time.monotonic()
-    loaded = _load(directory, file)
+    loaded, host = _one_host(directory, file, host_name, host)
     project = _owned_engine(host, loaded, create=True)
     target, result = deploy.rollback_to(loaded, project, ui.reporter(json_out),
                                         progress=lambda m: typer.echo(m, err=True),
@@ -477,11 +489,13 @@ def logs(service: Annotated[str, typer.Argument(help="Service: nginx, litellm, h
          host: HostOpt = None,
          follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
          tail: Annotated[int, typer.Option("--tail", "-n", help="Lines from the end.")] = 100,
+         host_name: HostNameOpt = None,
          ) -> None:
-    """Print a service's logs (stdout and stderr of its container)."""
+    """Print a service's logs (stdout and stderr of its container). With --host-name: the
+    service of that inventory host."""
     from . import names
 
-    loaded = _load(directory, file)
+    loaded, host = _one_host(directory, file, host_name, host)
     project = _engine(host, loaded.spec.project)
     if service not in (names.NGINX, names.LITELLM, names.HEALTH) and \
             not service.startswith("model-"):

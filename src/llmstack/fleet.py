@@ -1,5 +1,5 @@
 """Commands over the `hosts:` inventory: `--hosts all|NAME,...` on up, plan, status, verify,
-doctor, down and rotate-key.
+doctor, down, history and rotate-key; `--host-name NAME` (one host) on rollback and logs.
 
 Each host is its own project on its own engine (`engine:` of the host, else --host /
 DOCKER_HOST / the Docker context), with its own certificate (hosts/NAME/certs/, for its
@@ -7,12 +7,12 @@ domain) and config/ (hosts/NAME/config/) in the deploying folder; the client key
 folder's .env, one for the whole fleet, unless the host says `key: host`.
 
 A command gives one result per host, in the inventory's order; its exit code is the worst of
-them (0 < 1 < 2). `plan`, `status`, `verify`, `doctor` and `down` ask up to MAX_AT_ONCE hosts
-at once (each host is independent); `up` rolls, and `rotate-key` moves the whole fleet one
-step at a time. `up` rolls: one host (or `parallel` hosts) at a
-time, each verified through its edge as a client; it stops once `max_failures` hosts failed,
-leaving the hosts it did not reach untouched; a host whose change fails is rolled back (by
-`up`'s own safe changes, or to its previous revision when `verify` fails after `up`).
+them (0 < 1 < 2). `plan`, `status`, `verify`, `doctor`, `down` and `history` ask up to
+MAX_AT_ONCE hosts at once (each host is independent); `up` rolls, and `rotate-key` moves the
+whole fleet one step at a time. `up` rolls: one host (or `parallel` hosts) at a time, each
+verified through its edge as a client; it stops once `max_failures` hosts failed, leaving the
+hosts it did not reach untouched; a host whose change fails is rolled back (by `up`'s own
+safe changes, or to its previous revision when `verify` fails after `up`).
 """
 
 from __future__ import annotations
@@ -110,6 +110,20 @@ def prepare(loaded: Loaded) -> list[Path]:
         secrets.write_keys(paths.env, secrets.generate())
         made.append(paths.env)
     return made
+
+
+def one_host(root: Path, file: Path | None, name: str, default_engine: str | None
+             ) -> tuple[Loaded, str | None]:
+    """`--host-name NAME`: one host of the inventory, its resulting stack and its engine URL
+    (for the commands whose answer or argument is one host's: rollback, logs)."""
+    chosen = select(load_fleet(root, file), name)
+    if len(chosen) != 1:
+        raise UserError(f"--host-name {name!r} names {len(chosen)} hosts; it takes one",
+                        "write one host's name; `--hosts` (where a command has it) takes "
+                        "several")
+    loaded = load(root, file, chosen[0].name)
+    prepare(loaded)
+    return loaded, engine_url(chosen[0], default_engine)
 
 
 HostAction = Callable[[Loaded, str | None, HostResult], None]
@@ -263,6 +277,17 @@ def status_table(result: FleetResult) -> list[str]:
     lines.append(f"{len(result.hosts) - len(bad)} of {len(result.hosts)} host(s) healthy"
                  + (f"; not: {', '.join(bad)}" if bad else ""))
     return lines
+
+
+def history_one(loaded: Loaded, url: str | None, result: HostResult) -> None:
+    """The revisions recorded on the host's engine (each host numbers its own)."""
+    from . import history
+
+    with _open(loaded, url) as project:
+        revisions = history.load_all(project, loaded.spec.images.for_key("litellm"))
+    result.data = {"project": loaded.spec.project,
+                   "revisions": [r.to_dict() for r in revisions]}
+    result.lines += history.table(revisions)
 
 
 def verify_one(timeout: float) -> HostAction:

@@ -62,6 +62,19 @@ def load_all(engine: Engine, image: str) -> list[Revision]:
     return sorted(revisions, key=lambda r: r.number)
 
 
+def table(revisions: list[Revision]) -> list[str]:
+    """`llmstack history`'s text: one line per revision, the latest marked."""
+    if not revisions:
+        return ["No revision recorded yet: each `llmstack up` that changes the stack "
+                "records one."]
+    lines = [f"{'REVISION':<9} {'CREATED':<26} {'DIGEST':<17} MODELS"]
+    for r in revisions:
+        mark = "  (latest)" if r is revisions[-1] else ""
+        lines.append(f"{r.number:<9} {r.created:<26} {r.digest:<17} {', '.join(r.models())}"
+                     + mark)
+    return lines
+
+
 def record(engine: Engine, image: str, stack_yaml: str, wanted: list[ServiceSpec]
            ) -> Revision:
     """Record what `up` just applied as a new revision (none when it equals the latest)."""

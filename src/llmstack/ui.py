@@ -9,17 +9,19 @@ import time
 from typing import Any, TextIO
 
 
-def interactive(stream: TextIO = sys.stdout) -> bool:
-    """Live output only for a person at a terminal; CI=true or no TTY gets plain lines."""
-    return stream.isatty() and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
+def interactive(stream: TextIO | None = None) -> bool:
+    """Live output only for a person at a terminal; CI=true or no TTY gets plain lines.
+    (Streams default to sys.stdout/stderr as they are at the call, not at import.)"""
+    return (stream or sys.stdout).isatty() and \
+        os.environ.get("CI", "").lower() not in ("1", "true", "yes")
 
 
 class PlainReporter:
     """One line per state change; 'waiting' and 'downloading' lines at most every 5 s per
     service."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
         self.last: dict[str, tuple[str, float]] = {}
 
     def event(self, service: str, state: str, detail: str = "") -> None:
@@ -37,8 +39,8 @@ class LiveReporter:
 
     SPIN = "|/-\\"
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
         self.rows: dict[str, tuple[str, str]] = {}
         self.drawn = 0
         self.tick = 0

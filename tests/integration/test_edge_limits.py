@@ -11,7 +11,6 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ import requests
 
 from benchmarks.http_load import read_status
 from llmstack.spec import StackSpec, size_bytes
-from tests.helpers import Stack, make_unthrottled_stack, wait_for
+from tests.helpers import Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +28,11 @@ UPLOAD_BYTES = 9 * 1024 * 1024 + 512 * 1024  # just under max_body_size (10m)
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[Stack]:
+def edge(shared_stack: Stack) -> Stack:
     """A chat-only stack with the default nginx limits (256m) and a per-IP request rate high
-    enough for many uploads at once (the concurrency limit stays at its default, 100)."""
-    stack = make_unthrottled_stack(tmp_path_factory.mktemp("edge") / "proj", prefix="t-edge")
-    stack.cli("up", check=True)
-    yield stack
-    stack.cli("down", "--volumes")
+    enough for many uploads at once (the concurrency limit stays at its default, 100): the
+    suite's shared stack (tests/integration/conftest.py)."""
+    return shared_stack
 
 
 def _nginx(docker_client: Any, stack: Stack) -> Any:

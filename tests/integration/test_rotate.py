@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,17 @@ from benchmarks.rotate_key import Run, rotate_under_load
 from llmstack import names, plan, secrets
 from llmstack.engine.containers import Project
 from llmstack.project import load
-from tests.helpers import Stack, make_unthrottled_stack, wait_for
+from tests.helpers import Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object) -> Iterator[Stack]:
-    """One chat-only stack for this module; the per-IP limit is raised so that the load
-    measures the rotation, not the limiter."""
-    s = make_unthrottled_stack(tmp_path_factory.mktemp("rotate") / "proj", prefix="t-rot")
-    s.cli("up", check=True)
-    yield s
-    s.cli("down", "--volumes")
+def stack(shared_stack: Stack) -> Stack:
+    """The suite's shared chat-only stack (tests/integration/conftest.py); its per-IP limit
+    is raised so that the load measures the rotation, not the limiter. Every test here reads
+    the key from .env and ends with no grace window open."""
+    return shared_stack
 
 
 def status_with(stack: Stack, key: str) -> int:

@@ -1,14 +1,15 @@
 """Changes applied by `llmstack up` while clients use the API, on the real engine.
 
-One chat-only stack is shared by the module and changed step by step (tests run in file
-order): a second folder naming the same project is refused; an alias is added (LiteLLM
-replaced start-first); the model's arguments change (model and LiteLLM replaced
-start-first); a broken argument is rolled back; `llmstack rollback` returns to the
-previous revision; nginx.conf changes reload nginx in place; a stop-first model restarts
-with JSON errors only (LiteLLM's 503 from its placeholder, or its 500). Each change
-runs under a steady load of one-token chat completions and streams from a few closed-loop
-clients (benchmarks/updates.py) sent to 127.0.0.1 only, and
-every response is counted.
+The suite's shared chat-only stack (tests/integration/conftest.py) is changed step by step
+(tests run in file order; it may already carry revisions and a rotated key of earlier
+modules, so revision numbers are counted from the one it runs when this module starts): a
+second folder naming the same project is refused; an alias is added (LiteLLM replaced start-
+first); the model's arguments change (model and LiteLLM replaced start-first); a broken
+argument is rolled back; `llmstack rollback` returns to the previous revision; nginx.conf
+changes reload nginx in place; a stop-first model restarts with JSON errors only (LiteLLM's
+503 from its placeholder, or its 500). Each change runs under a steady load of one-token chat
+completions and streams from a few closed-loop clients (benchmarks/updates.py) sent to
+127.0.0.1 only, and every response is counted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import requests
 
 from benchmarks.updates import UpdateRun, add_alias, break_model, change_args, change_under_load
 from llmstack import names
-from tests.helpers import Stack, make_stack, make_unthrottled_stack
+from tests.helpers import Stack, make_stack
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +33,18 @@ CHAT = names.model_service("deepseek-coder")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object) -> Iterator[Stack]:
-    s = make_unthrottled_stack(tmp_path_factory.mktemp("updates") / "proj", prefix="t-upd")
-    s.cli("up", check=True)
-    yield s
-    s.cli("down", "--volumes")
+def stack(shared_stack: Stack) -> Stack:
+    return shared_stack
+
+
+@pytest.fixture(scope="module")
+def first(stack: Stack) -> int:
+    """The revision the stack runs when this module starts (its later ones count from it)."""
+    return revisions(stack)[-1]["revision"]
+
+
+def revisions(stack: Stack) -> list[dict[str, Any]]:
+    return json.loads(stack.cli("history", "--json", check=True).stdout)["revisions"]
 
 
 def containers(client: Any, project: str) -> dict[str, tuple[str, str]]:
@@ -80,7 +87,8 @@ def test_a_second_folder_naming_the_same_project_is_refused(stack: Stack, tmp_pa
     assert stack.cli("plan", "--json", check=True).returncode == 0  # the owner still may
 
 
-def test_adding_an_alias_fails_no_request(stack: Stack, docker_client: Any) -> None:
+def test_adding_an_alias_fails_no_request(stack: Stack, first: int, docker_client: Any
+                                          ) -> None:
     before = containers(docker_client, stack.project)
     run = change_under_load(stack.root, "alias_added", add_alias)
     print(json.dumps(run.summary()))
@@ -128,11 +136,11 @@ def test_a_broken_model_is_rolled_back_and_keeps_answering(stack: Stack,
     assert chat(stack, "deepseek-coder") == 200
 
 
-def test_rollback_to_the_previous_revision_fails_no_request(stack: Stack,
+def test_rollback_to_the_previous_revision_fails_no_request(stack: Stack, first: int,
                                                            docker_client: Any) -> None:
-    history = json.loads(stack.cli("history", "--json", check=True).stdout)["revisions"]
-    # first up, alias added, arguments changed (the broken change recorded nothing)
-    assert [r["revision"] for r in history] == [1, 2, 3]
+    history = revisions(stack)
+    # the module's start, alias added, arguments changed (the broken change recorded nothing)
+    assert [r["revision"] for r in history[-3:]] == [first, first + 1, first + 2]
     before = containers(docker_client, stack.project)
     run = change_under_load(stack.root, "rollback", lambda data: None, command="rollback")
     print(json.dumps(run.summary()))
@@ -140,11 +148,11 @@ def test_rollback_to_the_previous_revision_fails_no_request(stack: Stack,
     assert run.failures == [], explain(run)
     after = containers(docker_client, stack.project)
     model = names.container(stack.project, CHAT)
-    assert after[model][1] != before[model][1]  # back to revision 2's arguments
-    assert "runs revision 2 again" in run.command_stdout
-    history = json.loads(stack.cli("history", "--json", check=True).stdout)["revisions"]
-    assert [r["revision"] for r in history] == [1, 2, 3, 4]
-    assert history[3]["digest"] == history[1]["digest"]
+    assert after[model][1] != before[model][1]  # back to the arguments of the alias change
+    assert f"runs revision {first + 1} again" in run.command_stdout
+    history = revisions(stack)
+    assert [r["revision"] for r in history[-4:]] == [first, first + 1, first + 2, first + 3]
+    assert history[-1]["digest"] == history[-3]["digest"]
     assert stack.status()["healthy"] is True
 
 
@@ -160,7 +168,7 @@ def working_args(args: list[str]) -> list[str]:
 def test_an_nginx_conf_change_reloads_nginx_in_place(stack: Stack, docker_client: Any) -> None:
     before = containers(docker_client, stack.project)
     def edit(data: dict[str, Any]) -> None:
-        # Back to the arguments that run (revision 2: the broken flag and the new batch size
+        # Back to the arguments that run (the alias change: the broken flag and the new batch size
         # are gone), so that only nginx.conf changes.
         data["models"][0]["args"] = working_args(data["models"][0]["args"])
         data["rate_limit"]["requests_per_second"] = 900

@@ -13,7 +13,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ import requests
 from benchmarks import steady
 from llmstack import names
 from llmstack.backends import BACKENDS
-from tests.helpers import Stack, make_stack, wait_for
+from tests.helpers import Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +33,11 @@ IDLE_LIMIT_S = 150.0
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[Stack]:
-    """The starter stack (chat + embeddings, the starter's per-IP limits), its own ports."""
-    s = make_stack(tmp_path_factory.mktemp("steady") / "p", prefix="t-steady")
-    s.cli("up", check=True)
-    yield s
-    s.cli("down", "--volumes")
+def stack(demo_stack: Stack) -> Stack:
+    """The starter stack (chat + embeddings, the starter's per-IP limits): the suite's demo
+    stack (tests/conftest.py). Nothing here changes it; the one test that stops LiteLLM
+    brings it back with `up` before it ends."""
+    return demo_stack
 
 
 def _ip(docker: Any, stack: Stack, service: str) -> str:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from llmstack import teamkeys
-from tests.helpers import Stack, make_unthrottled_stack, wait_for
+from tests.helpers import Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +29,16 @@ REVOKE_DEADLINE_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object) -> Iterator[Stack]:
-    s = make_unthrottled_stack(tmp_path_factory.mktemp("keys") / "proj", prefix="t-keys")
-    s.cli("up", check=True)
-    yield s
-    s.cli("down", "--volumes")
+def stack(shared_stack: Stack) -> Stack:
+    """The suite's shared chat-only stack (tests/integration/conftest.py): earlier modules
+    may have added aliases or changed the model's arguments; nothing here assumes the
+    starter's model list (`served`)."""
+    return shared_stack
+
+
+def served(stack: Stack) -> set[str]:
+    """Every name the stack serves: its models and their aliases, from stack.yaml."""
+    return {n for m in stack.spec()["models"] for n in [m["name"], *m.get("aliases", [])]}
 
 
 def add(stack: Stack, name: str, *args: str) -> str:
@@ -268,7 +272,8 @@ def test_a_key_limited_to_some_models_sees_and_uses_only_those(stack: Stack) -> 
                             "messages": [{"role": "user", "content": "Hi"}]})
         assert resp.status_code == 403
         # The master key still sees everything.
-        assert len(get_models(c, stack.base_url, stack.key).json()["data"]) == 3
+        assert {m["id"] for m in get_models(c, stack.base_url, stack.key).json()["data"]} \
+            == served(stack)
 
 
 def test_an_expired_key_is_refused_by_nginx_itself(stack: Stack) -> None:

@@ -1,6 +1,6 @@
 """Fleet commands without Docker: host selection, the rolling order and where it stops, the
 worst exit code, one status table, and the weights check. What a host does on its engine is
-`up` + `verify` (tests/integration/test_fleet.py runs them over real ssh endpoints)."""
+`up` + `verify` (tests/integration/test_remote_ssh.py runs them over real ssh endpoints)."""
 
 from __future__ import annotations
 
@@ -159,3 +159,105 @@ def load_fleet_host(engine: str) -> Any:
     hosts = spec.parse_fleet(text).hosts
     assert fleet.engine_url(hosts["b"], "ssh://x") == "ssh://x"  # no engine: --host's
     return hosts["a"]
+
+
+# --- history --hosts, rollback and logs --host-name (on fake engines, one per host) ---------
+
+
+def fake_engines(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Every engine URL opened gets its own FakeEngine (hosts may share a project name)."""
+    from llmstack import deploy
+    from llmstack.engine import containers
+    from tests.fake_engine import FakeEngine
+
+    engines: dict[str, Any] = {}
+
+    def open_project(host: str | None, project: str) -> FakeEngine:
+        return engines.setdefault(str(host), FakeEngine(project=project))
+
+    monkeypatch.setattr(containers, "open_project", open_project)
+    monkeypatch.setattr(deploy, "POLL_INTERVAL", 0.0)
+    return engines
+
+
+def deploy_host(root: Path, host: str, engines: dict[str, Any]) -> None:
+    from llmstack import deploy
+    from llmstack.engine import containers
+    from llmstack.project import load
+
+    loaded = load(root, None, host)
+    fleet.prepare(loaded)
+    engine = containers.open_project(f"ssh://ci@{host}", loaded.spec.project)
+    deploy.up(loaded, engine, _Silent(), local_engine=False, progress=lambda m: None)
+
+
+class _Silent:
+    def event(self, service: str, state: str, detail: str = "") -> None:
+        pass
+
+
+def invoke(root: Path, *args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from llmstack.cli import app
+
+    return CliRunner().invoke(app, [*args, "-C", str(root)])
+
+
+def test_history_per_host_then_rollback_and_logs_of_one_host(
+        root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from llmstack import names
+
+    engines = fake_engines(monkeypatch)
+    for host in ("h1", "h2"):
+        deploy_host(root, host, engines)
+    # h2 alone gets new model arguments: its second revision; h1 keeps one.
+    text = (root / "stack.yaml").read_text().replace(
+        "    domain: h2.example.com\n", "    domain: h2.example.com\n    models:\n"
+        "      deepseek-coder: {args: [--threads, '2']}\n")
+    (root / "stack.yaml").write_text(text)
+    deploy_host(root, "h2", engines)
+
+    shown = invoke(root, "history", "--hosts", "h1,h2,h3", "--json")
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.stdout)
+    assert doc["command"] == "history"
+    assert [(h["host"], [r["revision"] for r in h["result"]["revisions"]])
+            for h in doc["hosts"]] == [("h1", [1]), ("h2", [1, 2]), ("h3", [])]
+    table = invoke(root, "history", "--hosts", "all")
+    assert table.exit_code == 0, table.output
+    assert "== h2 (ssh://ci@h2 (--host)): ok" in table.stdout
+    assert table.stdout.count("(latest)") == 2 and "No revision recorded yet" in table.stdout
+
+    h1_calls = list(engines["ssh://ci@h1"].calls)
+    chat = names.model_service("deepseek-coder")
+    hash_v2 = engines["ssh://ci@h2"].containers[chat].labels[names.LABEL_HASH]
+    back = invoke(root, "rollback", "--host-name", "h2", "--json")
+    assert back.exit_code == 0, back.output
+    out = json.loads(back.stdout)
+    assert out["rolled_back_to"] == 1 and out["revision"] == 3
+    assert engines["ssh://ci@h2"].containers[chat].labels[names.LABEL_HASH] != hash_v2
+    assert engines["ssh://ci@h1"].calls == h1_calls  # another host: untouched
+    assert "--threads" in (root / "stack.yaml").read_text()  # stack.yaml is not edited
+    revisions = json.loads(invoke(root, "history", "--hosts", "h2", "--json").stdout)
+    assert [r["revision"] for r in revisions["hosts"][0]["result"]["revisions"]] == [1, 2, 3]
+
+    engines["ssh://ci@h1"].containers[names.NGINX].log[:] = ["h1 edge line"]
+    engines["ssh://ci@h2"].containers[names.NGINX].log[:] = ["h2 edge line"]
+    logs = invoke(root, "logs", "nginx", "--host-name", "h2")
+    assert logs.exit_code == 0, logs.output
+    assert logs.stdout == "h2 edge line\n"
+
+    from llmstack import cli
+
+    for args, says in ((("logs", "nginx", "--host-name", "h1,h2"), "it takes one"),
+                       (("rollback", "--host-name", "gpu-9"), "gpu-9 not in")):
+        monkeypatch.setattr("sys.argv", ["llmstack", *args, "-C", str(root)])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        assert exit_.value.code == 1
+        assert says in capsys.readouterr().err
