@@ -126,9 +126,17 @@ def change_under_load(stack_dir: Path, scenario: str, edit: Edit, clients: int =
     lock = threading.Lock()
     outcomes: list[Outcome] = []
     stop_at = [time.monotonic() + lead_s + UP_TIMEOUT_S + tail_s]  # cap; set for real below
+    # The tail also lasts until one request sent after the command returned is answered: on a
+    # slow host a request begun before it can take the whole tail (bounded by TIMEOUT_S).
+    answered_after = threading.Event()
+
+    def going() -> bool:
+        now = time.monotonic()
+        return now < stop_at[0] or (not answered_after.is_set()
+                                    and now < stop_at[0] + 2 * TIMEOUT_S)
 
     def client_loop(index: int, client: httpx.Client) -> None:
-        while time.monotonic() < stop_at[0] and len(outcomes) < max_requests:
+        while going() and len(outcomes) < max_requests:
             if index == 0:
                 out = _stream(client, base, key, model, stream_tokens, threading.Event())
             else:
@@ -136,6 +144,8 @@ def change_under_load(stack_dir: Path, scenario: str, edit: Edit, clients: int =
                            retries)
             with lock:
                 outcomes.append(out)
+            if run.command_returned and out.sent > run.command_returned:
+                answered_after.set()
 
     with httpx.Client(timeout=TIMEOUT_S, limits=limits) as client, \
             ThreadPoolExecutor(max_workers=clients) as pool:
@@ -156,7 +166,7 @@ def change_under_load(stack_dir: Path, scenario: str, edit: Edit, clients: int =
         run.command_returned = time.monotonic()
         stop_at[0] = min(stop_at[0], run.command_returned + tail_s)
         for f in futures:
-            f.result(timeout=tail_s + 2 * TIMEOUT_S)
+            f.result(timeout=tail_s + 4 * TIMEOUT_S)
     run.outcomes = sorted(outcomes, key=lambda o: o.sent)
     return run
 
