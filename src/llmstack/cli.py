@@ -438,8 +438,9 @@ def top(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
         ) -> None:
     """Live per-model load, like `docker stats`: requests (total and per second), in flight,
     queued, p50/p95 latency, first-token time, generated tokens per second, errors; and per
-    GPU its utilisation and memory. Reads each part's own metrics from inside the project
-    network through the engine (works with --host ssh://...). Ctrl-C ends it."""
+    GPU its utilisation and memory; nginx's own counts per listener, status and key. Reads
+    each part's own metrics from inside the project network through the engine (works with
+    --host ssh://...). Ctrl-C ends it. With --once: exit 2 when a model is not up."""
     import time
 
     from . import observe
@@ -466,6 +467,8 @@ def top(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
                 typer.echo("\x1b[H\x1b[2J", nl=False)  # clear the screen, like docker stats
             typer.echo(observe.table(data))
         if once:
+            if not observe.healthy(data):
+                raise typer.Exit(ExitCode.RUNTIME)  # a model down, starting or missing
             return
         previous = current
 
