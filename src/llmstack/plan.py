@@ -15,7 +15,6 @@ from .render import (
     EDGE_LOG_DIR,
     EDGE_LOG_SOCKET,
     EDGE_LOG_SUBDIR,
-    EDGE_PROGRAM,
     NGINX_SPOOL_BODY,
     NGINX_SPOOL_DIR,
     Rendered,
@@ -75,7 +74,7 @@ def edge_metrics(spec: StackSpec, rendered: Rendered) -> ServiceSpec:
     return ServiceSpec(
         service=names.EDGE_METRICS, role=names.EDGE_METRICS,
         image=spec.images.for_key("mtail"), entrypoint=list(EDGE_ENTRYPOINT),
-        command=["--progs", names.config_dir(names.EDGE_METRICS),
+        command=["--progs", f"{names.config_dir(names.EDGE_METRICS)}/",
                  "--logs", f"unixgram://{EDGE_LOG_SOCKET}",
                  "--port", str(names.EDGE_METRICS_PORT), "--logtostderr",
                  "--emit_prog_label=false", "--vm_logs_runtime_errors=false"],
