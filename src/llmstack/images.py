@@ -24,6 +24,8 @@ PROMETHEUS_CLIENT_VERSION = "0.20.0"
 LITELLM_BUILD = "m1"
 # Debian bookworm's mtail (the edge-metrics service); the tag says the packaged release.
 MTAIL_VERSION = "3.0.0-rc50"
+# Debian bookworm's Prometheus (the optional `observability.prometheus` service).
+PROMETHEUS_VERSION = "2.42"
 
 # The tiny real model used by the demo/default stack and the integration tests.
 DEMO_MODEL_VOLUME = "llmstack-models"
@@ -95,6 +97,10 @@ MTAIL = BuiltImage(
     key="mtail", tag=f"{OWN_IMAGE_PREFIX}mtail:{MTAIL_VERSION}", context="mtail",
     depends_on=("base-bookworm",),
 )
+PROMETHEUS = BuiltImage(
+    key="prometheus", tag=f"{OWN_IMAGE_PREFIX}prometheus:{PROMETHEUS_VERSION}",
+    context="prometheus", depends_on=("base-bookworm",),
+)
 LLAMACPP = BuiltImage(
     key="llamacpp",
     tag=f"{OWN_IMAGE_PREFIX}llamacpp:forky",
@@ -104,7 +110,8 @@ LLAMACPP = BuiltImage(
 
 # Dependency order: every image comes after the images it is built FROM.
 CATALOG: dict[str, ImageSpec] = {
-    spec.key: spec for spec in (BASE_BOOKWORM, BASE_FORKY, NGINX, LITELLM, MTAIL, LLAMACPP)
+    spec.key: spec for spec in (BASE_BOOKWORM, BASE_FORKY, NGINX, LITELLM, MTAIL, PROMETHEUS,
+                                       LLAMACPP)
 }
 
 # Paths baked into the images.
@@ -156,6 +163,8 @@ SERVICE_IMAGES: dict[str, ServiceImage] = {image.key: image for image in (
                  registry="ghcr.io/huggingface/text-generation-inference:3.3.6"),
     # No upstream mtail image has a recorded digest: llmstack's build (Debian's package).
     ServiceImage("mtail", local=MTAIL.tag, registry=""),
+    # The optional Prometheus: llmstack's build of Debian's package, for the same reason.
+    ServiceImage("prometheus", local=PROMETHEUS.tag, registry=""),
 )}
 
 # Where an image comes from (`images.source` in stack.yaml); `auto` is decided per `up`.

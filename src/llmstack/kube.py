@@ -761,6 +761,9 @@ def manifests(spec: StackSpec, services: list[ServiceSpec],
     `options.secret_ref` they stay out of the export (the cluster's Secret holds them).
     """
     options.check()
+    # The stack's own Prometheus is for one host (127.0.0.1): a cluster scrapes with its own
+    # Prometheus (`llmstack export prometheus`, docs/OBSERVABILITY.md).
+    services = [s for s in services if s.role != names.PROMETHEUS]
     _check_names(spec, services)
     data = secret_data(services, secret_files, hf_token)
     secret = options.secret_ref or f"{spec.project}-secrets"

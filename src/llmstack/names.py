@@ -19,6 +19,8 @@ LITELLM_PORT, HEALTH_PORT = 4000, 8090
 # nginx's own counts (`observability.metrics`): mtail turns the lines nginx sends it into
 # Prometheus metrics on this port (project network only).
 EDGE_METRICS, EDGE_METRICS_PORT = "edge-metrics", 3903
+# The optional Prometheus of the stack (`observability.prometheus`).
+PROMETHEUS, PROMETHEUS_PORT = "prometheus", 9090
 # LiteLLM's own probe routes: ready once its router is up; live while the process is.
 LITELLM_READY_PATH, LITELLM_LIVE_PATH = "/health/readiness", "/health/liveliness"
 # Ports nginx listens on inside its container; stack.yaml's ports are published onto them.
@@ -90,6 +92,14 @@ EDGE_LOG_SUFFIX = "edge-log"
 def edge_log_volume(project: str) -> str:
     """The volume nginx and the edge-metrics service share: mtail's log socket lives there."""
     return f"{project}-{EDGE_LOG_SUFFIX}"
+
+
+PROMETHEUS_DATA_SUFFIX = "prometheus-data"
+
+
+def prometheus_volume(project: str) -> str:
+    """The optional Prometheus's time-series data (kept by `down`, removed by --volumes)."""
+    return f"{project}-{PROMETHEUS_DATA_SUFFIX}"
 
 
 # The Hugging Face cache on each engine host: `hf:` sources are fetched into it once (a

@@ -46,7 +46,7 @@ IN_PLACE = "in-place"  # removed and created again (health; nginx, which owns th
 # and Kubernetes' startup probe allows as much. A model's follows its load (loading.py,
 # ServiceSpec.loading) up to its load_timeout; this figure is for one without.
 READY_DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0,
-                   names.EDGE_METRICS: 60.0}
+                   names.EDGE_METRICS: 60.0, names.PROMETHEUS: 120.0}
 DEFAULT_READY_DEADLINE = 120.0
 
 
@@ -84,6 +84,42 @@ def edge_metrics(spec: StackSpec, rendered: Rendered) -> ServiceSpec:
         tmpfs=dict(NGINX_TMPFS),  # nothing written there: the smallest /tmp
         start_after=(names.HEALTH,),
         **_hardening("mtail", Resources(memory="64m", pids=64)),
+    )
+
+
+# The optional Prometheus: LiteLLM's /metrics wants the internal key, which Prometheus reads
+# from a file. The entrypoint writes it from the service's secret environment into the
+# memory-backed /tmp (mode 0600), drops the variable, and runs Prometheus.
+PROMETHEUS_KEY_ENV = "LLMSTACK_METRICS_KEY"
+PROMETHEUS_KEY_FILE = "/tmp/litellm-metrics.key"
+PROMETHEUS_DATA = "/prometheus"
+PROMETHEUS_ENTRYPOINT = [
+    "sh", "-c", f'umask 077 && printf "%s\\n" "${PROMETHEUS_KEY_ENV}" > {PROMETHEUS_KEY_FILE} && '
+    f'unset {PROMETHEUS_KEY_ENV} && exec prometheus "$@"', "prometheus"]
+
+
+def prometheus(spec: StackSpec, internal_key: str) -> ServiceSpec:
+    """The stack's own Prometheus (`observability.prometheus`): the scrape config `llmstack
+    export prometheus` writes, its UI and API published on 127.0.0.1 only."""
+    from .monitoring import PROMETHEUS_FILE, prometheus_config
+
+    config = prometheus_config(spec, "", key_path=PROMETHEUS_KEY_FILE).config
+    return ServiceSpec(
+        service=names.PROMETHEUS, role=names.PROMETHEUS,
+        image=spec.images.for_key("prometheus"), entrypoint=list(PROMETHEUS_ENTRYPOINT),
+        command=[f"--config.file={names.config_dir(names.PROMETHEUS)}/{PROMETHEUS_FILE}",
+                 f"--storage.tsdb.path={PROMETHEUS_DATA}/data",
+                 f"--web.listen-address=0.0.0.0:{names.PROMETHEUS_PORT}"],
+        env={PROMETHEUS_KEY_ENV: internal_key}, secret_env=(PROMETHEUS_KEY_ENV,),
+        config={PROMETHEUS_FILE: config.encode()},
+        ports={f"{names.PROMETHEUS_PORT}/tcp": ("127.0.0.1",
+                                                spec.observability.prometheus_port)},
+        mounts=[Mount(names.prometheus_volume(spec.project), PROMETHEUS_DATA, read_only=False,
+                      managed=True, owned_dir="data")],
+        tmpfs={"/tmp": f"{TMPFS_OPTIONS},size=1m"},  # the key file only
+        probe=(names.PROMETHEUS_PORT, "/-/ready"),
+        start_after=(names.HEALTH,),
+        **_hardening("prometheus", Resources(memory="512m", pids=256)),
     )
 
 
@@ -271,6 +307,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
                            if m.route == "direct"),
         **_hardening("nginx", spec.resources.nginx),
     ))
+    if spec.observability.prometheus:
+        services.append(prometheus(spec, internal_key))
     return services
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from llmstack import names
-from tests.helpers import Stack, make_stack, wait_for
+from tests.helpers import Stack, free_port, make_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: object) -> It
     data = stack.spec()
     direct = {k: v for k, v in data["models"][0].items() if k != "aliases"}
     data["models"].append({**direct, "name": DIRECT, "route": "direct"})
+    data["observability"] = {"prometheus": True, "prometheus_port": free_port()}
     stack.write_spec(data)
     stack.cli("up", check=True)
     yield stack
@@ -69,8 +70,9 @@ def chat(client: httpx.Client, model: str, stream: bool) -> dict[str, Any]:
 
 
 def test_top_counts_a_direct_model_and_nginx_own_answers(stack: Stack) -> None:
-    before = top(stack)
-    assert before["edge"] == "up"
+    # Both sources answer (LiteLLM's first /metrics can miss top's 2 s read on a busy host).
+    before = wait_for(lambda: (data := top(stack))["edge"] == data["gateway"] == "up" and data,
+                      timeout=30, what="the gateway's and nginx's metrics")
     assert model_row(before, DIRECT)["requests"] == 0
     gateway_before = model_row(before)["requests"]
     refused_before = edge_count(before, "local", 401, "-")
@@ -106,6 +108,32 @@ def test_top_counts_a_direct_model_and_nginx_own_answers(stack: Stack) -> None:
     # The table shows nginx's counts too.
     table = stack.cli("top", "--once", "--interval", "0.2", check=True).stdout
     assert any(line.split()[:3] == ["lan", "200", "master"] for line in table.splitlines())
+
+
+def test_the_stacks_prometheus_scrapes_every_target(stack: Stack) -> None:
+    """`observability.prometheus`: on 127.0.0.1 only, every part's endpoint up (LiteLLM's
+    with the internal key from the 0600 file), labelled with its model."""
+    port = stack.spec()["observability"]["prometheus_port"]
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def all_up() -> list[dict[str, Any]] | None:
+        active = httpx.get(f"{api}/targets", timeout=10).json()["data"]["activeTargets"]
+        return active if active and all(t["health"] == "up" for t in active) else None
+
+    active = wait_for(all_up, timeout=90, interval=1, what="every Prometheus target up")
+    services = {t["labels"]["service"] for t in active}
+    assert services == {names.LITELLM, names.EDGE_METRICS, names.model_service(MODEL),
+                        names.model_service(DIRECT)}
+    assert {t["labels"].get("model") for t in active} >= {MODEL, DIRECT}
+    # Its data is real: the direct model's requests counted by nginx, as `top` reads them.
+    query = httpx.get(f"{api}/query", timeout=10, params={
+        "query": f'sum(llmstack_edge_requests_total{{model="{DIRECT}"}})'}).json()
+    assert query["status"] == "success"
+    # Published on loopback only.
+    proc = stack.cli("status", "--json", check=True)
+    prom = next(s for s in json.loads(proc.stdout)["services"]
+                if s["service"] == names.PROMETHEUS)
+    assert prom["ports"] == [f"127.0.0.1:{port}->{names.PROMETHEUS_PORT}/tcp"]
 
 
 def test_top_counts_requests_tokens_and_sees_a_stopped_model(
