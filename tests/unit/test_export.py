@@ -194,3 +194,17 @@ def test_cli_export_writes_a_compose_file_and_refuses_the_project_folder(tmp_pat
     refused = cli("export", "compose", "-C", str(tmp_path), "--out", str(tmp_path))
     assert refused.returncode == 1 and "--out" in refused.stderr
     assert (tmp_path / ".env").read_bytes() == env_before
+
+
+def test_the_optional_prometheus_gets_its_key_from_a_0600_env_file_and_loopback_only() -> None:
+    stack = parse(STACK + "observability: {prometheus: true, prometheus_port: 19090}\n")
+    services = plan.desired(stack, render.render(stack), INTERNAL)
+    exported = compose(stack.project, services, {})
+    doc = yaml.safe_load(exported.compose_yaml)
+    prom = doc["services"]["prometheus"]
+    assert prom["ports"] == ["127.0.0.1:19090:9090/tcp"]
+    assert prom["env_file"] == ["prometheus.env"] and "environment" not in prom
+    env = exported.files["prometheus.env"]
+    assert env.mode == 0o600 and INTERNAL in env.data.decode()
+    assert INTERNAL not in exported.compose_yaml
+    assert "$$LLMSTACK_METRICS_KEY" in prom["entrypoint"][2]  # compose leaves it to sh

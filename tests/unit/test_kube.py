@@ -726,3 +726,15 @@ def test_edge_metrics_runs_beside_nginx_in_its_pod_sharing_only_the_log_socket()
     hashes = edge["spec"]["template"]["metadata"]["annotations"][kube.CONFIG_HASH_ANNOTATION]
     by = {s.service: s for s in services}
     assert hashes == f"{by[names.NGINX].config_hash()}-{by[names.EDGE_METRICS].config_hash()}"
+
+
+def test_the_stacks_own_prometheus_stays_out_of_a_cluster() -> None:
+    stack = _stack("demo")
+    on = spec.StackSpec.model_validate({**stack.model_dump(by_alias=True, exclude_none=True),
+                                        "observability": {"prometheus": True}})
+    services = plan.desired(on, render.render(on), INTERNAL)
+    assert names.PROMETHEUS in {s.service for s in services}
+    export = kube.manifests(on, services, _secret_files(secrets.Keys(MASTER, INTERNAL)),
+                            kube.Options(namespace=on.project))
+    assert f"{names.PROMETHEUS}.yaml" not in export.files
+    assert not any(names.PROMETHEUS in o["metadata"]["name"] for o in _objects(export))

@@ -345,3 +345,35 @@ def test_changed_listener_port_recreates_nginx_only() -> None:
     actions = plan.diff(new, running(old), ids_for(new))
     assert {n for n, k in kinds(actions).items() if k != "keep"} == {names.NGINX}
     assert kinds(actions)[names.NGINX] == "recreate"
+
+
+def test_the_optional_prometheus_is_on_loopback_with_the_key_outside_its_config() -> None:
+    assert names.PROMETHEUS not in {s.service for s in wanted()}  # off by default
+    on = {s.service: s for s in wanted(lambda d: d.update(
+        observability={"prometheus": True, "prometheus_port": 19090}))}
+    prom = on[names.PROMETHEUS]
+    assert prom.ports == {f"{names.PROMETHEUS_PORT}/tcp": ("127.0.0.1", 19090)}
+    assert prom.image == images.PROMETHEUS.tag and prom.user == plan.OWN_UID
+    config = yaml.safe_load(prom.config["prometheus.yml"])
+    # The same scrape config `export prometheus` writes, reading the key from its 0600 file.
+    assert {j["job_name"] for j in config["scrape_configs"]} == {
+        f"llmstack-{STARTER['project']}-{s}" for s in (
+            names.LITELLM, names.EDGE_METRICS, CHAT, EMBED)}
+    litellm = next(j for j in config["scrape_configs"] if j["job_name"].endswith("-litellm"))
+    assert litellm["authorization"]["credentials_file"] == plan.PROMETHEUS_KEY_FILE
+    assert INTERNAL not in prom.config["prometheus.yml"].decode()
+    assert prom.env == {plan.PROMETHEUS_KEY_ENV: INTERNAL}
+    assert prom.secret_env == (plan.PROMETHEUS_KEY_ENV,)
+    assert "umask 077" in prom.entrypoint[2] and f"unset {plan.PROMETHEUS_KEY_ENV}" in \
+        prom.entrypoint[2]
+    assert [m.source for m in prom.mounts] == [names.prometheus_volume(STARTER["project"])]
+
+
+def test_prometheus_needs_metrics_and_a_port_of_its_own() -> None:
+    with pytest.raises(spec.SpecError) as info:
+        wanted(lambda d: d.update(observability={"metrics": False, "prometheus": True}))
+    assert "observability.prometheus" in str(info.value)
+    with pytest.raises(spec.SpecError) as info:
+        wanted(lambda d: d.update(observability={"prometheus": True, "prometheus_port": 4000}))
+    assert "observability.prometheus_port" in str(info.value) and "listeners.local" in \
+        str(info.value)
