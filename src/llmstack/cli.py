@@ -874,8 +874,9 @@ def images_build(
     no_model: Annotated[bool, typer.Option("--no-model", help="Skip the demo model "
                                            "volume.")] = False,
 ) -> None:
-    """Build nginx, LiteLLM and llama.cpp images offline (debootstrap + docker build) and
-    put the demo SmolLM2 model into the llmstack-models volume."""
+    """Build nginx, LiteLLM, llama.cpp, mtail (nginx's counts) and Prometheus images offline
+    (debootstrap + docker build) and put the demo SmolLM2 model into the llmstack-models
+    volume."""
     from .engine.client import connect
     from .engine.images import build_images, ensure_demo_model
 
