@@ -222,7 +222,7 @@ def _hardening(key: str, resources: Resources) -> dict[str, Any]:
 def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
             pins: Mapping[str, str] | None = None) -> list[ServiceSpec]:
     """The containers of the stack in start order: health, models, litellm, edge-metrics
-    (with `observability.metrics`), nginx. `pins`
+    (with `observability.metrics`), nginx, prometheus (with `observability.prometheus`). `pins`
     maps an hf: source to the commit it was fetched at (stack.lock, `fetch.pins`)."""
     health_image = spec.images.for_key("litellm")  # any image with python3; LiteLLM's is here
     services = [ServiceSpec(

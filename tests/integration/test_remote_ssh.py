@@ -193,7 +193,7 @@ def test_up_status_verify_down_over_ssh(remote: Remote, project: Stack,
 
     down = run(project, remote, "down", "--json")
     assert down.returncode == 0, down.stderr
-    assert len(json_of(down)["removed"]) == 4
+    assert len(json_of(down)["removed"]) == 5  # health, model, litellm, edge-metrics, nginx
     assert docker_client.containers.list(
         all=True, filters={"label": f"{names.LABEL_PROJECT}={project.project}"}) == []
     leftovers = subprocess.run(["pgrep", "-f", "docker system dial-stdio"],
