@@ -450,8 +450,9 @@ def top(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
         ) -> None:
     """Live per-model load, like `docker stats`: requests (total and per second), in flight,
     queued, p50/p95 latency, first-token time, generated tokens per second, errors; and per
-    GPU its utilisation and memory. Reads each part's own metrics from inside the project
-    network through the engine (works with --host ssh://...). Ctrl-C ends it."""
+    GPU its utilisation and memory; nginx's own counts per listener, status and key. Reads
+    each part's own metrics from inside the project network through the engine (works with
+    --host ssh://...). Ctrl-C ends it. With --once: exit 2 when a model is not up."""
     import time
 
     from . import observe
@@ -478,6 +479,8 @@ def top(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
                 typer.echo("\x1b[H\x1b[2J", nl=False)  # clear the screen, like docker stats
             typer.echo(observe.table(data))
         if once:
+            if not observe.healthy(data):
+                raise typer.Exit(ExitCode.RUNTIME)  # a model down, starting or missing
             return
         previous = current
 
@@ -885,8 +888,9 @@ def images_build(
     no_model: Annotated[bool, typer.Option("--no-model", help="Skip the demo model "
                                            "volume.")] = False,
 ) -> None:
-    """Build nginx, LiteLLM and llama.cpp images offline (debootstrap + docker build) and
-    put the demo SmolLM2 model into the llmstack-models volume."""
+    """Build nginx, LiteLLM, llama.cpp, mtail (nginx's counts) and Prometheus images offline
+    (debootstrap + docker build) and put the demo SmolLM2 model into the llmstack-models
+    volume."""
     from .engine.client import connect
     from .engine.images import build_images, ensure_demo_model
 

@@ -410,6 +410,10 @@ def evaluate(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
 
 def stack_images(spec: StackSpec) -> list[str]:
     images = [spec.images.for_key("nginx"), spec.images.for_key("litellm")]
+    if spec.observability.metrics:
+        images.append(spec.images.for_key("mtail"))
+    if spec.observability.prometheus:
+        images.append(spec.images.for_key("prometheus"))
     images += [spec.image_for(m) for m in spec.models]
     return list(dict.fromkeys(images))
 

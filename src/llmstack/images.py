@@ -22,6 +22,10 @@ PROMETHEUS_CLIENT_VERSION = "0.20.0"
 # Bumped when the LiteLLM image's contents change at the same LiteLLM version (a new tag, so
 # engines holding the old build never run it by mistake): m1 adds prometheus_client.
 LITELLM_BUILD = "m1"
+# Debian bookworm's mtail (the edge-metrics service); the tag says the packaged release.
+MTAIL_VERSION = "3.0.0-rc50"
+# Debian bookworm's Prometheus (the optional `observability.prometheus` service).
+PROMETHEUS_VERSION = "2.42"
 
 # The tiny real model used by the demo/default stack and the integration tests.
 DEMO_MODEL_VOLUME = "llmstack-models"
@@ -89,6 +93,14 @@ LITELLM = BuiltImage(
     depends_on=("base-bookworm",),
     needs_ca_bundle=True,
 )
+MTAIL = BuiltImage(
+    key="mtail", tag=f"{OWN_IMAGE_PREFIX}mtail:{MTAIL_VERSION}", context="mtail",
+    depends_on=("base-bookworm",),
+)
+PROMETHEUS = BuiltImage(
+    key="prometheus", tag=f"{OWN_IMAGE_PREFIX}prometheus:{PROMETHEUS_VERSION}",
+    context="prometheus", depends_on=("base-bookworm",),
+)
 LLAMACPP = BuiltImage(
     key="llamacpp",
     tag=f"{OWN_IMAGE_PREFIX}llamacpp:forky",
@@ -98,7 +110,8 @@ LLAMACPP = BuiltImage(
 
 # Dependency order: every image comes after the images it is built FROM.
 CATALOG: dict[str, ImageSpec] = {
-    spec.key: spec for spec in (BASE_BOOKWORM, BASE_FORKY, NGINX, LITELLM, LLAMACPP)
+    spec.key: spec for spec in (BASE_BOOKWORM, BASE_FORKY, NGINX, LITELLM, MTAIL, PROMETHEUS,
+                                       LLAMACPP)
 }
 
 # Paths baked into the images.
@@ -110,7 +123,8 @@ class ServiceImage:
     """Where the image of one `images:` key of stack.yaml comes from."""
 
     key: str
-    # The upstream image, pinned by digest (index digest: every platform of that release).
+    # The upstream image, pinned by digest (index digest: every platform of that release);
+    # "" when none is recorded: the local build serves both sources (spec.Images.ref).
     registry: str
     # The tag `llmstack images build` makes; None: no local build (GPU images are too large
     # to build here: on an air-gapped host they come in a bundle, `llmstack images load`).
@@ -147,6 +161,10 @@ SERVICE_IMAGES: dict[str, ServiceImage] = {image.key: image for image in (
         "@sha256:352e045b937ac29d3d9550c22fb85525f60a89e064df34c26579bee5a93b3a16")),
     ServiceImage("tgi", any_uid=False,
                  registry="ghcr.io/huggingface/text-generation-inference:3.3.6"),
+    # No upstream mtail image has a recorded digest: llmstack's build (Debian's package).
+    ServiceImage("mtail", local=MTAIL.tag, registry=""),
+    # The optional Prometheus: llmstack's build of Debian's package, for the same reason.
+    ServiceImage("prometheus", local=PROMETHEUS.tag, registry=""),
 )}
 
 # Where an image comes from (`images.source` in stack.yaml); `auto` is decided per `up`.

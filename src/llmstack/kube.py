@@ -313,7 +313,9 @@ def _volume_mount(m: Mount) -> dict[str, Any]:
 
 
 def _mount_volume_name(m: Mount) -> str:
-    return "spool" if m.managed else "model-" + hashlib.sha256(m.source.encode()).hexdigest()[:8]
+    if m.managed:  # the stack's own: nginx's body spool, or the edge log socket's folder
+        return "edge-log" if m.source.endswith(names.EDGE_LOG_SUFFIX) else "spool"
+    return "model-" + hashlib.sha256(m.source.encode()).hexdigest()[:8]
 
 
 def _container_security(svc: ServiceSpec) -> dict[str, Any]:
@@ -459,7 +461,53 @@ def _env(ctx: Context, svc: ServiceSpec, extra: dict[str, str]) -> list[dict[str
     return env
 
 
-def _pod(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None
+def _sidecar(ctx: Context, side: ServiceSpec, volumes: list[dict[str, Any]]
+             ) -> dict[str, Any]:
+    """A service that shares a pod-local volume with the edge (edge-metrics reads nginx's
+    lines from a socket in it) runs as a second container of the edge's pod: its config,
+    tmpfs and that volume are added to `volumes` under names of its own."""
+    mounts: list[dict[str, Any]] = []
+    if side.config:
+        name = f"{side.service}-config"
+        volumes.append({"name": name, "configMap": {
+            "name": names.config_volume(ctx.spec.project, side.service), "defaultMode": 0o444}})
+        mounts.append({"name": name, "mountPath": side.config_mount, "readOnly": True})
+    for i, (path, options) in enumerate(sorted(side.tmpfs.items())):
+        name = f"{side.service}-tmpfs-{i}"
+        empty: dict[str, Any] = {"medium": "Memory"}
+        size = tmpfs_size(options)
+        if size:
+            empty["sizeLimit"] = size
+        volumes.append({"name": name, "emptyDir": empty})
+        mounts.append({"name": name, "mountPath": path})
+    for m in side.mounts:
+        if m.managed:
+            if all(v["name"] != _mount_volume_name(m) for v in volumes):
+                volumes.append({"name": _mount_volume_name(m), "emptyDir": {}})
+            mounts.append(_volume_mount(m))
+    container: dict[str, Any] = {"name": side.service, "image": side.image,
+                                 "imagePullPolicy": "IfNotPresent"}
+    if side.entrypoint is not None:
+        container["command"] = list(side.entrypoint)
+    container["args"] = list(side.command)
+    if side.probe is not None:
+        container["ports"] = [{"name": "metrics", "containerPort": side.probe[0],
+                               "protocol": "TCP"}]
+        container["readinessProbe"] = {"httpGet": {"path": side.probe[1], "port": "metrics"},
+                                       "periodSeconds": PROBE_PERIOD, "timeoutSeconds": 5}
+    container["resources"] = _resources(side)
+    container["securityContext"] = _container_security(side)
+    container["volumeMounts"] = mounts
+    return container
+
+
+def sidecars(services: list[ServiceSpec]) -> list[ServiceSpec]:
+    """The services that run inside the edge's pod (see `_sidecar`)."""
+    return [s for s in services if s.role == names.EDGE_METRICS]
+
+
+def _pod(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None,
+         beside: list[ServiceSpec] | None = None
          ) -> tuple[dict[str, Any], list[str], bool]:
     """The pod template's spec, the claims it needs, and whether it reads the Secret."""
     volumes: list[dict[str, Any]] = []
@@ -537,7 +585,7 @@ def _pod(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None
         pod["terminationGracePeriodSeconds"] = NGINX_STOP_SECONDS
     if cache.init:
         pod["initContainers"] = cache.init
-    pod["containers"] = [container]
+    pod["containers"] = [container, *(_sidecar(ctx, side, volumes) for side in beside or [])]
     pod["volumes"] = volumes
     uses_secret = bool(svc.secret_env) or svc.role == names.NGINX or cache.uses_secret
     return pod, cache.claims, uses_secret
@@ -552,12 +600,14 @@ def strategy(svc: ServiceSpec, claims: list[str]) -> dict[str, Any]:
     return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
 
 
-def _deployment(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None
-                ) -> tuple[dict[str, Any], list[str]]:
+def _deployment(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None,
+                beside: list[ServiceSpec] | None = None) -> tuple[dict[str, Any], list[str]]:
     project, ns = ctx.spec.project, ctx.options.namespace
     lab = labels(project, svc)
-    pod, claims, uses_secret = _pod(ctx, svc, model)
-    annotations = {CONFIG_HASH_ANNOTATION: svc.config_hash()}
+    pod, claims, uses_secret = _pod(ctx, svc, model, beside)
+    # A changed sidecar rolls the pod too.
+    annotations = {CONFIG_HASH_ANNOTATION: "-".join(
+        s.config_hash() for s in (svc, *(beside or [])))}
     if uses_secret and ctx.checksum:
         annotations[SECRET_CHECKSUM_ANNOTATION] = ctx.checksum
     deployment = {
@@ -718,6 +768,9 @@ def manifests(spec: StackSpec, services: list[ServiceSpec],
     `options.secret_ref` they stay out of the export (the cluster's Secret holds them).
     """
     options.check()
+    # The stack's own Prometheus is for one host (127.0.0.1): a cluster scrapes with its own
+    # Prometheus (`llmstack export prometheus`, docs/OBSERVABILITY.md).
+    services = [s for s in services if s.role != names.PROMETHEUS]
     _check_names(spec, services)
     data = secret_data(services, secret_files, hf_token)
     secret = options.secret_ref or f"{spec.project}-secrets"
@@ -730,11 +783,16 @@ def manifests(spec: StackSpec, services: list[ServiceSpec],
         objects[SECRET_FILE] = [_secret(ctx, data)]
     claims: list[str] = []
     per_service: dict[str, list[dict[str, Any]]] = {}
+    in_edge_pod = sidecars(services)
     for svc in services:
         docs = []
         if svc.config:
             docs.append(_configmap(ctx, svc))
-        deployment, needed = _deployment(ctx, svc, models.get(svc.service))
+        if svc in in_edge_pod:  # its container is in the edge's Deployment
+            per_service[f"{svc.service}.yaml"] = docs
+            continue
+        deployment, needed = _deployment(ctx, svc, models.get(svc.service),
+                                         in_edge_pod if svc.role == names.NGINX else None)
         claims += [c for c in needed if c not in claims]
         docs.append(deployment)
         if _service_ports(ctx, svc):

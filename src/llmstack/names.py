@@ -8,7 +8,7 @@ import re
 LABEL_PROJECT = "llmstack.project"
 LABEL_SERVICE = "llmstack.service"
 LABEL_HASH = "llmstack.config-hash"
-LABEL_ROLE = "llmstack.role"  # model | litellm | health | nginx
+LABEL_ROLE = "llmstack.role"  # model | litellm | health | nginx | edge-metrics
 # The stack folder that made a container: its stable id (.llmstack-id) and, for messages,
 # where it is ("host:/path"). Another folder naming the same project is refused.
 LABEL_OWNER = "llmstack.owner"
@@ -16,6 +16,11 @@ LABEL_OWNER_FOLDER = "llmstack.owner-folder"
 
 LITELLM, HEALTH, NGINX = "litellm", "health", "nginx"
 LITELLM_PORT, HEALTH_PORT = 4000, 8090
+# nginx's own counts (`observability.metrics`): mtail turns the lines nginx sends it into
+# Prometheus metrics on this port (project network only).
+EDGE_METRICS, EDGE_METRICS_PORT = "edge-metrics", 3903
+# The optional Prometheus of the stack (`observability.prometheus`).
+PROMETHEUS, PROMETHEUS_PORT = "prometheus", 9090
 # LiteLLM's own probe routes: ready once its router is up; live while the process is.
 LITELLM_READY_PATH, LITELLM_LIVE_PATH = "/health/readiness", "/health/liveliness"
 # Ports nginx listens on inside its container; stack.yaml's ports are published onto them.
@@ -79,6 +84,22 @@ SPOOL_SUFFIX = "nginx-spool"
 def spool_volume(project: str) -> str:
     """nginx's disk-backed volume for request bodies larger than its buffer."""
     return f"{project}-{SPOOL_SUFFIX}"
+
+
+EDGE_LOG_SUFFIX = "edge-log"
+
+
+def edge_log_volume(project: str) -> str:
+    """The volume nginx and the edge-metrics service share: mtail's log socket lives there."""
+    return f"{project}-{EDGE_LOG_SUFFIX}"
+
+
+PROMETHEUS_DATA_SUFFIX = "prometheus-data"
+
+
+def prometheus_volume(project: str) -> str:
+    """The optional Prometheus's time-series data (kept by `down`, removed by --volumes)."""
+    return f"{project}-{PROMETHEUS_DATA_SUFFIX}"
 
 
 # The Hugging Face cache on each engine host: `hf:` sources are fetched into it once (a

@@ -8,7 +8,10 @@ works the same against a remote engine. docs/OBSERVABILITY.md names every figure
 
 Where each figure comes from:
 - requests, errors, latency, first-token time: LiteLLM's Prometheus callback (the gateway
-  sees every request with the model name the client asked for; aliases count for their model).
+  sees every request with the model name the client asked for; aliases count for their model),
+  plus, for a `route: direct` model, nginx's own counts (the edge-metrics service: nginx sends
+  those requests straight to the model, so LiteLLM never sees them).
+- nginx's counts per listener, status and key name: the edge-metrics service (mtail).
 - in flight, queued, generated tokens, decode speed: the model server's own /metrics
   (`backends.*.metrics`). Ollama has none: those figures are null for it.
 - GPUs: nvidia-smi through the engine (as `doctor`), only when a model has GPUs.
@@ -26,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from . import names
 from .backends import BACKENDS
+from .render import EDGE_REQUESTS, EDGE_SECONDS
 
 if TYPE_CHECKING:
     from .engine.api import Engine
@@ -59,7 +63,9 @@ def targets(spec: StackSpec) -> list[Target]:
     if not spec.observability.metrics:
         return []
     out = [Target(names.LITELLM, f"http://{names.container(spec.project, names.LITELLM)}:"
-                  f"{names.LITELLM_PORT}{METRICS_PATH}", auth=True)]
+                  f"{names.LITELLM_PORT}{METRICS_PATH}", auth=True),
+           Target(names.EDGE_METRICS, f"http://{names.container(spec.project, names.EDGE_METRICS)}"
+                  f":{names.EDGE_METRICS_PORT}{METRICS_PATH}")]
     for model in spec.models:
         backend = BACKENDS[model.backend]
         if backend.metrics is None:
@@ -93,12 +99,13 @@ def _sum(samples: Samples, name: str, label: str = "", values: frozenset[str] = 
     return sum(v for labels, v in rows if not label or labels.get(label) in values)
 
 
-def _buckets(samples: Samples, name: str, values: frozenset[str]) -> dict[float, float]:
+def _buckets(samples: Samples, name: str, values: frozenset[str], label: str = "model_group"
+             ) -> dict[float, float]:
     """A histogram's cumulative bucket counts {le: count}, summed over the label sets whose
-    model_group is one of `values`."""
+    `label` is one of `values`."""
     out: dict[float, float] = {}
     for labels, value in samples.get(f"{name}_bucket", []):
-        if labels.get("model_group") in values:
+        if labels.get(label) in values:
             le = float(labels["le"])
             out[le] = out.get(le, 0.0) + value
     return out
@@ -145,6 +152,10 @@ class ModelReading:
     detail: str = ""  # why the server's metrics are missing
 
 
+# nginx's counts: {(listener, status, key): requests}, summed over the model label.
+EdgeCounts = dict[tuple[str, str, str], float]
+
+
 @dataclass(frozen=True)
 class Reading:
     at: float  # monotonic seconds
@@ -152,6 +163,16 @@ class Reading:
     gpus: list[Gpu] | None = None  # None: not asked (no GPU model) or not readable
     gpu_detail: str = ""
     gateway: str = "up"  # up | down | no metrics (observability.metrics off)
+    edge: str = "up"  # nginx's counts (edge-metrics): up | down | no metrics
+    edge_counts: EdgeCounts = field(default_factory=dict)
+
+
+def edge_counts(samples: Samples) -> EdgeCounts:
+    out: EdgeCounts = {}
+    for labels, value in samples.get(EDGE_REQUESTS, []):
+        key = (labels.get("listener", ""), labels.get("status", ""), labels.get("key", ""))
+        out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def reading(spec: StackSpec, at: float, answers: dict[str, tuple[int | None, str]],
@@ -160,19 +181,35 @@ def reading(spec: StackSpec, at: float, answers: dict[str, tuple[int | None, str
     """What the endpoints of `targets(spec)` answered (`answers`, by URL) and each service's
     container state (`states`, by service: running, exited, ...) as one Reading."""
     by_service = {t.service: t for t in targets(spec)}
-    gateway: Samples = {}
-    gateway_state = "no metrics" if not by_service else "down"
-    gw = by_service.get(names.LITELLM)
-    if gw is not None:
-        status, body = answers.get(gw.url, (None, ""))
-        if status == 200:
-            gateway, gateway_state = parse(body), "up"
-    models = [_model_reading(spec, m, gateway, by_service, answers, states)
+
+    def own(service: str) -> tuple[Samples | None, str]:
+        target = by_service.get(service)
+        if target is None:
+            return None, "no metrics"
+        status, body = answers.get(target.url, (None, ""))
+        return (parse(body), "up") if status == 200 else (None, "down")
+
+    gateway, gateway_state = own(names.LITELLM)
+    edge, edge_state = own(names.EDGE_METRICS)
+    models = [_model_reading(spec, m, gateway or {}, edge, by_service, answers, states)
               for m in spec.models]
-    return Reading(at, models, gpus, gpu_detail, gateway_state)
+    return Reading(at, models, gpus, gpu_detail, gateway_state, edge_state,
+                   edge_counts(edge) if edge is not None else {})
 
 
-def _model_reading(spec: StackSpec, model: ModelSpec, gateway: Samples,
+def _edge_model(edge: Samples, model: str) -> tuple[float, float]:
+    """(requests, errors) nginx sent straight to `model` (`route: direct`); an error is an
+    answer of status 400 or more, as LiteLLM counts a failed request."""
+    requests = errors = 0.0
+    for labels, value in edge.get(EDGE_REQUESTS, []):
+        if labels.get("model") == model:
+            requests += value
+            if int(labels.get("status") or 0) >= 400:
+                errors += value
+    return requests, errors
+
+
+def _model_reading(spec: StackSpec, model: ModelSpec, gateway: Samples, edge: Samples | None,
                    by_service: dict[str, Target], answers: dict[str, tuple[int | None, str]],
                    states: dict[str, str]) -> ModelReading:
     service = names.model_service(model.name)
@@ -186,6 +223,17 @@ def _model_reading(spec: StackSpec, model: ModelSpec, gateway: Samples,
             errors=_sum(gateway, FAILED, "requested_model", public) or 0.0,
             latency=_buckets(gateway, LATENCY, public),
             first_token=_buckets(gateway, FIRST_TOKEN, public))
+    if model.route == "direct":
+        # Its chat/completion/embedding requests never reach LiteLLM: nginx counts them (a
+        # key limited to other models still goes through the gateway, counted above).
+        if edge is None or not gateway:
+            figures.update(requests=None, errors=None, latency={})
+        else:
+            requests, errors = _edge_model(edge, model.name)
+            figures.update(requests=figures["requests"] + requests,
+                           errors=figures["errors"] + errors,
+                           latency=_buckets(edge, EDGE_SECONDS, frozenset({model.name}),
+                                            "model"))
     names_ = BACKENDS[model.backend].metrics
     target = by_service.get(service)
     if state == "running":
@@ -262,17 +310,37 @@ def model_view(new: ModelReading, old: ModelReading | None, seconds: float) -> d
     }
 
 
+def edge_view(new: Reading, old: Reading | None, seconds: float) -> list[dict[str, Any]]:
+    """nginx's counts per listener, status and key: totals since it started, rate over the
+    interval; sorted by listener, status, key."""
+    rows = []
+    for (listener, status, key), count in sorted(new.edge_counts.items()):
+        before = old.edge_counts.get((listener, status, key), 0.0) if old else None
+        rows.append({"listener": listener, "status": int(status) if status.isdigit() else status,
+                     "key": key, "requests": int(count),
+                     "requests_per_s": _round(_rate(_delta(count, before), seconds))})
+    return rows
+
+
 def view(new: Reading, old: Reading | None = None) -> dict[str, Any]:
-    """`top --json`: every model's figures and every GPU's use (rates need `old`)."""
+    """`top --json`: every model's figures, nginx's counts and every GPU's use (rates need
+    `old`)."""
     seconds = new.at - old.at if old else 0.0
     before = {m.name: m for m in old.models} if old else {}
     return {
         "interval_s": round(seconds, 2),
         "gateway": new.gateway,
+        "edge": new.edge,
         "models": [model_view(m, before.get(m.name), seconds) for m in new.models],
+        "edge_requests": edge_view(new, old, seconds),
         "gpus": None if new.gpus is None else [g.to_dict() for g in new.gpus],
         "gpu_detail": new.gpu_detail,
     }
+
+
+def healthy(data: dict[str, Any]) -> bool:
+    """Whether every model is up (`top` exits 2 otherwise, as `status` does)."""
+    return all(m["state"] == "up" for m in data["models"])
 
 
 def _cell(value: Any, fmt: str = "{}") -> str:
@@ -294,6 +362,14 @@ def table(data: dict[str, Any]) -> str:
             f"{_cell(m['first_token_p50_s'], '{:.3f}s'):>7} "
             f"{_cell(m['tokens_per_s'], '{:.1f}'):>7} "
             f"{_cell(m['decode_tokens_per_s'], '{:.1f}'):>7}")
+    if data["edge_requests"]:
+        lines.append(f"\nedge (nginx) metrics: {data['edge']}")
+        lines.append(f"{'LISTENER':<9} {'STATUS':>6} {'KEY':<20} {'REQ':>6} {'REQ/S':>6}")
+        for e in data["edge_requests"]:
+            lines.append(f"{e['listener'][:9]:<9} {e['status']:>6} {e['key'][:20]:<20} "
+                         f"{e['requests']:>6} {_cell(e['requests_per_s'], '{:.1f}'):>6}")
+    elif data["edge"] != "no metrics":
+        lines.append(f"edge (nginx) metrics: {data['edge']}")
     if data["gpus"]:
         lines.append(f"\n{'GPU':<4} {'NAME':<28} {'UTIL':>5} {'MEMORY USED / TOTAL':>22}")
         for g in data["gpus"]:

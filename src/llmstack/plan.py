@@ -11,7 +11,14 @@ from typing import Any
 from . import gpu, images, keepalive, names, sizing
 from .backends import BACKENDS, Mount, Placement
 from .loading import Loading
-from .render import NGINX_SPOOL_BODY, NGINX_SPOOL_DIR, Rendered
+from .render import (
+    EDGE_LOG_DIR,
+    EDGE_LOG_SOCKET,
+    EDGE_LOG_SUBDIR,
+    NGINX_SPOOL_BODY,
+    NGINX_SPOOL_DIR,
+    Rendered,
+)
 from .spec import ModelSpec, Resources, StackSpec
 
 # Images that run as any uid (llmstack's builds and the upstream images the catalog names for
@@ -38,13 +45,82 @@ IN_PLACE = "in-place"  # removed and created again (health; nginx, which owns th
 # How long each kind of service may take to become ready (seconds): `up` waits this long,
 # and Kubernetes' startup probe allows as much. A model's follows its load (loading.py,
 # ServiceSpec.loading) up to its load_timeout; this figure is for one without.
-READY_DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0}
+READY_DEADLINES = {"model": 600.0, names.HEALTH: 60.0, names.LITELLM: 180.0, names.NGINX: 60.0,
+                   names.EDGE_METRICS: 60.0, names.PROMETHEUS: 120.0}
 DEFAULT_READY_DEADLINE = 120.0
 
 
 def nginx_spool(project: str) -> Mount:
     return Mount(names.spool_volume(project), NGINX_SPOOL_DIR, read_only=False, managed=True,
                  owned_dir=NGINX_SPOOL_BODY)
+
+
+def edge_log(project: str) -> Mount:
+    """The volume nginx and the edge-metrics service share: mtail's socket, nothing else."""
+    return Mount(names.edge_log_volume(project), EDGE_LOG_DIR, read_only=False, managed=True,
+                 owned_dir=EDGE_LOG_SUBDIR)
+
+
+# mtail refuses to start on a socket path a previous run left behind: the entrypoint removes
+# it first (and makes its folder: Kubernetes' emptyDir starts empty), then runs mtail with the
+# service's command as its arguments.
+EDGE_ENTRYPOINT = ["sh", "-c", f"mkdir -p {EDGE_LOG_DIR}/{EDGE_LOG_SUBDIR} && "
+                   f'rm -f {EDGE_LOG_SOCKET} && exec mtail "$@"', "mtail"]
+
+
+def edge_metrics(spec: StackSpec, rendered: Rendered) -> ServiceSpec:
+    """nginx's own counts per listener, status, key and direct-routed model: mtail reading
+    the lines nginx sends to its socket, served on the project network only."""
+    return ServiceSpec(
+        service=names.EDGE_METRICS, role=names.EDGE_METRICS,
+        image=spec.images.for_key("mtail"), entrypoint=list(EDGE_ENTRYPOINT),
+        command=["--progs", f"{names.config_dir(names.EDGE_METRICS)}/",
+                 "--logs", f"unixgram://{EDGE_LOG_SOCKET}",
+                 "--port", str(names.EDGE_METRICS_PORT), "--logtostderr",
+                 "--emit_prog_label=false", "--vm_logs_runtime_errors=false"],
+        config=rendered.services[names.EDGE_METRICS],
+        mounts=[edge_log(spec.project)],
+        probe=(names.EDGE_METRICS_PORT, "/metrics"),
+        tmpfs=dict(NGINX_TMPFS),  # nothing written there: the smallest /tmp
+        start_after=(names.HEALTH,),
+        **_hardening("mtail", Resources(memory="64m", pids=64)),
+    )
+
+
+# The optional Prometheus: LiteLLM's /metrics wants the internal key, which Prometheus reads
+# from a file. The entrypoint writes it from the service's secret environment into the
+# memory-backed /tmp (mode 0600), drops the variable, and runs Prometheus.
+PROMETHEUS_KEY_ENV = "LLMSTACK_METRICS_KEY"
+PROMETHEUS_KEY_FILE = "/tmp/litellm-metrics.key"
+PROMETHEUS_DATA = "/prometheus"
+PROMETHEUS_ENTRYPOINT = [
+    "sh", "-c", f'umask 077 && printf "%s\\n" "${PROMETHEUS_KEY_ENV}" > {PROMETHEUS_KEY_FILE} && '
+    f'unset {PROMETHEUS_KEY_ENV} && exec prometheus "$@"', "prometheus"]
+
+
+def prometheus(spec: StackSpec, internal_key: str) -> ServiceSpec:
+    """The stack's own Prometheus (`observability.prometheus`): the scrape config `llmstack
+    export prometheus` writes, its UI and API published on 127.0.0.1 only."""
+    from .monitoring import PROMETHEUS_FILE, prometheus_config
+
+    config = prometheus_config(spec, "", key_path=PROMETHEUS_KEY_FILE).config
+    return ServiceSpec(
+        service=names.PROMETHEUS, role=names.PROMETHEUS,
+        image=spec.images.for_key("prometheus"), entrypoint=list(PROMETHEUS_ENTRYPOINT),
+        command=[f"--config.file={names.config_dir(names.PROMETHEUS)}/{PROMETHEUS_FILE}",
+                 f"--storage.tsdb.path={PROMETHEUS_DATA}/data",
+                 f"--web.listen-address=0.0.0.0:{names.PROMETHEUS_PORT}"],
+        env={PROMETHEUS_KEY_ENV: internal_key}, secret_env=(PROMETHEUS_KEY_ENV,),
+        config={PROMETHEUS_FILE: config.encode()},
+        ports={f"{names.PROMETHEUS_PORT}/tcp": ("127.0.0.1",
+                                                spec.observability.prometheus_port)},
+        mounts=[Mount(names.prometheus_volume(spec.project), PROMETHEUS_DATA, read_only=False,
+                      managed=True, owned_dir="data")],
+        tmpfs={"/tmp": f"{TMPFS_OPTIONS},size=1m"},  # the key file only
+        probe=(names.PROMETHEUS_PORT, "/-/ready"),
+        start_after=(names.HEALTH,),
+        **_hardening("prometheus", Resources(memory="512m", pids=256)),
+    )
 
 
 @dataclass(frozen=True)
@@ -145,7 +221,8 @@ def _hardening(key: str, resources: Resources) -> dict[str, Any]:
 
 def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
             pins: Mapping[str, str] | None = None) -> list[ServiceSpec]:
-    """The containers of the stack in start order: health, models, litellm, nginx. `pins`
+    """The containers of the stack in start order: health, models, litellm, edge-metrics
+    (with `observability.metrics`), nginx, prometheus (with `observability.prometheus`). `pins`
     maps an hf: source to the commit it was fetched at (stack.lock, `fetch.pins`)."""
     health_image = spec.images.for_key("litellm")  # any image with python3; LiteLLM's is here
     services = [ServiceSpec(
@@ -206,6 +283,8 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
         depends_on=tuple(model_services), start_after=after_health, update=START_FIRST,
         **_hardening("litellm", spec.resources.litellm),
     ))
+    edge = [edge_metrics(spec, rendered)] if spec.observability.metrics else []
+    services += edge
     ports = {f"{names.NGINX_PORTS[n]}/tcp": (lst.bind, lst.port)
              for n, lst in spec.listeners if lst.enabled}
     # Probe nginx on a plain listener inside the network; TLS-only stacks fall back to none.
@@ -219,13 +298,18 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
         command=["-e", "stderr", "-c", f"{names.config_dir(names.NGINX)}/nginx.conf", "-g",
                  "daemon off;"],
         ports=ports, config=rendered.services[names.NGINX], probe=nginx_probe,
-        mounts=[nginx_spool(spec.project)], tmpfs=dict(NGINX_TMPFS), reloads_config=True,
-        depends_on=(names.LITELLM, names.HEALTH),
-        start_after=(names.HEALTH, *model_services, names.LITELLM),
+        mounts=[nginx_spool(spec.project), *(m for e in edge for m in e.mounts)],
+        tmpfs=dict(NGINX_TMPFS), reloads_config=True,
+        # edge-metrics: compose starts it first, so the shared volume takes its image's
+        # ownership; recreating it reloads nginx (harmless: the socket reconnects anyway).
+        depends_on=(names.LITELLM, names.HEALTH, *(e.service for e in edge)),
+        start_after=(names.HEALTH, *model_services, names.LITELLM, *(e.service for e in edge)),
         reload_after=tuple(names.model_service(m.name) for m in spec.models
                            if m.route == "direct"),
         **_hardening("nginx", spec.resources.nginx),
     ))
+    if spec.observability.prometheus:
+        services.append(prometheus(spec, internal_key))
     return services
 
 

@@ -40,6 +40,10 @@ class Choice:
 def stack_refs(spec: StackSpec, source: str) -> list[str]:
     """Every image the stack runs when its images come from `source`, without repeats."""
     refs = [spec.images.ref("nginx", source), spec.images.ref("litellm", source)]
+    if spec.observability.metrics:
+        refs.append(spec.images.ref("mtail", source))
+    if spec.observability.prometheus:
+        refs.append(spec.images.ref("prometheus", source))
     refs += [m.image or spec.images.ref(spec.image_key(m), source) for m in spec.models]
     return list(dict.fromkeys(refs))
 

@@ -39,6 +39,19 @@ RETRY_AFTER_S = 5
 NGINX_SPOOL_BODY = "body"  # request bodies, in a folder owned by nginx's user
 # nginx's pid file (in its /tmp tmpfs); removed when the master process exits.
 NGINX_PID_FILE = "/tmp/nginx.pid"
+# nginx's own counts (`observability.metrics`): nginx sends a line per request to mtail's unix
+# datagram socket (the edge-metrics service) in a volume both mount; mtail serves the counts.
+EDGE_LOG_DIR = "/run/llmstack-edge"
+EDGE_LOG_SUBDIR = "sock"  # owned by the services' user, so mtail can create its socket
+EDGE_LOG_SOCKET = f"{EDGE_LOG_DIR}/{EDGE_LOG_SUBDIR}/access.sock"
+EDGE_LOG_TAG = "llmstack_edge"  # nginx's syslog tag: the program matches only its lines
+EDGE_PROGRAM = "edge.mtail"
+EDGE_REQUESTS = "llmstack_edge_requests_total"
+EDGE_SECONDS = "llmstack_edge_request_seconds"
+# Upper bounds of the time histogram. mtail's first `buckets` value is the lowest bucket's
+# exclusive lower bound (edge.mtail.j2 puts -1 there, so 0.000 s counts in the first bucket).
+EDGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60,
+                120, 300)
 # LiteLLM's callback refusing models a team key may not use; litellm.yaml names its `handler`.
 LITELLM_KEYS_MODULE = "llmstack_keys.py"
 
@@ -99,7 +112,7 @@ class Rendered:
     def files(self) -> dict[str, bytes]:
         """What `config/` holds on disk, for users to read and diff."""
         out: dict[str, bytes] = {}
-        for service in (names.NGINX, names.LITELLM, names.HEALTH):
+        for service in (names.NGINX, names.LITELLM, names.HEALTH, names.EDGE_METRICS):
             for name, data in self.services.get(service, {}).items():
                 if name.endswith(".py"):
                     continue  # program code shipped with the config, not config
@@ -200,6 +213,9 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
         body_spool=f"{NGINX_SPOOL_DIR}/{NGINX_SPOOL_BODY}",
         retry_after=RETRY_AFTER_S,
         direct=direct_routes(spec),
+        edge_log=EDGE_LOG_SOCKET if spec.observability.metrics else None,
+        edge_log_tag=EDGE_LOG_TAG,
+        listener_ports=sorted(names.NGINX_PORTS.items(), key=lambda kv: kv[1]),
         body_model_re=BODY_MODEL_RE,
         route_map=ROUTE_MAP,
     )
@@ -213,12 +229,18 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
               "port": names.HEALTH_PORT, "timeout": 2.0, "checks": health_checks(spec)}
     healthd = resources.files("llmstack").joinpath("healthd.py").read_bytes()
     key_models = resources.files("llmstack").joinpath(LITELLM_KEYS_MODULE).read_bytes()
-    return Rendered({
+    services = {
         names.NGINX: {"nginx.conf": nginx.encode()},
         names.LITELLM: {"litellm.yaml": litellm.encode(), LITELLM_KEYS_MODULE: key_models},
         names.HEALTH: {"health.json": (json.dumps(health, indent=2, sort_keys=True) + "\n")
                        .encode(), "healthd.py": healthd},
-    })
+    }
+    if spec.observability.metrics:
+        program = env.get_template("edge.mtail.j2").render(
+            source=source, log_format="llmstack_metrics", tag=EDGE_LOG_TAG,
+            requests=EDGE_REQUESTS, seconds=EDGE_SECONDS, buckets=EDGE_BUCKETS)
+        services[names.EDGE_METRICS] = {EDGE_PROGRAM: program.encode()}
+    return Rendered(services)
 
 
 def digits_before(limit: int) -> str:

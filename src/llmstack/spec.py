@@ -194,9 +194,10 @@ HOST_SOURCE_FIX = ("keep the model in a directory of its own, e.g. host:/srv/mod
 
 
 # Volumes of any llmstack project on the same engine: <project>-<service>-config
-# (names.config_volume) and nginx's request-body spool.
-STACK_VOLUME_RE = re.compile(r"[a-z0-9][a-z0-9-]*-(?:(?:nginx|litellm|health|model-.+)-config"
-                             rf"|{names.SPOOL_SUFFIX})")
+# (names.config_volume), nginx's request-body spool and the edge log socket's volume.
+STACK_VOLUME_RE = re.compile(r"[a-z0-9][a-z0-9-]*-(?:(?:nginx|litellm|health|edge-metrics"
+                             rf"|prometheus|model-.+)-config|{names.SPOOL_SUFFIX}"
+                             rf"|{names.EDGE_LOG_SUFFIX}|{names.PROMETHEUS_DATA_SUFFIX})")
 
 
 def is_stack_volume(project: str, name: str) -> bool:
@@ -206,7 +207,8 @@ def is_stack_volume(project: str, name: str) -> bool:
     certificates, or (ollama mounts its volume read-write) rewrite them."""
     own = re.escape(project)
     return re.fullmatch(rf"{own}-.*-config", name) is not None or \
-        name == names.spool_volume(project) or \
+        name in (names.spool_volume(project), names.edge_log_volume(project),
+                 names.prometheus_volume(project)) or \
         STACK_VOLUME_RE.fullmatch(name) is not None
 
 
@@ -361,9 +363,14 @@ class Observability(Strict):
     """What the stack reports about itself (docs/OBSERVABILITY.md)."""
 
     # Each part's own Prometheus metrics, on the project network only: llama.cpp --metrics,
-    # vLLM's and TGI's /metrics (always on), LiteLLM's Prometheus callback. `llmstack top`
-    # and `llmstack export prometheus` read them.
+    # vLLM's and TGI's /metrics (always on), LiteLLM's Prometheus callback, and nginx's own
+    # counts per listener, status, key name and route (the edge-metrics service, mtail).
+    # `llmstack top` and `llmstack export prometheus` read them.
     metrics: bool = True
+    # A Prometheus of the stack's own, scraping every part (the config `llmstack export
+    # prometheus` writes), its UI and API on 127.0.0.1:prometheus_port only. Needs `metrics`.
+    prometheus: bool = False
+    prometheus_port: int = Field(default=9090, ge=1, le=65535)
 
 
 class Images(Strict):
@@ -383,6 +390,8 @@ class Images(Strict):
     vllm: str | None = None
     ollama: str | None = None
     tgi: str | None = None
+    mtail: str | None = None
+    prometheus: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -390,7 +399,8 @@ class Images(Strict):
         # `images: registry` is short for `images: {source: registry}`.
         return {"source": value} if isinstance(value, str) else value
 
-    @field_validator("nginx", "litellm", "llamacpp", "llamacpp_cuda", "vllm", "ollama", "tgi")
+    @field_validator("nginx", "litellm", "llamacpp", "llamacpp_cuda", "vllm", "ollama", "tgi",
+                     "mtail", "prometheus")
     @classmethod
     def _image(cls, value: str | None) -> str | None:
         if value is not None and not IMAGE_RE.fullmatch(value):
@@ -422,7 +432,10 @@ class Images(Strict):
         if named:
             return named
         entry = catalog.SERVICE_IMAGES[key]
-        return entry.local if source == "local" and entry.local else entry.registry
+        # No upstream image recorded (mtail): the local build from either source.
+        if entry.local and (source == "local" or not entry.registry):
+            return entry.local
+        return entry.registry
 
     def for_key(self, key: str) -> str:
         return self.ref(key, self.effective_source)
@@ -685,6 +698,16 @@ def check_rules(spec: StackSpec, lines: dict[tuple[str | int, ...], int]) -> lis
                     "give each listener its own port")
     if not active:
         add(("listeners",), "every listener is disabled", None, "enable at least one listener")
+    obs = spec.observability
+    if obs.prometheus and not obs.metrics:
+        add(("observability", "prometheus"), "needs the parts' metrics, which are off", True,
+            "set observability.metrics: true, or drop observability.prometheus")
+    if obs.prometheus:
+        for name, lst in active:
+            if lst.port == obs.prometheus_port and lst.bind in ("127.0.0.1", "0.0.0.0", "::"):
+                add(("observability", "prometheus_port"), f"clashes with listeners.{name} "
+                    f"({lst.bind}:{lst.port})", obs.prometheus_port,
+                    "give Prometheus a port of its own (it binds 127.0.0.1)")
     from .capacity import MIN_CONNECTIONS, capacity, min_memory
 
     edge = spec.resources.nginx

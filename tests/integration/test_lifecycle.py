@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 CHAT = names.model_service("deepseek-coder")
 EMBED = names.model_service("smollm2-embed")
-ALL = [names.HEALTH, CHAT, EMBED, names.LITELLM, names.NGINX]
+ALL = [names.HEALTH, CHAT, EMBED, names.LITELLM, names.EDGE_METRICS, names.NGINX]
 OWN_TAG = "llmstack-test/lifecycle-nginx"
 
 
@@ -129,7 +129,7 @@ def test_second_up_touches_nothing(stack: Stack, docker_client: Any) -> None:
     proc = stack.cli("up")
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("Nothing to do: 5 services up to date")
+    assert proc.stdout.startswith(f"Nothing to do: {len(ALL)} services up to date")
     assert ids(docker_client, stack.project) == before
     reported = float(re.search(r"up to date \(([\d.]+)s\)", proc.stdout).group(1))  # type: ignore[union-attr]
     assert reported < 3.0, f"a no-op up took {reported}s (wall {elapsed:.1f}s)"
@@ -181,7 +181,8 @@ def test_changing_one_models_args_replaces_that_model_and_litellm_only(
     # Start-first: a fresh LiteLLM drops its pooled connections to the old model container,
     # and nginx reloads to reach it (docs/UPDATES.md).
     assert plan_actions(stack) == {names.HEALTH: "keep", CHAT: "recreate", EMBED: "keep",
-                                   names.LITELLM: "recreate", names.NGINX: "reload"}
+                                   names.LITELLM: "recreate", names.EDGE_METRICS: "keep",
+                                   names.NGINX: "reload"}
     before = ids(docker_client, stack.project)
     up(stack)
     after = ids(docker_client, stack.project)
@@ -264,7 +265,7 @@ def test_down_leaves_no_container_or_network(stack: Stack, docker_client: Any) -
     assert networks(docker_client, stack.project) == [names.network(stack.project)]
     proc = stack.cli("down", "--volumes")
     assert proc.returncode == 0, proc.stderr
-    assert "Removed 4 containers" in proc.stdout
+    assert f"Removed {len(ALL) - 1} containers" in proc.stdout  # the embedding model went
     assert containers(docker_client, stack.project) == {}
     assert networks(docker_client, stack.project) == []
     assert docker_client.volumes.list(
@@ -325,7 +326,7 @@ def test_up_writes_config_for_users_to_read(fresh_stack: Stack) -> None:
     fresh_stack.write_spec(data)
     fresh_stack.cli("up")
     config = Path(fresh_stack.root / "config")
-    assert sorted(p.name for p in config.iterdir()) == ["health.json", "litellm.yaml",
-                                                       "nginx.conf"]
+    assert sorted(p.name for p in config.iterdir()) == ["edge.mtail", "health.json",
+                                                       "litellm.yaml", "nginx.conf"]
     for path in config.iterdir():
         assert fresh_stack.key not in path.read_text()

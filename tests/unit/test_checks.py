@@ -107,7 +107,8 @@ def test_finding_dict_is_the_documented_doctor_shape() -> None:
     ({"llmstack/llamacpp:no-such-tag": None},
      "images missing on the engine: llmstack/llamacpp:no-such-tag",
      "`llmstack images build` makes only llmstack/nginx:1.22, llmstack/litellm:1.108.7-m1, "
-     "llmstack/llamacpp:forky: name one of those under `images:` in stack.yaml"),
+     "llmstack/mtail:3.0.0-rc50, llmstack/prometheus:2.42, llmstack/llamacpp:forky: name one "
+     "of those under `images:` in stack.yaml"),
     ({"registry.invalid/a:1": None, "vllm/vllm-openai:v0.11.0": None},
      "images missing on the engine: registry.invalid/a:1, vllm/vllm-openai:v0.11.0",
      "pull them with `llmstack images pull` (uses `docker login` credentials), or where no "
@@ -116,7 +117,8 @@ def test_finding_dict_is_the_documented_doctor_shape() -> None:
      "images missing on the engine: llmstack/nginx:1.22, llmstack/x:1, b/c:2",
      "build them with `llmstack images build`, or load a bundle made with "
      "`llmstack images save` (`llmstack images load BUNDLE`); `llmstack images build` makes only "
-     "llmstack/nginx:1.22, llmstack/litellm:1.108.7-m1, llmstack/llamacpp:forky: name one of "
+     "llmstack/nginx:1.22, llmstack/litellm:1.108.7-m1, llmstack/mtail:3.0.0-rc50, "
+     "llmstack/prometheus:2.42, llmstack/llamacpp:forky: name one of "
      "those under `images:` in stack.yaml; pull them with `llmstack images pull` (uses "
      "`docker login` credentials), or where no "
      "registry answers load a bundle (`llmstack images load BUNDLE`)"),

@@ -18,7 +18,7 @@ from tests.fake_engine import FakeEngine
 
 CHAT = names.model_service("deepseek-coder")
 EMBED = names.model_service("smollm2-embed")
-ALL = [names.HEALTH, CHAT, EMBED, names.LITELLM, names.NGINX]
+ALL = [names.HEALTH, CHAT, EMBED, names.LITELLM, names.EDGE_METRICS, names.NGINX]
 
 
 class Events:
@@ -108,7 +108,8 @@ def test_a_changed_service_is_recreated_and_nginx_reloaded(loaded: Loaded,
     result = up(loaded, engine)
     kinds = {a.service: a.kind for a in result.actions}
     assert kinds == {names.HEALTH: "keep", CHAT: "keep", EMBED: "keep",
-                     names.LITELLM: "recreate", names.NGINX: "reload"}
+                     names.LITELLM: "recreate", names.EDGE_METRICS: "keep",
+                     names.NGINX: "reload"}
     # Start-first: the new LiteLLM runs beside the old one and takes its name when ready.
     assert starts(engine) == [names.LITELLM + names.NEXT]
     old, new = names.LITELLM + names.OLD, names.LITELLM + names.NEXT
@@ -344,7 +345,9 @@ def test_desired_start_order_health_then_models_with_litellm_then_nginx(
     assert wanted[names.HEALTH].start_after == ()
     assert wanted[CHAT].start_after == wanted[EMBED].start_after == (names.HEALTH,)
     assert wanted[names.LITELLM].start_after == (names.HEALTH,)
-    assert set(wanted[names.NGINX].start_after) == {names.HEALTH, CHAT, EMBED, names.LITELLM}
+    assert wanted[names.EDGE_METRICS].start_after == (names.HEALTH,)
+    assert set(wanted[names.NGINX].start_after) == {names.HEALTH, CHAT, EMBED, names.LITELLM,
+                                                    names.EDGE_METRICS}
     # Start order is not a container setting: it does not change the config hash.
     from dataclasses import replace
     svc = wanted[CHAT]
@@ -426,7 +429,7 @@ def test_status_and_up_commands_on_the_fake(loaded: Loaded, engine: FakeEngine,
     root = str(loaded.paths.root)
     out = runner.invoke(cli.app, ["up", "-C", root])
     assert out.exit_code == 0, out.output
-    assert "Stack llmstack is up (5 changes" in out.output
+    assert "Stack llmstack is up (6 changes" in out.output
     out = runner.invoke(cli.app, ["up", "-C", root, "--json"])
     assert json.loads(out.stdout)["changed"] is False
     out = runner.invoke(cli.app, ["status", "-C", root])
@@ -441,7 +444,7 @@ def test_status_and_up_commands_on_the_fake(loaded: Loaded, engine: FakeEngine,
     data = json.loads(out.stdout)
     assert {"service": names.LITELLM, "state": "missing", "healthy": None} in data["services"]
     out = runner.invoke(cli.app, ["down", "-C", root, "--json"])
-    assert len(json.loads(out.stdout)["removed"]) == 4
+    assert len(json.loads(out.stdout)["removed"]) == len(ALL) - 1  # LiteLLM was gone
 
 
 def test_engine_errors_exit_2_with_the_engine_hint(loaded: Loaded, engine: FakeEngine,
@@ -589,7 +592,7 @@ def test_the_cli_refuses_a_takeover_with_exit_1(tmp_path: Path,
         with pytest.raises(SystemExit) as exit_:
             cli.main()
         assert exit_.value.code == 1, command
-    assert len(engine.containers) == 5
+    assert len(engine.containers) == len(ALL)
     out = runner.invoke(cli.app, ["down", "-C", str(second.paths.root), "--take-over"])
     assert out.exit_code == 0, out.output
     assert engine.containers == {}

@@ -57,7 +57,8 @@ def test_every_service_of_up_is_in_the_compose_file_with_its_container_name() ->
     services, _ = _export()
     doc = _doc()
     assert list(doc["services"]) == [s.service for s in services]
-    assert {"health", "litellm", "nginx", "model-chat", "model-big"} == set(doc["services"])
+    assert {"health", "litellm", "edge-metrics", "nginx", "model-chat", "model-big"} == \
+        set(doc["services"])
     for svc in services:
         out = doc["services"][svc.service]
         assert out["image"] == svc.image
@@ -66,7 +67,7 @@ def test_every_service_of_up_is_in_the_compose_file_with_its_container_name() ->
         assert out["cap_drop"] == ["ALL"] and out["security_opt"] == ["no-new-privileges:true"]
     assert doc["networks"]["default"]["name"] == names.network("demo")
     assert doc["services"]["litellm"]["depends_on"] == ["model-chat", "model-big"]
-    assert doc["services"]["nginx"]["depends_on"] == ["litellm", "health"]
+    assert doc["services"]["nginx"]["depends_on"] == ["litellm", "health", "edge-metrics"]
 
 
 def test_ports_are_published_on_the_listeners_bind_address_only() -> None:
@@ -102,10 +103,16 @@ def test_configs_are_bind_mounted_read_only_and_models_keep_their_volume_or_path
         {"type": "volume", "source": "llmstack-models", "target": "/models", "read_only": True}]
     assert doc["services"]["model-big"]["volumes"] == [
         {"type": "bind", "source": "/srv/models", "target": "/models", "read_only": True}]
-    # Model volumes are the user's (external); nginx's body spool is the stack's own.
-    spool = f"{doc['networks']['default']['name'].removesuffix('-net')}-nginx-spool"
-    assert doc["volumes"] == {"llmstack-models": {"external": True},
-                              spool: {"labels": {"llmstack.project": spool[:-12]}}}
+    # Model volumes are the user's (external); nginx's body spool and the edge log socket's
+    # volume (nginx and edge-metrics share it) are the stack's own.
+    project = doc["networks"]["default"]["name"].removesuffix("-net")
+    spool, edge_log = f"{project}-nginx-spool", f"{project}-edge-log"
+    own = {"labels": {"llmstack.project": project}}
+    assert doc["volumes"] == {"llmstack-models": {"external": True}, spool: own,
+                              edge_log: own}
+    for name in ("nginx", "edge-metrics"):
+        assert {"type": "volume", "source": edge_log, "target": "/run/llmstack-edge",
+                "read_only": False} in doc["services"][name]["volumes"]
     assert {"type": "volume", "source": spool, "target": "/var/lib/nginx",
             "read_only": False} in doc["services"]["nginx"]["volumes"]
 
@@ -187,3 +194,17 @@ def test_cli_export_writes_a_compose_file_and_refuses_the_project_folder(tmp_pat
     refused = cli("export", "compose", "-C", str(tmp_path), "--out", str(tmp_path))
     assert refused.returncode == 1 and "--out" in refused.stderr
     assert (tmp_path / ".env").read_bytes() == env_before
+
+
+def test_the_optional_prometheus_gets_its_key_from_a_0600_env_file_and_loopback_only() -> None:
+    stack = parse(STACK + "observability: {prometheus: true, prometheus_port: 19090}\n")
+    services = plan.desired(stack, render.render(stack), INTERNAL)
+    exported = compose(stack.project, services, {})
+    doc = yaml.safe_load(exported.compose_yaml)
+    prom = doc["services"]["prometheus"]
+    assert prom["ports"] == ["127.0.0.1:19090:9090/tcp"]
+    assert prom["env_file"] == ["prometheus.env"] and "environment" not in prom
+    env = exported.files["prometheus.env"]
+    assert env.mode == 0o600 and INTERNAL in env.data.decode()
+    assert INTERNAL not in exported.compose_yaml
+    assert "$$LLMSTACK_METRICS_KEY" in prom["entrypoint"][2]  # compose leaves it to sh

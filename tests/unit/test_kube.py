@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from llmstack import initialize, kube, names, plan, render, secrets, spec
+from llmstack import images, initialize, kube, names, plan, render, secrets, spec
 from llmstack.backends import BACKENDS
 from llmstack.errors import SpecError, UserError
 from llmstack.teamkeys import Store
@@ -81,9 +81,17 @@ def _deployment(export: kube.KubeExport, project: str, service: str) -> dict[str
     return _by_kind(export, "Deployment")[names.container(project, service)]
 
 
+def own_pods(services: list[plan.ServiceSpec]) -> list[plan.ServiceSpec]:
+    """The services with a Deployment of their own (edge-metrics runs in the edge's pod:
+    test_edge_metrics_runs_beside_nginx_in_its_pod_sharing_only_the_log_socket)."""
+    return [s for s in services if s not in kube.sidecars(services)]
+
+
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return container
+    """The Deployment's own container (the edge's pod also runs edge-metrics beside it)."""
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers[1:]] in ([], [names.EDGE_METRICS])
+    return dict(containers[0])
 
 
 # --- Validation against the official schemas ---------------------------------------------------
@@ -153,7 +161,8 @@ def test_the_export_is_deterministic() -> None:
 def test_selectors_match_pod_labels_and_service_ports_match_container_ports(case: str) -> None:
     _, services, export = _export(case)
     deployments = _by_kind(export, "Deployment")
-    assert len(deployments) == len(services)
+    # edge-metrics runs in the edge's pod (it reads nginx's lines from a pod-local socket).
+    assert len(deployments) == len(services) - len(kube.sidecars(services))
     for d in deployments.values():
         template_labels = d["spec"]["template"]["metadata"]["labels"]
         assert d["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
@@ -343,7 +352,7 @@ def test_multi_gpu_vllm_gets_its_shm_and_tensor_parallel_size() -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_probes_target_each_backends_own_endpoints(case: str) -> None:
     stack, services, export = _export(case)
-    for svc in services:
+    for svc in own_pods(services):
         c = _container(_deployment(export, stack.project, svc.service))
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         deadline = (svc.loading.ceiling_s if svc.loading is not None
@@ -416,7 +425,7 @@ def test_each_container_gets_the_settings_up_gives_it(case: str) -> None:
     stack, services, export = _export(case)
     (secret,) = _by_kind(export, "Secret").values()
     secret_data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
-    for svc in services:
+    for svc in own_pods(services):
         d = _deployment(export, stack.project, svc.service)
         pod = d["spec"]["template"]["spec"]
         c = _container(d)
@@ -500,7 +509,7 @@ def test_the_edge_stops_gracefully_within_its_grace_period() -> None:
     grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > kube.NGINX_STOP_PAUSE + render.WORKER_SHUTDOWN_TIMEOUT
     # Only the edge has a hook.
-    for svc in services:
+    for svc in own_pods(services):
         if svc.role != names.NGINX:
             assert "lifecycle" not in _container(_deployment(export, stack.project, svc.service))
 
@@ -725,3 +734,38 @@ def test_export_k8s_command_writes_the_folder(tmp_path: Path) -> None:
     assert (out / "mine.yaml").exists()
     refused = cli("export", "k8s", "-C", str(project), "-o", str(project))
     assert refused.returncode == 1 and "project folder" in refused.stderr
+
+
+def test_edge_metrics_runs_beside_nginx_in_its_pod_sharing_only_the_log_socket() -> None:
+    _, services, export = _export("demo")
+    (edge,) = [d for d in _by_kind(export, "Deployment").values()
+               if d["metadata"]["labels"][kube.L_COMPONENT] == names.NGINX]
+    pod = edge["spec"]["template"]["spec"]
+    nginx, side = pod["containers"]
+    assert side["name"] == names.EDGE_METRICS and side["image"] == images.MTAIL.tag
+    socket_volume = {m["name"] for m in side["volumeMounts"]} & \
+        {m["name"] for m in nginx["volumeMounts"]}
+    assert socket_volume == {"edge-log"}
+    assert {"name": "edge-log", "emptyDir": {}} in pod["volumes"]
+    assert len({v["name"] for v in pod["volumes"]}) == len(pod["volumes"])
+    assert side["securityContext"]["readOnlyRootFilesystem"] is True
+    # Not published: no Service for it, and its ConfigMap is its only object.
+    assert all(s["metadata"]["name"] != f"{edge['metadata']['name'].rsplit('-', 1)[0]}"
+               f"-{names.EDGE_METRICS}" for s in _by_kind(export, "Service").values())
+    assert [o["kind"] for o in export.objects[f"{names.EDGE_METRICS}.yaml"]] == ["ConfigMap"]
+    # A changed mtail program rolls the edge pod.
+    hashes = edge["spec"]["template"]["metadata"]["annotations"][kube.CONFIG_HASH_ANNOTATION]
+    by = {s.service: s for s in services}
+    assert hashes == f"{by[names.NGINX].config_hash()}-{by[names.EDGE_METRICS].config_hash()}"
+
+
+def test_the_stacks_own_prometheus_stays_out_of_a_cluster() -> None:
+    stack = _stack("demo")
+    on = spec.StackSpec.model_validate({**stack.model_dump(by_alias=True, exclude_none=True),
+                                        "observability": {"prometheus": True}})
+    services = plan.desired(on, render.render(on), INTERNAL)
+    assert names.PROMETHEUS in {s.service for s in services}
+    export = kube.manifests(on, services, _secret_files(secrets.Keys(MASTER, INTERNAL)),
+                            kube.Options(namespace=on.project))
+    assert f"{names.PROMETHEUS}.yaml" not in export.files
+    assert not any(names.PROMETHEUS in o["metadata"]["name"] for o in _objects(export))

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from llmstack import monitoring, observe
+from llmstack import monitoring, names, observe, render
 from llmstack.backends import BACKENDS
 from llmstack.spec import parse
 from tests.helpers import cli
@@ -36,8 +36,12 @@ def test_scrape_config_names_the_endpoints_top_reads() -> None:
     exported = monitoring.prometheus_config(spec, "internal-secret")
     config = yaml.safe_load(exported.config)
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    assert set(jobs) == {"llmstack-shop-litellm", "llmstack-shop-model-chat",
-                         "llmstack-shop-model-big"}  # Ollama has no metrics
+    assert set(jobs) == {"llmstack-shop-litellm", "llmstack-shop-edge-metrics",
+                         "llmstack-shop-model-chat", "llmstack-shop-model-big"}  # no Ollama
+    assert jobs["llmstack-shop-edge-metrics"]["static_configs"] == [
+        {"targets": [f"shop-edge-metrics:{names.EDGE_METRICS_PORT}"],
+         "labels": {"project": "shop", "service": "edge-metrics"}}]
+    assert "authorization" not in jobs["llmstack-shop-edge-metrics"]
     gateway = jobs["llmstack-shop-litellm"]
     assert gateway["static_configs"] == [{"targets": ["shop-litellm:4000"],
                                           "labels": {"project": "shop", "service": "litellm"}}]
@@ -70,7 +74,8 @@ def test_export_prometheus_writes_the_key_0600(tmp_path: Path) -> None:
 def known_metrics() -> set[str]:
     names = {observe.REQUESTS, observe.FAILED, f"{observe.LATENCY}_bucket",
              f"{observe.FIRST_TOKEN}_bucket", "up", "DCGM_FI_DEV_GPU_UTIL",
-             "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
+             "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", render.EDGE_REQUESTS,
+             f"{render.EDGE_SECONDS}_bucket"}
     for backend in BACKENDS.values():
         if backend.metrics:
             names |= {backend.metrics.running, backend.metrics.waiting,
@@ -118,14 +123,14 @@ def test_dashboard_reads_only_metrics_the_stack_serves() -> None:
             expr = re.sub(r"\{[^}]*\}|\[[^]]*\]|\"[^\"]*\"", " ", target["expr"])
             words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
             words -= {"sum", "by", "rate", "histogram_quantile", "le", "model", "model_group",
-                      "requested_model"}
+                      "requested_model", "listener", "status", "key"}
             alternatives = {n for m in re.findall(r'__name__=~"([^"]+)"', target["expr"])
                             for n in m.split("|")}
             assert words | alternatives <= known, (panel["title"], words - known)
     # top's figures all have a panel.
     titles = " ".join(p["title"].lower() for p in panels())
     for figure in ("requests", "errors", "p50", "p95", "first token", "queued",
-                   "tokens per second", "gpu"):
+                   "tokens per second", "gpu", "listener", "key name", "refusals"):
         assert figure in titles
 
 

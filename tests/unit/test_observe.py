@@ -5,6 +5,7 @@ and the GPU part from recorded nvidia-smi output (no GPU here)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -227,3 +228,87 @@ def test_nvidia_smi_top_query_parses_utilization() -> None:
     gpus = gpu.parse_nvidia_smi("0, GPU-x, T4, 15360, [N/A], [N/A]\n")
     assert gpus[0].utilization_pct is None and gpus[0].memory_used_mib is None
     assert gpu.NVIDIA_SMI_TOP_QUERY[0].endswith(",utilization.gpu")
+
+
+# A real mtail 3.0.0~rc50 /metrics page (edge.mtail as rendered; Go runtime lines left out),
+# after nginx sent it: 3 gateway requests, a 401 (no valid key), a LAN request, three requests
+# straight to the `route: direct` model "fast" (one 502) and a 429 on HTTPS.
+EDGE_PAGE = (Path(__file__).parent / "data_edge_metrics.txt").read_text()
+
+DIRECT_STACK = """
+project: p
+models:
+  - name: chat
+    aliases: [chat-alias]
+    source: volume:m/a.gguf
+  - name: fast
+    source: volume:m/a.gguf
+    route: direct
+"""
+
+
+def test_edge_metrics_is_a_target_and_needs_no_key(spec: Any) -> None:
+    found = {t.service: t for t in observe.targets(spec)}
+    edge = found[names.EDGE_METRICS]
+    assert edge.url == f"http://p-edge-metrics:{names.EDGE_METRICS_PORT}/metrics"
+    assert not edge.auth
+
+
+def test_a_direct_model_is_counted_from_nginx_and_nginx_counts_its_own_answers() -> None:
+    direct = parse(DIRECT_STACK)
+    engine = engine_with_stack(direct)
+    engine.pages["edge-metrics/metrics"] = EDGE_PAGE
+    engine.pages["model-fast/metrics"] = LLAMA_PAGE
+    data = observe.view(observe.read(direct, engine, "k"))
+    rows = {m["model"]: m for m in data["models"]}
+    # LiteLLM never sees "fast": its requests are nginx's lines labelled with it.
+    assert rows["fast"]["requests"] == 3 and rows["fast"]["errors"] == 1  # the 502
+    assert rows["fast"]["latency_p50_s"] == pytest.approx(0.375)  # 0.01, 0.4, 1.5 s
+    assert rows["chat"]["requests"] == 2  # LiteLLM's page, as before: no double count
+    assert data["edge"] == "up"
+    edge = {(e["listener"], e["status"], e["key"]): e["requests"]
+            for e in data["edge_requests"]}
+    assert edge == {("local", 401, "-"): 1, ("lan", 200, "master"): 1,
+                    ("local", 200, "master"): 4, ("local", 502, "master"): 1,
+                    ("https", 429, "team-a"): 1, ("local", 200, "team-a"): 1}
+    text = observe.table(data)
+    assert "edge (nginx) metrics: up" in text
+    assert any(line.split() == ["https", "429", "team-a", "1", "-"]
+               for line in text.splitlines())
+
+
+def test_without_nginx_counts_a_direct_model_has_no_request_figures() -> None:
+    direct = parse(DIRECT_STACK)
+    engine = engine_with_stack(direct)  # no edge-metrics page: 404
+    data = observe.view(observe.read(direct, engine, "k"))
+    rows = {m["model"]: m for m in data["models"]}
+    assert data["edge"] == "down" and data["edge_requests"] == []
+    assert rows["fast"]["requests"] is None and rows["fast"]["errors"] is None
+    assert rows["chat"]["requests"] == 2  # the gateway's model keeps its figures
+
+
+def test_edge_rates_over_the_interval() -> None:
+    direct = parse(DIRECT_STACK)
+    engine = engine_with_stack(direct)
+    engine.pages["edge-metrics/metrics"] = EDGE_PAGE
+    clock = iter([10.0, 12.0])
+    old = observe.read(direct, engine, "k", clock=lambda: next(clock))
+    engine.pages["edge-metrics/metrics"] = EDGE_PAGE.replace(
+        'listener="local",model="",status="401"} 1', 'listener="local",model="",status="401"} 5')
+    new = observe.read(direct, engine, "k", clock=lambda: next(clock))
+    rows = {(e["listener"], e["status"]): e for e in observe.view(new, old)["edge_requests"]}
+    assert rows[("local", 401)]["requests"] == 5 and rows[("local", 401)]["requests_per_s"] == 2.0
+    assert rows[("lan", 200)]["requests_per_s"] == 0.0
+
+
+def test_top_is_healthy_only_when_every_model_is_up(spec: Any) -> None:
+    engine = engine_with_stack(spec)
+    assert observe.healthy(observe.view(observe.read(spec, engine, "k")))
+    engine.containers["model-chat"].status = "exited"
+    assert not observe.healthy(observe.view(observe.read(spec, engine, "k")))
+
+
+def test_metrics_off_has_no_edge_metrics_service_nor_target() -> None:
+    off = parse(STACK + "observability: {metrics: false}\n")
+    assert names.EDGE_METRICS not in {s.service for s in desired(off, render(off), "k")}
+    assert names.EDGE_METRICS not in render(off).services

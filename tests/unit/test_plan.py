@@ -56,10 +56,29 @@ def reason(actions: list[Action], service: str) -> str:
 def test_desired_services_in_dependency_order() -> None:
     services = wanted()
     assert [s.service for s in services] == [names.HEALTH, CHAT, EMBED, names.LITELLM,
-                                             names.NGINX]
+                                             names.EDGE_METRICS, names.NGINX]
     litellm = services[3]
     assert set(litellm.depends_on) == {CHAT, EMBED}
-    assert services[-1].depends_on == (names.LITELLM, names.HEALTH)
+    assert services[-1].depends_on == (names.LITELLM, names.HEALTH, names.EDGE_METRICS)
+
+
+def test_edge_metrics_shares_only_the_log_socket_volume_with_nginx() -> None:
+    by_name = {s.service: s for s in wanted()}
+    edge, nginx = by_name[names.EDGE_METRICS], by_name[names.NGINX]
+    shared = [m for m in edge.mounts if m in nginx.mounts]
+    assert [m.source for m in edge.mounts] == [m.source for m in shared] == \
+        [names.edge_log_volume(STARTER["project"])]
+    assert not edge.ports and edge.user == plan.OWN_UID and edge.read_only
+    # The socket nginx logs to is the one mtail reads.
+    assert f"unixgram://{render.EDGE_LOG_SOCKET}" in edge.command
+    assert render.EDGE_LOG_SOCKET in by_name[names.NGINX].config["nginx.conf"].decode()
+    assert edge.image == images.MTAIL.tag
+    # Without observability.metrics: no edge-metrics service and no syslog line.
+    off = {s.service: s for s in wanted(lambda d: d.update(observability={"metrics": False}))}
+    assert names.EDGE_METRICS not in off
+    assert b"syslog:" not in off[names.NGINX].config["nginx.conf"]
+    assert all(m.source != names.edge_log_volume(STARTER["project"])
+               for m in off[names.NGINX].mounts)
 
 
 def test_only_nginx_publishes_ports_on_the_listener_addresses() -> None:
@@ -209,7 +228,8 @@ def test_changed_model_args_replace_that_model_start_first_and_litellm_with_it()
     new = wanted(lambda d: d["models"][0].update(args=["--threads", "1"]))
     actions = plan.diff(new, running(old), ids_for(new))
     assert kinds(actions) == {names.HEALTH: "keep", CHAT: "recreate", EMBED: "keep",
-                              names.LITELLM: "recreate", names.NGINX: "reload"}
+                              names.LITELLM: "recreate", names.EDGE_METRICS: "keep",
+                              names.NGINX: "reload"}
     assert reason(actions, CHAT) == "configuration changed"
     # LiteLLM's pooled connections would keep the old model busy: a fresh LiteLLM drops them.
     assert reason(actions, names.LITELLM).startswith(f"drops its connections to replaced {CHAT}")
@@ -223,7 +243,8 @@ def test_a_stop_first_model_is_replaced_alone() -> None:
     new = wanted(lambda d: d["models"][0].update(update="stop-first", args=["--threads", "1"]))
     actions = plan.diff(new, running(old), ids_for(new))
     assert kinds(actions) == {names.HEALTH: "keep", CHAT: "recreate", EMBED: "keep",
-                              names.LITELLM: "keep", names.NGINX: "keep"}
+                              names.LITELLM: "keep", names.EDGE_METRICS: "keep",
+                              names.NGINX: "keep"}
     assert next(a for a in actions if a.service == CHAT).how == plan.STOP_FIRST
     assert "errors (503)" in plan.UPDATE_WHY[plan.STOP_FIRST]
 
@@ -273,7 +294,7 @@ def test_exited_container_is_recreated() -> None:
     assert kinds(actions)[CHAT] == "recreate"
     assert reason(actions, CHAT) == "container is exited"
     assert next(a for a in actions if a.service == CHAT).how == plan.IN_PLACE
-    assert [k for n, k in kinds(actions).items() if n != CHAT] == ["keep"] * 4
+    assert [k for n, k in kinds(actions).items() if n != CHAT] == ["keep"] * 5
 
 
 def test_orphan_container_is_removed() -> None:
@@ -307,7 +328,7 @@ def test_changed_secrets_reload_nginx() -> None:
     actions = plan.diff(services, running(services), ids_for(services), secrets_current=False)
     assert kinds(actions)[names.NGINX] == "reload"
     assert reason(actions, names.NGINX) == "keys or certificate changed"
-    assert [k for n, k in kinds(actions).items() if n != names.NGINX] == ["keep"] * 4
+    assert [k for n, k in kinds(actions).items() if n != names.NGINX] == ["keep"] * 5
     assert not plan.is_noop(actions)
 
 
@@ -324,3 +345,35 @@ def test_changed_listener_port_recreates_nginx_only() -> None:
     actions = plan.diff(new, running(old), ids_for(new))
     assert {n for n, k in kinds(actions).items() if k != "keep"} == {names.NGINX}
     assert kinds(actions)[names.NGINX] == "recreate"
+
+
+def test_the_optional_prometheus_is_on_loopback_with_the_key_outside_its_config() -> None:
+    assert names.PROMETHEUS not in {s.service for s in wanted()}  # off by default
+    on = {s.service: s for s in wanted(lambda d: d.update(
+        observability={"prometheus": True, "prometheus_port": 19090}))}
+    prom = on[names.PROMETHEUS]
+    assert prom.ports == {f"{names.PROMETHEUS_PORT}/tcp": ("127.0.0.1", 19090)}
+    assert prom.image == images.PROMETHEUS.tag and prom.user == plan.OWN_UID
+    config = yaml.safe_load(prom.config["prometheus.yml"])
+    # The same scrape config `export prometheus` writes, reading the key from its 0600 file.
+    assert {j["job_name"] for j in config["scrape_configs"]} == {
+        f"llmstack-{STARTER['project']}-{s}" for s in (
+            names.LITELLM, names.EDGE_METRICS, CHAT, EMBED)}
+    litellm = next(j for j in config["scrape_configs"] if j["job_name"].endswith("-litellm"))
+    assert litellm["authorization"]["credentials_file"] == plan.PROMETHEUS_KEY_FILE
+    assert INTERNAL not in prom.config["prometheus.yml"].decode()
+    assert prom.env == {plan.PROMETHEUS_KEY_ENV: INTERNAL}
+    assert prom.secret_env == (plan.PROMETHEUS_KEY_ENV,)
+    assert "umask 077" in prom.entrypoint[2] and f"unset {plan.PROMETHEUS_KEY_ENV}" in \
+        prom.entrypoint[2]
+    assert [m.source for m in prom.mounts] == [names.prometheus_volume(STARTER["project"])]
+
+
+def test_prometheus_needs_metrics_and_a_port_of_its_own() -> None:
+    with pytest.raises(spec.SpecError) as info:
+        wanted(lambda d: d.update(observability={"metrics": False, "prometheus": True}))
+    assert "observability.prometheus" in str(info.value)
+    with pytest.raises(spec.SpecError) as info:
+        wanted(lambda d: d.update(observability={"prometheus": True, "prometheus_port": 4000}))
+    assert "observability.prometheus_port" in str(info.value) and "listeners.local" in \
+        str(info.value)

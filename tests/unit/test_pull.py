@@ -35,9 +35,15 @@ def refs(source: str, s: spec.StackSpec | None = None) -> list[str]:
 
 
 def test_the_catalog_gives_each_source_its_refs() -> None:
-    assert refs("local") == [images.NGINX.tag, images.LITELLM.tag, images.LLAMACPP.tag]
-    assert refs("registry") == [images.SERVICE_IMAGES[k].registry
-                                for k in ("nginx", "litellm", "llamacpp")]
+    assert refs("local") == [images.NGINX.tag, images.LITELLM.tag, images.MTAIL.tag,
+                             images.LLAMACPP.tag]
+    # mtail has no recorded upstream image: its local build serves both sources.
+    assert refs("registry") == [images.SERVICE_IMAGES["nginx"].registry,
+                                images.SERVICE_IMAGES["litellm"].registry, images.MTAIL.tag,
+                                images.SERVICE_IMAGES["llamacpp"].registry]
+    off = spec.StackSpec.model_validate({**stack().model_dump(by_alias=True, exclude_none=True),
+                                         "observability": {"metrics": False}})
+    assert images.MTAIL.tag not in refs("local", off) + refs("registry", off)
     named = stack(nginx="mirror.example/nginx:1@sha256:" + "a" * 64)
     assert refs("registry", named)[0] == refs("local", named)[0] == named.images.nginx
 
@@ -51,32 +57,34 @@ def test_images_shorthand_and_unknown_source() -> None:
 
 
 def test_auto_takes_upstream_images_the_engine_has_without_asking_a_registry() -> None:
-    engine = FakeEngine(missing_images=set(refs("local")))
+    engine = FakeEngine(missing_images=set(refs("local")) - set(refs("registry")))
     choice = pull.choose(stack(), engine)
     assert (choice.source, choice.missing) == ("registry", [])
     assert choice.spec.images.source == "registry" and engine.calls == []
 
 
 def test_auto_takes_local_images_the_engine_has_without_asking_a_registry() -> None:
-    engine = FakeEngine(missing_images=set(refs("registry")))
+    engine = FakeEngine(missing_images=set(refs("registry")) - set(refs("local")))
     choice = pull.choose(stack(), engine)
     assert (choice.source, choice.missing) == ("local", []) and engine.calls == []
     assert "built or loaded here" in choice.line
 
 
 def test_auto_pulls_when_nothing_is_there_and_the_registry_answers() -> None:
-    missing = set(refs("registry")) | set(refs("local"))
+    # Nothing but llmstack's own mtail build (no registry has it) is on the engine.
+    pullable = [r for r in refs("registry") if r != images.MTAIL.tag]
+    missing = (set(refs("registry")) | set(refs("local"))) - {images.MTAIL.tag}
     served = {images.parse_reference(r).tagged: images.parse_reference(r).digest or "sha256:x"
-              for r in refs("registry")}
+              for r in pullable}
     engine = FakeEngine(missing_images=set(missing), registry=served)
     choice = pull.choose(stack(), engine)
-    assert choice.source == "registry" and choice.missing == refs("registry")
+    assert choice.source == "registry" and choice.missing == pullable
     lines: list[str] = []
-    assert pull.ensure(choice, engine, lines.append) == refs("registry")
+    assert pull.ensure(choice, engine, lines.append) == pullable
     assert [c for c in engine.calls if c.startswith("pull ")] == [
-        f"pull {r}" for r in refs("registry")]
+        f"pull {r}" for r in pullable]
     # every pin was checked against the registry's digest of its tag before its pull
-    for ref in refs("registry"):
+    for ref in pullable:
         tagged = images.parse_reference(ref).tagged
         assert engine.calls.index(f"registry {tagged}") < engine.calls.index(f"pull {ref}")
     assert pull.choose(stack(), engine).missing == []  # now present

@@ -81,7 +81,7 @@ def test_there_are_golden_cases() -> None:
 def test_golden(case: str) -> None:
     folder = GOLDEN / case
     files = render.render(spec.load_file(folder / "stack.yaml"), "stack.yaml").files()
-    assert sorted(files) == ["health.json", "litellm.yaml", "nginx.conf"]
+    assert sorted(files) == ["edge.mtail", "health.json", "litellm.yaml", "nginx.conf"]
     for name, data in files.items():
         expected = folder / name
         if UPDATE:
