@@ -231,7 +231,8 @@ def test_up_status_verify_over_ssh(endpoints: list[Remote], project: Stack,
     containers = docker_client.containers.list(
         all=True, filters={"label": f"{names.LABEL_PROJECT}={project.project}"})
     assert {c.labels[names.LABEL_SERVICE] for c in containers} == {
-        names.HEALTH, names.model_service("deepseek-coder"), names.LITELLM, names.NGINX}
+        names.HEALTH, names.model_service("deepseek-coder"), names.LITELLM, names.EDGE_METRICS,
+        names.NGINX}
     for c in containers:
         kinds = {m["Type"] for m in c.attrs["Mounts"]}
         assert kinds <= {"volume"}, f"{c.name} mounts {c.attrs['Mounts']}"
