@@ -455,7 +455,7 @@ def top(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
     --host ssh://...). Ctrl-C ends it. With --once: exit 2 when a model is not up."""
     import time
 
-    from . import observe
+    from . import observe, pull
 
     loaded = _load(directory, file)
     project = _engine(host, loaded.spec.project)
@@ -463,13 +463,14 @@ def top(directory: DirOpt = None, file: FileOpt = None, host: HostOpt = None,
     if not loaded.spec.observability.metrics and not json_out:
         typer.echo("observability.metrics is off in stack.yaml: only states and GPUs are "
                    "shown (turn it on and run `llmstack up`)", err=True)
-    previous = observe.read(loaded.spec, project, key)
+    spec = pull.choose(loaded.spec, project).spec  # as `up` decided it: edge counts or not
+    previous = observe.read(spec, project, key)
     if once:
         time.sleep(interval)
     while True:
         if not once:
             time.sleep(interval)
-        current = observe.read(loaded.spec, project, key)
+        current = observe.read(spec, project, key)
         data = observe.view(current, previous)
         if json_out:
             from .ui import emit_json

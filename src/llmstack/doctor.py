@@ -410,7 +410,7 @@ def evaluate(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
 
 def stack_images(spec: StackSpec) -> list[str]:
     images = [spec.images.for_key("nginx"), spec.images.for_key("litellm")]
-    if spec.observability.metrics:
+    if spec.edge_counts():
         images.append(spec.images.for_key("mtail"))
     if spec.observability.prometheus:
         images.append(spec.images.for_key("prometheus"))

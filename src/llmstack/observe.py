@@ -63,9 +63,11 @@ def targets(spec: StackSpec) -> list[Target]:
     if not spec.observability.metrics:
         return []
     out = [Target(names.LITELLM, f"http://{names.container(spec.project, names.LITELLM)}:"
-                  f"{names.LITELLM_PORT}{METRICS_PATH}", auth=True),
-           Target(names.EDGE_METRICS, f"http://{names.container(spec.project, names.EDGE_METRICS)}"
-                  f":{names.EDGE_METRICS_PORT}{METRICS_PATH}")]
+                  f"{names.LITELLM_PORT}{METRICS_PATH}", auth=True)]
+    if spec.edge_counts():
+        edge = names.container(spec.project, names.EDGE_METRICS)
+        out.append(Target(names.EDGE_METRICS,
+                          f"http://{edge}:{names.EDGE_METRICS_PORT}{METRICS_PATH}"))
     for model in spec.models:
         backend = BACKENDS[model.backend]
         if backend.metrics is None:

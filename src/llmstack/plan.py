@@ -283,7 +283,7 @@ def desired(spec: StackSpec, rendered: Rendered, internal_key: str,
         depends_on=tuple(model_services), start_after=after_health, update=START_FIRST,
         **_hardening("litellm", spec.resources.litellm),
     ))
-    edge = [edge_metrics(spec, rendered)] if spec.observability.metrics else []
+    edge = [edge_metrics(spec, rendered)] if spec.edge_counts() else []
     services += edge
     ports = {f"{names.NGINX_PORTS[n]}/tcp": (lst.bind, lst.port)
              for n, lst in spec.listeners if lst.enabled}

@@ -10,11 +10,11 @@ whose registry digest differs from the pin. Everything goes through `engine.api.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .errors import DigestMismatch, RegistryError
-from .images import OWN_IMAGE_PREFIX, parse_reference
+from .images import MTAIL, OWN_IMAGE_PREFIX, parse_reference
 
 if TYPE_CHECKING:
     from .engine.api import Engine
@@ -40,7 +40,7 @@ class Choice:
 def stack_refs(spec: StackSpec, source: str) -> list[str]:
     """Every image the stack runs when its images come from `source`, without repeats."""
     refs = [spec.images.ref("nginx", source), spec.images.ref("litellm", source)]
-    if spec.observability.metrics:
+    if spec.edge_counts(source):
         refs.append(spec.images.ref("mtail", source))
     if spec.observability.prometheus:
         refs.append(spec.images.ref("prometheus", source))
@@ -53,6 +53,19 @@ def _absent(engine: Engine, refs: list[str]) -> list[str]:
 
 
 def choose(spec: StackSpec, engine: Engine) -> Choice:
+    """`_choose`, with llmstack's mtail build for nginx's own counts when registry images are
+    chosen and that build is on the engine (no upstream mtail is recorded: see
+    StackSpec.edge_counts)."""
+    choice = _choose(spec, engine)
+    decided = choice.spec
+    if (choice.source == "registry" and decided.observability.metrics
+            and not decided.images.named("mtail") and not _absent(engine, [MTAIL.tag])):
+        images = decided.images.model_copy(update={"mtail": MTAIL.tag})
+        choice = replace(choice, spec=decided.model_copy(update={"images": images}))
+    return choice
+
+
+def _choose(spec: StackSpec, engine: Engine) -> Choice:
     """Decide where the stack's images come from on this engine (no download).
 
     `auto`: the upstream images when the engine has them all; else the local builds when the

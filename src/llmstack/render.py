@@ -213,7 +213,7 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
         body_spool=f"{NGINX_SPOOL_DIR}/{NGINX_SPOOL_BODY}",
         retry_after=RETRY_AFTER_S,
         direct=direct_routes(spec),
-        edge_log=EDGE_LOG_SOCKET if spec.observability.metrics else None,
+        edge_log=EDGE_LOG_SOCKET if spec.edge_counts() else None,
         edge_log_tag=EDGE_LOG_TAG,
         listener_ports=sorted(names.NGINX_PORTS.items(), key=lambda kv: kv[1]),
         body_model_re=BODY_MODEL_RE,
@@ -235,7 +235,7 @@ def render(spec: StackSpec, source: str = "stack.yaml") -> Rendered:
         names.HEALTH: {"health.json": (json.dumps(health, indent=2, sort_keys=True) + "\n")
                        .encode(), "healthd.py": healthd},
     }
-    if spec.observability.metrics:
+    if spec.edge_counts():
         program = env.get_template("edge.mtail.j2").render(
             source=source, log_format="llmstack_metrics", tag=EDGE_LOG_TAG,
             requests=EDGE_REQUESTS, seconds=EDGE_SECONDS, buckets=EDGE_BUCKETS)

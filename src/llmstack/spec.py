@@ -468,6 +468,19 @@ class StackSpec(Strict):
     def image_for(self, model: ModelSpec) -> str:
         return model.image or self.images.for_key(self.image_key(model))
 
+    def edge_counts(self, source: str | None = None) -> bool:
+        """Whether the stack runs nginx's own counts (the edge-metrics service): with
+        observability.metrics, where an mtail image is at hand for `source` (default: the
+        stack's own): llmstack's local build, one named under `images:`, or an upstream image
+        in the catalog. None is recorded there, so a stack whose images come from a registry
+        runs without them (`top` shows its direct-routed models' counts as unknown) instead
+        of failing on an image no registry has."""
+        if not self.observability.metrics:
+            return False
+        source = source or self.images.effective_source
+        return (source == "local" or bool(self.images.named("mtail"))
+                or bool(catalog.SERVICE_IMAGES["mtail"].registry))
+
     def with_image_source(self, source: str) -> StackSpec:
         """This stack with `images.source` decided (registry or local)."""
         return self.model_copy(update={"images": self.images.model_copy(

@@ -69,7 +69,8 @@ def test_first_up_creates_every_service_in_dependency_order(loaded: Loaded,
     assert result.changed
     assert {a.service: a.kind for a in result.actions} == dict.fromkeys(ALL, "create")
     # LiteLLM, the slowest of the batch after health, starts first in it.
-    assert starts(engine) == [names.HEALTH, names.LITELLM, CHAT, EMBED, names.NGINX]
+    assert starts(engine) == [names.HEALTH, names.LITELLM, CHAT, EMBED, names.EDGE_METRICS,
+                              names.NGINX]
     assert sorted(result.ready_seconds) == sorted(ALL)
     assert {s: engine.state(s)[0] for s in ALL} == dict.fromkeys(ALL, "running")
     assert engine.network

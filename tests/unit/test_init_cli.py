@@ -227,15 +227,15 @@ def test_render_writes_config_without_secrets_and_is_idempotent(project: Path) -
     proc = cli("render", cwd=project)
     assert proc.returncode == 0, proc.stderr
     files = sorted(p.name for p in (project / "config").iterdir())
-    assert files == ["health.json", "litellm.yaml", "nginx.conf"]
-    assert re.findall(r"^wrote ", proc.stdout, re.M) == ["wrote "] * 3
+    assert files == ["edge.mtail", "health.json", "litellm.yaml", "nginx.conf"]
+    assert re.findall(r"^wrote ", proc.stdout, re.M) == ["wrote "] * 4
     keys = secrets.load_keys(project / ".env")
     for path in (project / "config").iterdir():
         data = path.read_text()
         assert keys.master not in data and keys.internal not in data
         assert "sk-" not in data
     again = cli("render", cwd=project)
-    assert re.findall(r"^unchanged ", again.stdout, re.M) == ["unchanged "] * 3
+    assert re.findall(r"^unchanged ", again.stdout, re.M) == ["unchanged "] * 4
 
 
 # --- the CLI itself -----------------------------------------------------------------------------

@@ -312,3 +312,26 @@ def test_metrics_off_has_no_edge_metrics_service_nor_target() -> None:
     off = parse(STACK + "observability: {metrics: false}\n")
     assert names.EDGE_METRICS not in {s.service for s in desired(off, render(off), "k")}
     assert names.EDGE_METRICS not in render(off).services
+
+
+@pytest.mark.parametrize("images", ["registry", "auto"])
+def test_registry_images_run_without_edge_counts_unless_an_mtail_image_is_named(
+        images: str) -> None:
+    """No upstream mtail image is recorded: a stack pulling its images from a registry must
+    not need one of llmstack's own builds (first contact on a registry-only host)."""
+    from llmstack import pull
+
+    stack = parse(STACK + f"images: {images}\n").with_image_source("registry")
+    assert not stack.edge_counts()
+    assert names.EDGE_METRICS not in {s.service for s in desired(stack, render(stack), "k")}
+    assert names.EDGE_METRICS not in render(stack).services
+    assert b"llmstack_metrics" not in render(stack).services[names.NGINX]["nginx.conf"]
+    assert not any("mtail" in ref for ref in pull.stack_refs(stack, "registry"))
+    assert names.EDGE_METRICS not in {t.service for t in observe.targets(stack)}
+    # The local builds (auto deciding local, or images: local) include it.
+    assert any("mtail" in ref for ref in pull.stack_refs(stack, "local"))
+    assert parse(STACK + f"images: {images}\n").with_image_source("local").edge_counts()
+    named = parse(STACK + "images: {source: registry, mtail: registry.example.com/mtail:3}\n")
+    assert named.edge_counts()
+    assert "registry.example.com/mtail:3" in pull.stack_refs(named, "registry")
+    assert names.EDGE_METRICS in {s.service for s in desired(named, render(named), "k")}

@@ -37,9 +37,10 @@ def refs(source: str, s: spec.StackSpec | None = None) -> list[str]:
 def test_the_catalog_gives_each_source_its_refs() -> None:
     assert refs("local") == [images.NGINX.tag, images.LITELLM.tag, images.MTAIL.tag,
                              images.LLAMACPP.tag]
-    # mtail has no recorded upstream image: its local build serves both sources.
+    # mtail has no recorded upstream image: registry images run without nginx's own counts
+    # (unless stack.yaml names an mtail image, or choose() finds llmstack's build there).
     assert refs("registry") == [images.SERVICE_IMAGES["nginx"].registry,
-                                images.SERVICE_IMAGES["litellm"].registry, images.MTAIL.tag,
+                                images.SERVICE_IMAGES["litellm"].registry,
                                 images.SERVICE_IMAGES["llamacpp"].registry]
     off = spec.StackSpec.model_validate({**stack().model_dump(by_alias=True, exclude_none=True),
                                          "observability": {"metrics": False}})
@@ -189,3 +190,16 @@ def test_llmstacks_own_builds_are_never_asked_of_a_registry() -> None:
     choice = pull.Choice("registry", "test", stack("registry"), [images.NGINX.tag])
     assert pull.ensure(choice, engine, lines.append) == []
     assert engine.calls == [] and "llmstack images build" in lines[0]
+
+
+def test_registry_images_use_llmstacks_mtail_build_only_when_the_engine_has_it() -> None:
+    upstream_only = set(refs("local")) - set(refs("registry"))  # the local builds, mtail too
+    bare = pull.choose(stack(), FakeEngine(missing_images=upstream_only))
+    assert bare.source == "registry" and bare.missing == []
+    assert not bare.spec.edge_counts() and bare.spec.images.mtail is None
+    with_build = pull.choose(stack(), FakeEngine(
+        missing_images=upstream_only - {images.MTAIL.tag}))
+    assert with_build.source == "registry" and with_build.missing == []
+    assert with_build.spec.edge_counts() and with_build.spec.images.mtail == images.MTAIL.tag
+    explicit = pull.choose(stack("registry"), FakeEngine(missing_images=upstream_only))
+    assert not explicit.spec.edge_counts()

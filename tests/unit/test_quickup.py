@@ -78,7 +78,7 @@ def test_a_converged_up_is_recorded_and_then_answers_fast(loaded: Loaded,
         engine.containers)
     assert [a["service"] for a in record["output"]["actions"]] == [
         names.HEALTH, names.model_service("deepseek-coder"), names.model_service("smollm2-embed"),
-        names.LITELLM, names.NGINX]  # the plan's order, as the full path prints it
+        names.LITELLM, names.EDGE_METRICS, names.NGINX]  # the plan's order, as printed
     assert all(a["action"] == "keep" for a in record["output"]["actions"])
     assert record["output"]["notes"][0].startswith("images: ")
     assert local(loaded) == ""
