@@ -4,12 +4,14 @@
                                           [--tag NAME] [--out DIR]
 
 One demo stack (chat model only, route: gateway) per variant, each its own project on free
-127.0.0.1 ports, all up at once; requests go through nginx + LiteLLM to every stack in
-shuffled, interleaved rounds (benchmarks/http_load.py), so a shared machine's drift falls on
-all alike. Two stacks are the unchanged baseline (`baseline`, `baseline_again`): their
-difference is the noise floor of the run, and a setting only counts as a gain when it beats
-the pooled baseline by more than that. Measures non-streamed chat p50/p95 at concurrency 1
-and 8 and the first streamed token at concurrency 1.
+127.0.0.1 ports, brought up one after another and all running while measured; requests go
+through nginx + LiteLLM to every stack in shuffled, interleaved rounds
+(benchmarks/http_load.py), so a shared machine's drift falls on all alike. Two stacks are the
+unchanged baseline (`baseline`, `baseline_again`): their difference is the noise floor of the
+run, and a setting only counts as a gain (`beats_noise`) when it beats the pooled baselines by
+more than that, both in p50 and in the paired per-round gain. Measures non-streamed chat
+p50/p95 at concurrency 1 and 8 and the first streamed token at concurrency 1. A variant whose
+`up` fails is recorded (`up_failed`) and left out. Not part of CI.
 
 Each variant differs from the baseline in one LiteLLM setting: its environment, a command
 option, a `litellm_settings` key or its image. The stack carries it through a benchmark-only
