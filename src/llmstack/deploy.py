@@ -378,7 +378,7 @@ def decide_images(loaded: Loaded, project: Engine, progress: pull.Progress,
     progress(choice.line)
     if fetch:
         pull.ensure(choice, project, progress)
-    return replace(loaded, spec=choice.spec), choice
+    return loaded.with_spec(choice.spec), choice
 
 
 def up(loaded: Loaded, project: Engine, report: Reporter, local_engine: bool = True,

@@ -822,8 +822,9 @@ def from_project(loaded: Any, options: Options) -> KubeExport:
 
     # A cluster's nodes pull from registries: `images: auto` means the upstream images there
     # (`images: local` keeps the local builds, for nodes they were loaded onto).
-    spec = loaded.spec.with_image_source("registry") if loaded.spec.images.source == "auto" \
-        else loaded.spec
+    if loaded.spec.images.source == "auto":
+        loaded = loaded.with_spec(loaded.spec.with_image_source("registry"))
+    spec = loaded.spec
     services = plan.desired(spec, loaded.rendered, loaded.keys().internal, loaded.pins())
     secret_files = {} if options.secret_ref else loaded.nginx_secret_files()
     hf_token = None if options.secret_ref else \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import lock, names, render, secrets, spec, teamkeys, tls
@@ -106,6 +106,11 @@ class Loaded:
     @property
     def host(self) -> str | None:
         return self.paths.host
+
+    def with_spec(self, decided: StackSpec) -> Loaded:
+        """This project with its stack decided for an engine (`images: auto`), rendered again:
+        the image source decides whether nginx's own counts run (StackSpec.edge_counts)."""
+        return replace(self, spec=decided, rendered=render.render(decided, self.paths.stack.name))
 
     def stack_text(self) -> str:
         """The stack file as loaded from disk, or the host's resulting stack (history records

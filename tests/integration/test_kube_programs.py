@@ -179,7 +179,8 @@ def test_edge_pre_stop_hook_stops_nginx_gracefully(docker_client: Any, kube_net:
     stack, _, docs = _export("demo", tmp_path)
     pod = _find(docs, "Deployment", names.container(stack.project, names.NGINX))["spec"][
         "template"]["spec"]
-    (container,) = pod["containers"]
+    # nginx's own container (edge-metrics runs beside it in the pod with metrics on).
+    (container,) = [c for c in pod["containers"] if c["name"] == names.NGINX]
     (config,) = [v for v in pod["volumes"] if v["name"] == "config"]
     folder = tmp_path / "nginx"
     _project(docs, config, folder, (0, pod["securityContext"]["fsGroup"]))

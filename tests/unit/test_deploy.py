@@ -61,6 +61,21 @@ def starts(engine: FakeEngine) -> list[str]:
 # --- up ----------------------------------------------------------------------------------------
 
 
+def test_registry_images_without_an_mtail_image_run_no_edge_counts(loaded: Loaded) -> None:
+    """`auto` deciding registry on an engine without llmstack's mtail build: no edge-metrics
+    service, and the nginx.conf `up` ships sends no lines to it."""
+    from llmstack import images, pull
+
+    local_only = set(pull.stack_refs(loaded.spec, "local")) - set(
+        pull.stack_refs(loaded.spec, "registry"))
+    engine = FakeEngine(project=loaded.spec.project, missing_images=local_only)
+    result = up(loaded, engine)
+    assert images.MTAIL.tag in local_only and "images: registry" in result.images_line
+    assert names.EDGE_METRICS not in {a.service for a in result.actions}
+    shipped = engine.volumes[names.config_volume(engine.project, names.NGINX)]["nginx.conf"][0]
+    assert b"access.sock" not in shipped and b"llmstack_metrics" not in shipped
+
+
 def test_first_up_creates_every_service_in_dependency_order(loaded: Loaded,
                                                             engine: FakeEngine) -> None:
     engine.answers = {CHAT: ["503", "503", "200"], EMBED: ["503", "200"]}

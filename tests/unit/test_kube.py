@@ -736,6 +736,28 @@ def test_export_k8s_command_writes_the_folder(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "project folder" in refused.stderr
 
 
+@pytest.mark.parametrize(("source", "sidecar"), [("auto", False), ("local", True)])
+def test_the_export_runs_nginxs_counts_only_with_an_image_the_nodes_can_have(
+        tmp_path: Path, source: str, sidecar: bool) -> None:
+    """`images: auto` exports the upstream images (nodes pull from registries), and no
+    registry has an mtail image: no sidecar, and nginx.conf sends no lines to it."""
+    project = tmp_path / "p"
+    assert cli("init", str(project)).returncode == 0
+    data = yaml.safe_load((project / "stack.yaml").read_text())
+    data["images"] = source
+    (project / "stack.yaml").write_text(yaml.safe_dump(data))
+    out = tmp_path / "k8s"
+    proc = cli("export", "k8s", "-C", str(project), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    docs = [o for o in yaml.safe_load_all((out / "nginx.yaml").read_text()) if o]
+    (edge,) = [o for o in docs if o["kind"] == "Deployment"]
+    containers = {c["name"] for c in edge["spec"]["template"]["spec"]["containers"]}
+    assert containers == ({names.NGINX, names.EDGE_METRICS} if sidecar else {names.NGINX})
+    (config,) = [o for o in docs if o["kind"] == "ConfigMap"]
+    assert ("llmstack_metrics" in config["data"]["nginx.conf"]) is sidecar
+    assert (out / "edge-metrics.yaml").exists() is sidecar
+
+
 def test_edge_metrics_runs_beside_nginx_in_its_pod_sharing_only_the_log_socket() -> None:
     _, services, export = _export("demo")
     (edge,) = [d for d in _by_kind(export, "Deployment").values()
