@@ -32,18 +32,6 @@ class Events:
         return [s for s, st, _ in self.seen if st == state]
 
 
-@pytest.fixture
-def loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loaded:
-    init(tmp_path)
-    monkeypatch.setattr(deploy, "POLL_INTERVAL", 0.0)
-    return load(tmp_path)
-
-
-@pytest.fixture
-def engine(loaded: Loaded) -> FakeEngine:
-    return FakeEngine(project=loaded.spec.project)
-
-
 def up(loaded: Loaded, engine: FakeEngine, events: Events | None = None) -> deploy.UpResult:
     return deploy.up(loaded, engine, events or Events(), local_engine=False)
 

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from llmstack import deploy, names, quickup, secrets
-from llmstack.initialize import init
-from llmstack.project import Loaded, load
+from llmstack.project import Loaded
 from tests.fake_engine import FakeEngine
 
 ENGINE = quickup.LOCAL_SOCKET
@@ -22,18 +21,6 @@ ENGINE = quickup.LOCAL_SOCKET
 class Quiet:
     def event(self, service: str, state: str, detail: str = "") -> None:
         pass
-
-
-@pytest.fixture
-def loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loaded:
-    init(tmp_path)
-    monkeypatch.setattr(deploy, "POLL_INTERVAL", 0.0)
-    return load(tmp_path)
-
-
-@pytest.fixture
-def engine(loaded: Loaded) -> FakeEngine:
-    return FakeEngine(project=loaded.spec.project)
 
 
 def converge(loaded: Loaded, engine: FakeEngine, url: str = ENGINE) -> bool:
