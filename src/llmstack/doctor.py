@@ -409,13 +409,9 @@ def evaluate(spec: StackSpec | None, facts: Facts) -> tuple[list[Finding],
 
 
 def stack_images(spec: StackSpec) -> list[str]:
-    images = [spec.images.for_key("nginx"), spec.images.for_key("litellm")]
-    if spec.edge_counts():
-        images.append(spec.images.for_key("mtail"))
-    if spec.observability.prometheus:
-        images.append(spec.images.for_key("prometheus"))
-    images += [spec.image_for(m) for m in spec.models]
-    return list(dict.fromkeys(images))
+    from .pull import stack_refs
+
+    return stack_refs(spec, spec.images.effective_source)
 
 
 def probe_images(spec: StackSpec | None, gpu_image: str | None = None) -> list[str]:

@@ -472,14 +472,7 @@ def _sidecar(ctx: Context, side: ServiceSpec, volumes: list[dict[str, Any]]
         volumes.append({"name": name, "configMap": {
             "name": names.config_volume(ctx.spec.project, side.service), "defaultMode": 0o444}})
         mounts.append({"name": name, "mountPath": side.config_mount, "readOnly": True})
-    for i, (path, options) in enumerate(sorted(side.tmpfs.items())):
-        name = f"{side.service}-tmpfs-{i}"
-        empty: dict[str, Any] = {"medium": "Memory"}
-        size = tmpfs_size(options)
-        if size:
-            empty["sizeLimit"] = size
-        volumes.append({"name": name, "emptyDir": empty})
-        mounts.append({"name": name, "mountPath": path})
+    _add_tmpfs(side, f"{side.service}-", volumes, mounts)
     for m in side.mounts:
         if m.managed:
             if all(v["name"] != _mount_volume_name(m) for v in volumes):
@@ -501,6 +494,19 @@ def _sidecar(ctx: Context, side: ServiceSpec, volumes: list[dict[str, Any]]
     return container
 
 
+def _add_tmpfs(svc: ServiceSpec, prefix: str, volumes: list[dict[str, Any]],
+               mounts: list[dict[str, Any]]) -> None:
+    """The service's tmpfs mounts as memory-backed emptyDirs named `<prefix>tmpfs-<i>`."""
+    for i, (path, options) in enumerate(sorted(svc.tmpfs.items())):
+        name = f"{prefix}tmpfs-{i}"
+        empty: dict[str, Any] = {"medium": "Memory"}
+        size = tmpfs_size(options)
+        if size:
+            empty["sizeLimit"] = size
+        volumes.append({"name": name, "emptyDir": empty})
+        mounts.append({"name": name, "mountPath": path})
+
+
 def sidecars(services: list[ServiceSpec]) -> list[ServiceSpec]:
     """The services that run inside the edge's pod (see `_sidecar`)."""
     return [s for s in services if s.role == names.EDGE_METRICS]
@@ -516,14 +522,7 @@ def _pod(ctx: Context, svc: ServiceSpec, model: tuple[int, ModelSpec] | None,
     if config:
         volumes.append(config)
         mounts.append({"name": "config", "mountPath": svc.config_mount, "readOnly": True})
-    for i, (path, options) in enumerate(sorted(svc.tmpfs.items())):
-        name = f"tmpfs-{i}"
-        empty: dict[str, Any] = {"medium": "Memory"}
-        size = tmpfs_size(options)
-        if size:
-            empty["sizeLimit"] = size
-        volumes.append({"name": name, "emptyDir": empty})
-        mounts.append({"name": name, "mountPath": path})
+    _add_tmpfs(svc, "", volumes, mounts)
     if svc.shm_size:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory",
                                                      "sizeLimit": quantity(svc.shm_size)}})
